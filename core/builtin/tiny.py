@@ -1,0 +1,137 @@
+"""Offline tiny models `tune:tiny-llama|qwen2|mistral`: a config in code plus a shipped tokenizer.
+
+The tokenizer is byte-level (256 byte tokens + special tokens, no merges): tiny, covers any
+text, and each character is a token, which suits the toy tasks a tiny model can learn on CPU.
+Regenerate the shipped files with `python -m tune.builtin.tiny`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+ASSETS = Path(__file__).parent / "assets" / "tiny-tokenizer"
+BOS, EOS, PAD = "<|begin_of_text|>", "<|end_of_text|>", "<|pad|>"
+SPECIAL = [
+    BOS,
+    EOS,
+    PAD,
+    "<|start_header_id|>",
+    "<|end_header_id|>",
+    "<|eot_id|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "[INST]",
+    "[/INST]",
+]
+# Version of the tiny weights recipe: bump when configs change so cached copies are rebuilt.
+TINY_VERSION = 1
+
+ARCHS: dict[str, dict[str, Any]] = {
+    "tiny-llama": {"model_type": "llama", "template": "llama-3.1"},
+    "tiny-qwen2": {"model_type": "qwen2", "template": "chatml"},
+    "tiny-mistral": {"model_type": "mistral", "template": "mistral"},
+}
+BASE_CONFIG = {
+    "hidden_size": 128,
+    "intermediate_size": 352,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 4096,
+    "rope_theta": 10000.0,
+    "tie_word_embeddings": True,
+    "initializer_range": 0.02,
+}
+
+
+def build_tokenizer():
+    """Build the byte-level tokenizer from scratch (what the shipped files contain)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {ch: i for i, ch in enumerate(alphabet)}
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    core.decoder = decoders.ByteLevel()
+    core.add_special_tokens(SPECIAL)
+    from tune.data.templates import LLAMA_31
+
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        bos_token=BOS,
+        eos_token=EOS,
+        pad_token=PAD,
+        chat_template=LLAMA_31,
+        model_max_length=BASE_CONFIG["max_position_embeddings"],
+    )
+
+
+def load_tokenizer(name: str):
+    from transformers import AutoTokenizer
+    from tune.data.templates import TEMPLATES
+
+    tokenizer = AutoTokenizer.from_pretrained(str(ASSETS))
+    tokenizer.chat_template = TEMPLATES[ARCHS[name]["template"]]["template"]
+    return tokenizer
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("TUNE_CACHE", Path.home() / ".cache" / "tune"))
+
+
+def materialize(name: str, overrides: dict[str, Any], seed: int) -> Path:
+    """Write the tiny model (random weights from `seed`) to a local dir once; return the dir.
+
+    Loading it back with `from_pretrained` makes tiny models go through exactly the path real
+    checkpoints take (quantization, dtype, attention implementation), and gives saved adapters
+    a base path that plain PEFT can open.
+    """
+    key = json.dumps([TINY_VERSION, name, overrides, seed], sort_keys=True)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+    target = cache_root() / "models" / f"{name}-{digest}"
+    if (target / "config.json").exists():
+        return target
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    tokenizer = load_tokenizer(name)
+    cfg = {**BASE_CONFIG, **overrides}
+    config = AutoConfig.for_model(
+        ARCHS[name]["model_type"],
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **cfg,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    stops = [tokenizer.eos_token_id] + tokenizer.convert_tokens_to_ids(["<|eot_id|>", "<|im_end|>"])
+    model.generation_config.eos_token_id = stops
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, target)  # atomic: concurrent ranks either win or find it done
+    except OSError:
+        if not (target / "config.json").exists():
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+if __name__ == "__main__":
+    ASSETS.mkdir(parents=True, exist_ok=True)
+    build_tokenizer().save_pretrained(str(ASSETS))
+    print(f"wrote {ASSETS}")

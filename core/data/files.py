@@ -1,0 +1,139 @@
+"""Read rows from jsonl/json/csv/parquet files or a saved `datasets` directory, without torch.
+
+Every row keeps where it came from (`file:line` or `file:row N`) so a bad row can be named.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from tune.errors import TuneError
+
+SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+
+
+def iter_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Yield `(where, row)` for each row of a supported file or a saved datasets directory."""
+    if path.is_dir():
+        yield from _saved_dataset(path)
+        return
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        yield from _jsonl(path)
+    elif suffix == ".json":
+        yield from _json(path)
+    elif suffix == ".csv":
+        yield from _arrow(path, "csv")
+    elif suffix == ".parquet":
+        yield from _arrow(path, "parquet")
+    else:
+        raise TuneError(
+            f"unsupported data file type '{suffix or '(none)'}'.",
+            where=str(path),
+            fix=f"use one of {', '.join(SUFFIXES)}, or a directory written by "
+            "datasets' save_to_disk.",
+        )
+
+
+def _jsonl(path: Path):
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise TuneError(
+                    f"malformed JSON ({exc.msg} at column {exc.colno}).",
+                    where=where,
+                    fix="each line of a .jsonl file must be one complete JSON object.",
+                ) from None
+            if not isinstance(row, dict):
+                raise TuneError(
+                    f"expected a JSON object, got {type(row).__name__}.",
+                    where=where,
+                    fix='each line must look like {"field": ...}.',
+                )
+            yield where, row
+
+
+def _json(path: Path):
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise TuneError(
+            f"malformed JSON ({exc.msg}).",
+            where=f"{path}:{exc.lineno}",
+            fix="fix the JSON syntax there; a .json data file holds one list of objects.",
+        ) from None
+    if isinstance(data, dict) and isinstance(data.get("data"), list):
+        data = data["data"]
+    if not isinstance(data, list):
+        raise TuneError(
+            f"expected a list of objects, got {type(data).__name__}.",
+            where=str(path),
+            fix="a .json data file holds one list of objects; for one object per line use .jsonl.",
+        )
+    for i, row in enumerate(data):
+        if not isinstance(row, dict):
+            raise TuneError(
+                f"item {i} is {type(row).__name__}, not an object.", where=f"{path}: item {i}"
+            )
+        yield f"{path}: item {i}", row
+
+
+def _arrow(path: Path, kind: str):
+    try:
+        if kind == "csv":
+            from pyarrow import csv
+
+            table = csv.read_csv(path)
+        else:
+            from pyarrow import parquet
+
+            table = parquet.read_table(path)
+    except Exception as exc:  # pyarrow raises several types for malformed files
+        raise TuneError(
+            f"cannot read {kind}: {str(exc).strip().splitlines()[0]}.",
+            where=str(path),
+            fix=f"check that the file is valid {kind}.",
+        ) from None
+    for i, row in enumerate(table.to_pylist()):
+        yield f"{path}: row {i + 2 if kind == 'csv' else i}", row
+
+
+def _saved_dataset(path: Path):
+    if not (path / "dataset_info.json").exists() and not (path / "dataset_dict.json").exists():
+        raise TuneError(
+            "this directory is not a saved datasets directory (no dataset_info.json).",
+            where=str(path),
+            fix="point at a file, or at a directory written by Dataset.save_to_disk.",
+        )
+    import datasets
+
+    ds = datasets.load_from_disk(str(path))
+    if isinstance(ds, datasets.DatasetDict):
+        if "train" not in ds:
+            raise TuneError(
+                f"saved DatasetDict has splits {list(ds)} but no 'train'.",
+                where=str(path),
+                fix="save the split you want as its own directory.",
+            )
+        ds = ds["train"]
+    for i, row in enumerate(ds):
+        yield f"{path}: row {i}", row
+
+
+def read_rows(paths: list[Path]) -> list[tuple[str, dict[str, Any]]]:
+    rows = [item for path in paths for item in iter_rows(path)]
+    if not rows:
+        raise TuneError(
+            "no rows found.",
+            where=", ".join(str(p) for p in paths),
+            fix="the data file is empty; point [data] train at a file with examples.",
+        )
+    return rows

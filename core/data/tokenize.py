@@ -1,0 +1,54 @@
+"""Turn normalized rows into token ids and labels, with prompt masking and truncation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tune.data.examples import IGNORE
+from tune.data.templates import assistant_spans
+
+
+def tokenize_chat(
+    tokenizer: Any, messages: list[dict[str, str]], train_on_prompt: bool, where: str
+) -> dict[str, list[int]]:
+    """Tokens of the rendered chat; labels only on assistant replies unless train_on_prompt."""
+    text, spans = assistant_spans(tokenizer, messages, where)
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids = list(enc["input_ids"])
+    if train_on_prompt:
+        labels = list(ids)
+    else:
+        labels = [IGNORE] * len(ids)
+        span_iter = iter(spans)
+        span = next(span_iter, None)
+        for i, (start, end) in enumerate(enc["offset_mapping"]):
+            while span is not None and start >= span[1]:
+                span = next(span_iter, None)
+            if span is not None and start >= span[0] and end <= span[1] and end > start:
+                labels[i] = ids[i]
+    if labels:
+        labels[0] = IGNORE  # never a target; also keeps packed examples from predicting across
+    return {"input_ids": ids, "labels": labels}
+
+
+def tokenize_pair(
+    tokenizer: Any, prompt: str, completion: str, train_on_prompt: bool, add_eos: bool
+) -> dict[str, list[int]]:
+    """Plain prompt + completion (no template): BOS prompt completion EOS."""
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    eos = [tokenizer.eos_token_id] if add_eos and tokenizer.eos_token_id is not None else []
+    p = bos + tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    c = tokenizer(completion, add_special_tokens=False)["input_ids"] + eos
+    labels = (list(p) if train_on_prompt else [IGNORE] * len(p)) + list(c)
+    if labels:
+        labels[0] = IGNORE
+    return {"input_ids": p + c, "labels": labels}
+
+
+def fit(example: dict[str, list[int]], max_len: int, mode: str) -> dict[str, list[int]] | None:
+    """Apply the length policy: 'truncate' cuts the tail, 'drop' returns None."""
+    if len(example["input_ids"]) <= max_len:
+        return example
+    if mode == "drop":
+        return None
+    return {k: v[:max_len] for k, v in example.items()}

@@ -1,0 +1,1 @@
+"""The training loop, checkpoints, strategies' common base and the memory/throughput meter."""

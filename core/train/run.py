@@ -1,0 +1,545 @@
+"""`tune run`: strategy -> load -> adapt chain -> data -> optimizer -> loop -> save -> eval.
+
+Loss normalization: every micro-batch's summed token loss is divided by the number of target
+tokens in the whole optimizer step, counted over all accumulated micro-batches and all ranks,
+so the gradient does not depend on how the batch is split.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tune.context import MetricsSink, RunContext
+from tune.data.examples import (
+    IGNORE,
+    collate,
+    epoch_order,
+    micro_batches,
+    shard,
+)
+from tune.errors import TuneError
+from tune.recipe import Recipe, dump_toml
+from tune.train import checkpoint
+from tune.train.meter import Meter, human_bytes
+
+
+def call_backend(pm, hook: str, selected, **kwargs) -> Any:
+    return pm.call(
+        hook, selected.backend, name=selected.backend.name, settings=selected.settings, **kwargs
+    )
+
+
+def run_training(
+    recipe: Recipe,
+    pm,
+    *,
+    resume: bool = False,
+    resume_from: Path | None = None,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Run the whole recipe; returns the summary that is also written to summary.json."""
+    output_dir = Path(recipe.train.output_dir)
+    ctx = RunContext(recipe=recipe, output_dir=output_dir)
+    strategy = call_backend(pm, "tune_choose_strategy", recipe.selected("strategy"), ctx=ctx)
+    ctx.world = strategy.setup(ctx)
+    try:
+        _guard_output_dir(ctx, resume, overwrite)
+        strategy.barrier()
+        ctx.metrics = MetricsSink(output_dir / "metrics.jsonl", enabled=ctx.world.is_main)
+        return Trainer(recipe, pm, ctx, strategy).run(resume, resume_from)
+    finally:
+        strategy.teardown()
+
+
+def _guard_output_dir(ctx: RunContext, resume: bool, overwrite: bool) -> None:
+    """Never clobber a previous run by accident: saved work is not lost."""
+    out = ctx.output_dir
+    existing = [p for p in ("final", "checkpoints", "metrics.jsonl") if (out / p).exists()]
+    if not existing or resume:
+        return
+    if not overwrite:
+        raise TuneError(
+            f"output_dir '{out}' already holds a run ({', '.join(existing)}).",
+            where=f"{ctx.recipe.path}: [train] output_dir",
+            fix="continue it with --resume, pick another directory with "
+            "-o train.output_dir=..., or replace it with --overwrite.",
+        )
+    if ctx.world.is_main:
+        for name in existing:
+            target = out / name
+            shutil.rmtree(target) if target.is_dir() else target.unlink()
+
+
+@dataclass
+class EvalData:
+    """What `tune_evaluate` gets: this rank's eval batches, autocast and a cross-rank sum."""
+
+    examples: list[dict[str, list[int]]]
+    batch_size: int
+    pad_id: int
+    device: str
+    max_batches: int
+    strategy: Any
+    ctx: RunContext
+
+    def batches(self):
+        for i in range(0, len(self.examples), self.batch_size):
+            if self.max_batches and i // self.batch_size >= self.max_batches:
+                return
+            batch = collate(self.examples[i : i + self.batch_size], self.pad_id)
+            yield {k: v.to(self.device) for k, v in batch.items()}
+
+    def autocast(self):
+        return self.strategy.autocast(self.ctx)
+
+    def reduce_sum(self, value: float) -> float:
+        return self.strategy.all_reduce_sum(value)
+
+
+class Trainer:
+    def __init__(self, recipe: Recipe, pm, ctx: RunContext, strategy):
+        self.recipe, self.pm, self.ctx, self.strategy = recipe, pm, ctx, strategy
+        self.train_cfg = recipe.train
+        self.recipe_text = dump_toml(recipe.resolved())
+
+    # -- set-up --------------------------------------------------------------------------------
+    def build(self) -> None:
+        from transformers import set_seed
+
+        recipe, pm, ctx = self.recipe, self.pm, self.ctx
+        set_seed(recipe.train.seed)
+        if ctx.world.is_main:
+            ctx.output_dir.mkdir(parents=True, exist_ok=True)
+            (ctx.output_dir / "recipe.toml").write_text(self.recipe_text, encoding="utf-8")
+        if "quantization" in recipe.backends:
+            ctx.quantization_config = call_backend(
+                pm, "tune_quantization_config", recipe.selected("quantization"), ctx=ctx
+            )
+        model, tokenizer = call_backend(pm, "tune_load_model", recipe.selected("loader"), ctx=ctx)
+        for selected in recipe.backends["adapt"]:
+            model = call_backend(pm, "tune_adapt_model", selected, model=model, ctx=ctx)
+        self.tokenizer = tokenizer
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.examples = call_backend(
+            pm, "tune_format_data", recipe.selected("data_format"), tokenizer=tokenizer, ctx=ctx
+        )
+        trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        if not trainable:
+            raise TuneError(
+                "the model has no trainable parameters after the [[adapt]] steps.",
+                where=str(recipe.path),
+                fix="check the adapt chain (e.g. only_train_* options) or remove quantize for "
+                "full fine-tuning.",
+            )
+        self.n_trainable = sum(p.numel() for _, p in trainable)
+        self.n_total = sum(p.numel() for p in model.parameters())
+        decay = [p for _, p in trainable if p.ndim >= 2]
+        no_decay = [p for _, p in trainable if p.ndim < 2]
+        opt_sel = recipe.selected("optimizer")
+        wd = getattr(opt_sel.settings, "weight_decay", 0.0)
+        groups = [
+            g
+            for g in (
+                {"params": decay, "weight_decay": wd},
+                {"params": no_decay, "weight_decay": 0.0},
+            )
+            if g["params"]
+        ]
+        optimizer = call_backend(pm, "tune_build_optimizer", opt_sel, params=groups, ctx=ctx)
+        self.plan_steps()
+        self.scheduler = self.build_scheduler(optimizer)
+        self.model, self.optimizer = self.strategy.prepare(model, optimizer, ctx)
+
+    def plan_steps(self) -> None:
+        cfg, world = self.train_cfg, self.ctx.world
+        n_local = len(
+            shard(
+                list(range(len(self.examples.train))),
+                world.rank,
+                world.world_size,
+                cfg.micro_batch_size,
+            )
+        )
+        self.micro_per_epoch = math.ceil(n_local / cfg.micro_batch_size)
+        self.steps_per_epoch = math.ceil(self.micro_per_epoch / cfg.grad_accum)
+        self.total_steps = cfg.max_steps if cfg.max_steps > 0 else cfg.epochs * self.steps_per_epoch
+
+    def build_scheduler(self, optimizer):
+        from transformers import get_scheduler
+
+        sch = self.recipe.scheduler
+        warmup = sch.warmup_steps or int(round(sch.warmup_ratio * self.total_steps))
+        extra = {"power": sch.power, "lr_end": sch.lr_end} if sch.name == "polynomial" else None
+        return get_scheduler(
+            sch.name,
+            optimizer,
+            num_warmup_steps=warmup,
+            num_training_steps=self.total_steps,
+            scheduler_specific_kwargs=extra,
+        )
+
+    # -- the loop ------------------------------------------------------------------------------
+    def run(self, resume: bool, resume_from: Path | None) -> dict[str, Any]:
+        ctx, cfg = self.ctx, self.train_cfg
+        self.build()
+        state = {
+            "step": 0,
+            "epoch": 0,
+            "micro_in_epoch": 0,
+            "tokens": 0,
+            "best_eval": None,
+            "bad_evals": 0,
+        }
+        if resume:
+            path = resume_from or self._latest_checkpoint()
+            state.update(
+                checkpoint.load(
+                    Path(path),
+                    strategy=self.strategy,
+                    model=self.model,
+                    optimizer=self.optimizer,
+                    scheduler=self.scheduler,
+                    ctx=ctx,
+                )
+            )
+            ctx.print(f"resumed from {path} at step {state['step']}")
+        self._announce(state)
+        meter = Meter(ctx.world.device)
+        self.losses: list[tuple[int, float]] = []
+        stopped_early = False
+        progress = self._progress()
+        task = progress.add_task("train", total=self.total_steps, completed=state["step"], info="")
+        last_saved = state["step"] if resume else -1
+        with progress:
+            while state["step"] < self.total_steps:
+                group = self._next_group(state)
+                loss, grad_norm, tokens = self._train_step(group)
+                state["step"] += 1
+                state["tokens"] += tokens
+                meter.add(tokens)
+                step = state["step"]
+                self.losses.append((step, loss))
+                if step % cfg.log_every == 0 or step == self.total_steps:
+                    lr = self.scheduler.get_last_lr()[0]
+                    rate = self.strategy.all_reduce_sum(meter.window_rate())
+                    record = {
+                        "loss": round(loss, 6),
+                        "lr": lr,
+                        "grad_norm": grad_norm,
+                        "tokens_per_s": round(rate, 1),
+                        "epoch": state["epoch"],
+                    }
+                    ctx.metrics.log("train", step, **record)
+                    info = f"loss {loss:.4f}  lr {lr:.2e}  {rate:,.0f} tok/s"
+                    progress.update(task, info=info)
+                    if not ctx.console.is_terminal:
+                        ctx.print(f"step {step}/{self.total_steps}  {info}")
+                progress.update(task, completed=step)
+                if cfg.eval_every and step % cfg.eval_every == 0 and step < self.total_steps:
+                    stopped_early = self._evaluate_and_check(state)
+                if cfg.save_every and step % cfg.save_every == 0:
+                    self._save(state)
+                    last_saved = step
+                if stopped_early:
+                    ctx.print(
+                        f"early stopping at step {step}: no eval_loss improvement in {cfg.early_stopping_patience} evals"
+                    )
+                    break
+        if cfg.save_every and last_saved != state["step"]:
+            self._save(state)
+        wall = meter.elapsed
+        self._save_final()
+        final_metrics = self._evaluate(state["step"]) if self.examples.eval else {}
+        samples = self._sample()
+        return self._summarize(state, meter, wall, final_metrics, samples, stopped_early)
+
+    def _next_group(self, state: dict[str, Any]) -> list[list[int]]:
+        """The next optimizer step's micro-batches (a short last group ends an epoch)."""
+        cfg, world = self.train_cfg, self.ctx.world
+        while True:
+            order = epoch_order(
+                len(self.examples.train), cfg.seed, state["epoch"], self.recipe.data.shuffle
+            )
+            mbs = micro_batches(
+                shard(order, world.rank, world.world_size, cfg.micro_batch_size),
+                cfg.micro_batch_size,
+            )
+            start = state["micro_in_epoch"]
+            group = mbs[start : start + cfg.grad_accum]
+            if group:
+                state["micro_in_epoch"] = start + len(group)
+                if state["micro_in_epoch"] >= len(mbs):
+                    state["epoch"] += 1
+                    state["micro_in_epoch"] = 0
+                return group
+            state["epoch"] += 1
+            state["micro_in_epoch"] = 0
+
+    def _train_step(self, group: list[list[int]]) -> tuple[float, float | None, int]:
+        import torch
+
+        strategy, ctx = self.strategy, self.ctx
+        train = self.examples.train
+        batches = [collate([train[i] for i in idx], self.pad_id) for idx in group]
+        n_local = sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in batches)
+        n_global = strategy.all_reduce_sum(n_local)
+        denom = max(n_global, 1) / ctx.world.world_size
+        self.model.train()
+        loss_sum = torch.zeros((), device=ctx.world.device)
+        tokens = 0
+        for j, batch in enumerate(batches):
+            batch = {k: v.to(ctx.world.device) for k, v in batch.items()}
+            with strategy.accumulate(self.model, is_last=j == len(batches) - 1):
+                with strategy.autocast(ctx):
+                    out = self.model(**batch, num_items_in_batch=denom)
+                strategy.backward(out.loss, self.model)
+            loss_sum += out.loss.detach().float()
+            tokens += int(batch["attention_mask"].sum())
+        grad_norm = strategy.step(self.model, self.optimizer, self.train_cfg.max_grad_norm)
+        self.scheduler.step()
+        loss = strategy.all_reduce_sum(float(loss_sum)) / ctx.world.world_size
+        if not math.isfinite(loss):
+            raise RuntimeError(f"loss is {loss}: training diverged (try a lower [optimizer] lr)")
+        return loss, grad_norm, tokens
+
+    # -- eval, saving, sampling ----------------------------------------------------------------
+    def _eval_data(self) -> EvalData:
+        world = self.ctx.world
+        examples = self.examples.eval
+        size = self.recipe.eval.batch_size or self.train_cfg.micro_batch_size
+        per_rank = math.ceil(len(examples) / (world.world_size * size)) * size
+        mine = examples[world.rank :: world.world_size]
+        blank = {
+            "input_ids": examples[0]["input_ids"],
+            "labels": [IGNORE] * len(examples[0]["labels"]),
+        }
+        mine = mine + [blank] * (per_rank - len(mine))  # same batch count on every rank
+        return EvalData(
+            mine,
+            size,
+            self.pad_id,
+            world.device,
+            self.recipe.eval.max_batches,
+            self.strategy,
+            self.ctx,
+        )
+
+    def _evaluate(self, step: int) -> dict[str, float]:
+        names = self.recipe.eval.metrics
+        if not names or not self.examples.eval:
+            return {}
+        model = self.strategy.unwrap(self.model)
+        was_training = model.training
+        model.eval()
+        try:
+            results = self.pm.evaluate(names, model, self._eval_data(), self.ctx)
+        finally:
+            model.train(was_training)
+        self.ctx.metrics.log("eval", step, **results)
+        shown = "  ".join(f"{k} {v:.4f}" for k, v in results.items())
+        self.ctx.print(f"eval @ step {step}: {shown}")
+        return results
+
+    def _evaluate_and_check(self, state: dict[str, Any]) -> bool:
+        """Evaluate; returns True when early stopping should end the run."""
+        results = self._evaluate(state["step"])
+        cfg = self.train_cfg
+        value = results.get("eval_loss")
+        if value is None or not cfg.early_stopping_patience:
+            return False
+        best = state["best_eval"]
+        if best is None or value < best - cfg.early_stopping_threshold:
+            state["best_eval"], state["bad_evals"] = value, 0
+        else:
+            state["bad_evals"] += 1
+        return state["bad_evals"] >= cfg.early_stopping_patience
+
+    def _save(self, state: dict[str, Any]) -> None:
+        path = checkpoint.save(
+            strategy=self.strategy,
+            model=self.model,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            state=state,
+            recipe_text=self.recipe_text,
+            ctx=self.ctx,
+            keep_last=self.train_cfg.keep_last,
+        )
+        self.ctx.metrics.log("checkpoint", state["step"], path=str(path))
+
+    def _save_final(self) -> None:
+        out = self.ctx.output_dir
+        tmp, final = out / ".tmp-final", out / "final"
+        if self.ctx.world.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        self.strategy.barrier()
+        self.strategy.save_final(self.model, self.tokenizer, tmp, self.ctx)
+        self.strategy.barrier()
+        if self.ctx.world.is_main:
+            (tmp / "recipe.toml").write_text(self.recipe_text, encoding="utf-8")
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+        self.strategy.barrier()
+
+    def _sample(self) -> list[dict[str, str]]:
+        """Greedy generations for [generate] prompts, so the user sees what training did."""
+        prompts = self.recipe.generate.prompts
+        if not prompts or not self.ctx.world.is_main:
+            return []
+        import torch
+
+        model = self.strategy.unwrap(self.model)
+        model.eval()
+        render = self.examples.render_prompt or (lambda p: p)
+        samples = []
+        for prompt in prompts:
+            enc = self.tokenizer(render(prompt), add_special_tokens=False, return_tensors="pt")
+            enc = {k: v.to(self.ctx.world.device) for k, v in enc.items()}
+            with torch.no_grad(), self.strategy.autocast(self.ctx):
+                out = model.generate(
+                    **enc,
+                    max_new_tokens=self.recipe.generate.max_new_tokens,
+                    do_sample=False,
+                    use_cache=True,
+                    pad_token_id=self.pad_id,
+                )
+            reply = self.tokenizer.decode(
+                out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True
+            )
+            samples.append({"prompt": prompt, "reply": reply})
+        for s in samples:
+            self.ctx.print(
+                f"[bold]>>>[/bold] {s['prompt']}\n[green]{s['reply']}[/green]", markup=True
+            )
+        return samples
+
+    # -- what the user sees ----------------------------------------------------------------------
+    def _latest_checkpoint(self) -> Path:
+        found = checkpoint.list_checkpoints(self.ctx.output_dir)
+        if not found:
+            raise TuneError(
+                f"--resume found no checkpoint in {checkpoint.checkpoints_dir(self.ctx.output_dir)}.",
+                where=f"{self.recipe.path}: [train] output_dir",
+                fix="set [train] save_every to write checkpoints, or start without --resume.",
+            )
+        return found[-1]
+
+    def _announce(self, state: dict[str, Any]) -> None:
+        ctx, stats = self.ctx, self.examples.stats
+        names = " -> ".join(
+            [self.recipe.selected("loader").backend.name]
+            + [s.backend.name for s in self.recipe.backends["adapt"]]
+        )
+        ctx.print(
+            f"[bold]tune[/bold] {self.recipe.path}: {names} on {ctx.world.device} "
+            f"(world {ctx.world.world_size}), {self.n_trainable:,} of {self.n_total:,} parameters "
+            f"trainable ({100 * self.n_trainable / max(self.n_total, 1):.2f}%)"
+        )
+        ctx.print(
+            f"data: {stats.get('train_examples')} train / {stats.get('eval_examples')} eval examples, "
+            f"{stats.get('truncated', 0)} truncated, {stats.get('dropped', 0)} dropped; "
+            f"{self.total_steps} steps ({self.steps_per_epoch}/epoch) -> {ctx.output_dir}"
+        )
+
+    def _progress(self):
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
+
+        return Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeRemainingColumn(),
+            console=self.ctx.console,
+            disable=not (self.ctx.world.is_main and self.ctx.console.is_terminal),
+        )
+
+    def _summarize(
+        self, state, meter: Meter, wall: float, final_metrics, samples, stopped_early
+    ) -> dict[str, Any]:
+        ctx = self.ctx
+        tokens = int(self.strategy.all_reduce_sum(state["tokens"]))
+        memory = meter.peak_memory()
+        summary = {
+            "steps": state["step"],
+            "epochs": round(
+                state["epoch"] + state["micro_in_epoch"] / max(self.micro_per_epoch, 1), 3
+            ),
+            "tokens": tokens,
+            "tokens_per_s": round(tokens / max(wall, 1e-9), 1),
+            "wall_s": round(wall, 2),
+            "peak_memory": memory,
+            "first_loss": self.losses[0][1] if self.losses else None,
+            "last_loss": self.losses[-1][1] if self.losses else None,
+            "eval": final_metrics,
+            "trainable_params": self.n_trainable,
+            "total_params": self.n_total,
+            "data": self.examples.stats,
+            "world_size": ctx.world.world_size,
+            "stopped_early": stopped_early,
+            "samples": samples,
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+        if not ctx.world.is_main:
+            return summary
+        (ctx.output_dir / "summary.json").write_text(
+            json.dumps(summary, indent=2), encoding="utf-8"
+        )
+        self._plot()
+        from rich.table import Table
+
+        table = Table("", "", title="run summary", box=None, show_header=False)
+        table.add_row("steps", str(summary["steps"]))
+        table.add_row("tokens", f"{tokens:,}")
+        table.add_row("tokens/s", f"{summary['tokens_per_s']:,.1f}")
+        table.add_row("wall time", f"{wall:.1f} s")
+        mem = human_bytes(memory["bytes"])
+        if "percent_of_device" in memory:
+            mem += f" reserved ({memory['percent_of_device']}% of device)"
+        else:
+            mem += " peak RSS (process)"
+        table.add_row("peak memory", mem)
+        if self.losses:
+            table.add_row("loss", f"{summary['first_loss']:.4f} -> {summary['last_loss']:.4f}")
+        for key, value in final_metrics.items():
+            table.add_row(key, f"{value:.4f}")
+        table.add_row("output", str(ctx.output_dir / "final"))
+        ctx.print(table)
+        return summary
+
+    def _plot(self) -> None:
+        if not self.losses:
+            return
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+        ax.plot([s for s, _ in self.losses], [v for _, v in self.losses], lw=1.2, label="train")
+        evals = [r for r in self.ctx.metrics.records if r["kind"] == "eval" and "eval_loss" in r]
+        if evals:
+            ax.plot([r["step"] for r in evals], [r["eval_loss"] for r in evals], "o-", label="eval")
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss")
+        ax.set_title(str(self.recipe.path.name))
+        ax.legend()
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(self.ctx.output_dir / "loss.png")
+        plt.close(fig)

@@ -1,0 +1,173 @@
+"""What a strategy must do, and the plain-torch implementation single-device and DDP share.
+
+The loop calls only these methods and never asks which strategy it has. A strategy owns the
+process group, device placement, model wrapping, backward/step, accumulation boundaries,
+reductions for logging and the save/load of its own checkpoint shards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any
+
+from tune.context import RunContext, World
+
+
+class Strategy:
+    """Single process, one device; subclasses override what differs."""
+
+    name = "single"
+
+    def __init__(self, device: str | None = None):
+        self.requested_device = device
+        self.scaler = None
+        self.precision = "fp32"
+
+    # -- set-up ------------------------------------------------------------------------------
+    def setup(self, ctx: RunContext) -> World:
+        """Pick the device and describe this process's place in the world."""
+        return World(
+            rank=0, world_size=1, local_rank=0, device=self.requested_device or auto_device()
+        )
+
+    def prepare(self, model: Any, optimizer: Any, ctx: RunContext) -> tuple[Any, Any]:
+        """Place and wrap the model; returns (model to call, optimizer to step)."""
+        device = ctx.world.device
+        if not _is_quantized(model):
+            model.to(device)
+        self.precision = resolve_precision(ctx.recipe.train.precision, device)
+        if self.precision == "fp16":
+            import torch
+
+            self.scaler = torch.amp.GradScaler(device.split(":")[0])
+        return model, optimizer
+
+    def unwrap(self, model: Any) -> Any:
+        return getattr(model, "module", model)
+
+    # -- steps -------------------------------------------------------------------------------
+    def autocast(self, ctx: RunContext):
+        import torch
+
+        if self.precision in ("bf16", "fp16"):
+            dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+            return torch.autocast(ctx.world.device.split(":")[0], dtype=dtype)
+        return contextlib.nullcontext()
+
+    def accumulate(self, model: Any, is_last: bool):
+        """Context for one micro-batch; DDP skips the gradient sync unless `is_last`."""
+        return contextlib.nullcontext()
+
+    def backward(self, loss: Any, model: Any) -> None:
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+        else:
+            loss.backward()
+
+    def step(self, model: Any, optimizer: Any, max_grad_norm: float) -> float | None:
+        """Clip, step, zero. Returns the pre-clip gradient norm when clipping is on."""
+        import torch
+
+        if self.scaler is not None:
+            self.scaler.unscale_(optimizer)
+        norm = None
+        if max_grad_norm > 0:
+            params = [p for g in optimizer.param_groups for p in g["params"]]
+            norm = float(torch.nn.utils.clip_grad_norm_(params, max_grad_norm))
+        if self.scaler is not None:
+            self.scaler.step(optimizer)
+            self.scaler.update()
+        else:
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return norm
+
+    # -- collectives ---------------------------------------------------------------------------
+    def all_reduce_sum(self, value: float) -> float:
+        return value
+
+    def barrier(self) -> None:
+        return None
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def save_checkpoint(self, model: Any, optimizer: Any, path: Path, ctx: RunContext) -> None:
+        """Trainable weights (safetensors) and optimizer state; frozen weights come from the base."""
+        import torch
+        from safetensors.torch import save_file
+
+        if not ctx.world.is_main:
+            return
+        state = trainable_state(self.unwrap(model))
+        save_file(state, str(path / "trainable.safetensors"))
+        torch.save(optimizer.state_dict(), path / "optimizer.pt")
+        if self.scaler is not None:
+            torch.save(self.scaler.state_dict(), path / "scaler.pt")
+
+    def load_checkpoint(self, model: Any, optimizer: Any, path: Path, ctx: RunContext) -> None:
+        import torch
+        from safetensors.torch import load_file
+
+        load_trainable(self.unwrap(model), load_file(str(path / "trainable.safetensors")))
+        optimizer.load_state_dict(
+            torch.load(path / "optimizer.pt", map_location=ctx.world.device, weights_only=True)
+        )
+        if self.scaler is not None and (path / "scaler.pt").exists():
+            self.scaler.load_state_dict(torch.load(path / "scaler.pt", weights_only=True))
+
+    def save_final(self, model: Any, tokenizer: Any, path: Path, ctx: RunContext) -> None:
+        """The artifact users keep: loadable by plain transformers/peft, no tune needed."""
+        if not ctx.world.is_main:
+            return
+        self.unwrap(model).save_pretrained(str(path))
+        tokenizer.save_pretrained(str(path))
+
+    def teardown(self) -> None:
+        return None
+
+
+def auto_device() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda:0"
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    if precision != "auto":
+        return precision
+    import torch
+
+    if device.startswith("cuda") and torch.cuda.is_bf16_supported():
+        return "bf16"
+    return "fp32"
+
+
+def _is_quantized(model: Any) -> bool:
+    return bool(getattr(model, "is_quantized", False) or getattr(model, "hf_quantizer", None))
+
+
+def trainable_state(model: Any) -> dict[str, Any]:
+    return {
+        name: p.detach().to("cpu").contiguous()
+        for name, p in model.named_parameters()
+        if p.requires_grad
+    }
+
+
+def load_trainable(model: Any, state: dict[str, Any]) -> None:
+    import torch
+
+    params = dict(model.named_parameters())
+    missing = [n for n, p in params.items() if p.requires_grad and n not in state]
+    unknown = [n for n in state if n not in params]
+    if missing or unknown:
+        raise RuntimeError(
+            f"checkpoint does not match the model: missing {missing[:3]}, unknown {unknown[:3]}"
+        )
+    with torch.no_grad():
+        for name, tensor in state.items():
+            params[name].copy_(tensor.to(params[name].device, params[name].dtype))

@@ -1,0 +1,108 @@
+"""A plugin used by the tests (loaded with `-p tests.core.hook_plugin`): one backend per hook.
+
+It records what the core handed it so tests can assert each hook was called, with what, and
+in which order.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+from tune.hookspecs import hookimpl
+
+CALLS: list[tuple[str, object]] = []
+
+
+class _S(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class FreezeSettings(_S):
+    keep: str = "lm_head"
+    tag: str = ""
+
+
+class SgdSettings(_S):
+    lr: float = 0.1
+
+
+class FakeQuantSettings(_S):
+    bits: int = 4
+
+
+@hookimpl
+def tune_provide(provide):
+    provide.adapter("freeze_except", FreezeSettings, doc="freeze all but the named module")
+    provide.optimizer("sgd", SgdSettings, doc="plain SGD")
+    provide.strategy("recording", doc="single device; records gradients before each step")
+    provide.quantization("fakequant", FakeQuantSettings, doc="records that it was asked")
+    provide.metric("weight_norm", doc="L2 norm of trainable weights")
+    provide.metric("also_loss", doc="returns eval_loss again (a duplicate key)")
+    provide.loader("recording_loader", doc="the transformers tiny model, recorded")
+
+
+@hookimpl
+def tune_adapt_model(name, settings, model, ctx):
+    CALLS.append(("adapt", settings.tag))
+    for pname, param in model.named_parameters():
+        param.requires_grad = pname.startswith(settings.keep) or "embed_tokens" in pname
+    return model
+
+
+@hookimpl
+def tune_build_optimizer(name, settings, params, ctx):
+    import torch
+
+    CALLS.append(("optimizer", len(params)))
+    return torch.optim.SGD(params, lr=settings.lr)
+
+
+@hookimpl
+def tune_choose_strategy(name, settings, ctx):
+    from tune.train.strategy import Strategy
+
+    class Recording(Strategy):
+        grads: list[dict[str, object]] = []
+
+        def step(self, model, optimizer, max_grad_norm):
+            grads = {
+                n: p.grad.detach().clone()
+                for n, p in model.named_parameters()
+                if p.grad is not None
+            }
+            Recording.grads.append(grads)
+            return super().step(model, optimizer, max_grad_norm)
+
+    CALLS.append(("strategy", name))
+    strategy = Recording()
+    ctx.extras["recording"] = Recording
+    return strategy
+
+
+@hookimpl
+def tune_quantization_config(name, settings, ctx):
+    CALLS.append(("quantization", settings.bits))
+    return {"fake": settings.bits}
+
+
+@hookimpl
+def tune_load_model(name, settings, ctx):
+    from tune.builtin import loader
+
+    CALLS.append(("load", ctx.quantization_config))
+    ctx.quantization_config = None  # the fake config is not a real one: load full precision
+    return loader.tune_load_model(loader.TransformersLoaderSettings(), ctx)
+
+
+@hookimpl
+def tune_evaluate(names, model, data, ctx):
+    out = {}
+    if "weight_norm" in names:
+        out["weight_norm"] = float(
+            sum(
+                float(p.detach().float().norm() ** 2) for p in model.parameters() if p.requires_grad
+            )
+            ** 0.5
+        )
+    if "also_loss" in names:
+        out["eval_loss"] = 0.0
+    return out
