@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict
 from tune.hookspecs import hookimpl
 
 CALLS: list[tuple[str, object]] = []
+GRADS: list[dict[str, object]] = []  # gradients seen by the "recording" strategy, per step
 
 
 class _S(BaseModel):
@@ -61,21 +62,17 @@ def tune_choose_strategy(name, settings, ctx):
     from tune.train.strategy import Strategy
 
     class Recording(Strategy):
-        grads: list[dict[str, object]] = []
-
         def step(self, model, optimizer, max_grad_norm):
             grads = {
                 n: p.grad.detach().clone()
                 for n, p in model.named_parameters()
                 if p.grad is not None
             }
-            Recording.grads.append(grads)
+            GRADS.append(grads)
             return super().step(model, optimizer, max_grad_norm)
 
     CALLS.append(("strategy", name))
-    strategy = Recording()
-    ctx.extras["recording"] = Recording
-    return strategy
+    return Recording()
 
 
 @hookimpl
