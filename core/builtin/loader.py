@@ -105,6 +105,10 @@ def tune_load_model(settings: TransformersLoaderSettings, ctx):
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if recipe.train.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        # transformers v5 renamed it (and its kwargs); the old name is what v4 has.
+        if hasattr(model, "activation_checkpointing_enable"):
+            model.activation_checkpointing_enable({"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable({"use_reentrant": False})
         model.config.use_cache = False
     return model, tokenizer

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
-from tests.conftest import recipe_dict, write_jsonl, write_recipe
 from tune.builtin.tiny import load_tokenizer
 from tune.context import RunContext
 from tune.data.examples import IGNORE, collate, epoch_order, shard
@@ -14,24 +12,34 @@ from tune.plugins import get_plugin_manager
 from tune.recipe import load_recipe
 from tune.train.run import call_backend
 
+from tests.conftest import recipe_dict, write_jsonl, write_recipe
+
 CHAT = [{"role": "user", "content": "reverse hello"}, {"role": "assistant", "content": "olleh"}]
 
 
-def examples_for(tmp_path, rows, tokenizer_name="tiny-llama", filename="d.jsonl", max_len=512, **data_keys):
+def examples_for(
+    tmp_path, rows, tokenizer_name="tiny-llama", filename="d.jsonl", max_len=512, **data_keys
+):
     path = tmp_path / filename
     if filename.endswith(".jsonl"):
         write_jsonl(path, rows)
-    data = recipe_dict(tmp_path, data={"train": str(path), **data_keys}, model={"max_seq_len": max_len})
+    data = recipe_dict(
+        tmp_path, data={"train": str(path), **data_keys}, model={"max_seq_len": max_len}
+    )
     if data["data"].get("format", "chat") not in ("chat", "alpaca"):
         data["data"].pop("template")
     recipe = load_recipe(write_recipe(tmp_path, data), plugins=(pm := get_plugin_manager()))
     tokenizer = load_tokenizer(tokenizer_name)
     ctx = RunContext(recipe=recipe, output_dir=tmp_path)
-    return call_backend(pm, "tune_format_data", recipe.selected("data_format"), tokenizer=tokenizer, ctx=ctx), tokenizer
+    return call_backend(
+        pm, "tune_format_data", recipe.selected("data_format"), tokenizer=tokenizer, ctx=ctx
+    ), tokenizer
 
 
 def trained_text(example, tokenizer) -> str:
-    return tokenizer.decode([t for t, lab in zip(example["input_ids"], example["labels"], strict=True) if lab != IGNORE])
+    return tokenizer.decode(
+        [t for t, lab in zip(example["input_ids"], example["labels"], strict=True) if lab != IGNORE]
+    )
 
 
 @pytest.mark.parametrize(
@@ -64,13 +72,20 @@ def test_multi_turn_trains_every_assistant_turn_and_no_user_turn(tmp_path):
 
 
 def test_train_on_prompt_trains_everything_but_the_first_token(tmp_path):
-    ex, tok = examples_for(tmp_path, [{"messages": CHAT}], template="llama-3.1", train_on_prompt=True)
+    ex, tok = examples_for(
+        tmp_path, [{"messages": CHAT}], template="llama-3.1", train_on_prompt=True
+    )
     labels = ex.train[0]["labels"]
     assert labels[0] == IGNORE and all(lab != IGNORE for lab in labels[1:])
 
 
 def test_sharegpt_and_openai_rows_give_the_same_tokens(tmp_path):
-    share = {"conversations": [{"from": "human", "value": "reverse hello"}, {"from": "gpt", "value": "olleh"}]}
+    share = {
+        "conversations": [
+            {"from": "human", "value": "reverse hello"},
+            {"from": "gpt", "value": "olleh"},
+        ]
+    }
     a, _ = examples_for(tmp_path, [{"messages": CHAT}], template="llama-3.1")
     b, _ = examples_for(tmp_path, [share], template="llama-3.1", filename="s.jsonl")
     assert a.train == b.train
@@ -90,7 +105,9 @@ def test_alpaca_rows(tmp_path):
 
 
 def test_prompt_completion_masks_the_prompt_and_adds_eos(tmp_path):
-    ex, tok = examples_for(tmp_path, [{"prompt": "2+2=", "completion": "4"}], format="prompt_completion")
+    ex, tok = examples_for(
+        tmp_path, [{"prompt": "2+2=", "completion": "4"}], format="prompt_completion"
+    )
     assert trained_text(ex.train[0], tok) == "4<|end_of_text|>"
     assert tok.decode(ex.train[0]["input_ids"]) == "<|begin_of_text|>2+2=4<|end_of_text|>"
 
@@ -146,7 +163,13 @@ def test_template_missing_tokens_is_reported(tmp_path):
 
 
 def test_collate_pads_right_with_ignored_labels():
-    batch = collate([{"input_ids": [1, 2, 3], "labels": [IGNORE, 2, 3]}, {"input_ids": [4], "labels": [IGNORE]}], pad_id=0)
+    batch = collate(
+        [
+            {"input_ids": [1, 2, 3], "labels": [IGNORE, 2, 3]},
+            {"input_ids": [4], "labels": [IGNORE]},
+        ],
+        pad_id=0,
+    )
     assert batch["input_ids"].tolist() == [[1, 2, 3], [4, 0, 0]]
     assert batch["labels"].tolist() == [[IGNORE, 2, 3], [IGNORE, IGNORE, IGNORE]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]

@@ -9,10 +9,10 @@ import sys
 import pytest
 import torch
 from safetensors.torch import load_file
+from tune.errors import TuneError
 
 from tests.conftest import REPO, recipe_dict, run_cli
 from tests.core import hook_plugin
-from tune.errors import TuneError
 
 HOOKS = ["tests.core.hook_plugin"]
 
@@ -46,7 +46,13 @@ def test_quickstart_trains_and_final_loads_with_plain_transformers(tmp_path):
     assert summary["steps"] == 120
     assert summary["last_loss"] < 0.5 * summary["first_loss"]
     assert summary["eval"]["eval_loss"] < 2.0
-    for name in ("metrics.jsonl", "loss.png", "recipe.toml", "final/config.json", "final/model.safetensors"):
+    for name in (
+        "metrics.jsonl",
+        "loss.png",
+        "recipe.toml",
+        "final/config.json",
+        "final/model.safetensors",
+    ):
         assert (out_dir / name).exists(), name
     sample = summary["samples"][0]
     plain = subprocess.run(
@@ -83,7 +89,9 @@ def test_every_hook_is_called_in_order(tmp_path, train_recipe):
 
 
 def test_a_metric_key_returned_twice_is_an_error(tmp_path, train_recipe):
-    data = recipe_dict(tmp_path, data={"eval_fraction": 0.25}, eval={"metrics": ["perplexity", "also_loss"]})
+    data = recipe_dict(
+        tmp_path, data={"eval_fraction": 0.25}, eval={"metrics": ["perplexity", "also_loss"]}
+    )
     with pytest.raises(RuntimeError, match="eval_loss.*both"):
         train_recipe(data, plugins=HOOKS)
 
@@ -94,7 +102,12 @@ def _grads(tmp_path, train_recipe, micro, accum):
         tmp_path,
         strategy={"name": "recording"},
         data={"shuffle": False},
-        train={"micro_batch_size": micro, "grad_accum": accum, "max_steps": 1, "max_grad_norm": 0.0},
+        train={
+            "micro_batch_size": micro,
+            "grad_accum": accum,
+            "max_steps": 1,
+            "max_grad_norm": 0.0,
+        },
     )
     train_recipe(data, plugins=HOOKS, overwrite=True)
     return hook_plugin.GRADS[0]
@@ -111,9 +124,19 @@ def test_grad_accumulation_matches_one_big_batch(tmp_path, train_recipe):
 
 def test_resume_continues_exactly(tmp_path, train_recipe):
     common = {
-        "model": {"path": "tune:tiny-llama", "max_seq_len": 64, "config_overrides": {"attention_dropout": 0.1}},
+        "model": {
+            "path": "tune:tiny-llama",
+            "max_seq_len": 64,
+            "config_overrides": {"attention_dropout": 0.1},
+        },
         "scheduler": {"name": "cosine", "warmup_steps": 2},
-        "train": {"max_steps": 12, "micro_batch_size": 4, "grad_accum": 2, "save_every": 6, "keep_last": 5},
+        "train": {
+            "max_steps": 12,
+            "micro_batch_size": 4,
+            "grad_accum": 2,
+            "save_every": 6,
+            "keep_last": 5,
+        },
     }
     straight = recipe_dict(tmp_path, **common)
     straight["train"]["output_dir"] = str(tmp_path / "straight")
@@ -123,12 +146,16 @@ def test_resume_continues_exactly(tmp_path, train_recipe):
     from tune.plugins import get_plugin_manager
     from tune.recipe import load_recipe
     from tune.train.run import run_training
+
     from tests.conftest import write_recipe
 
     path = write_recipe(tmp_path, resumed, "b.toml")
     pm = get_plugin_manager()
     run_training(
-        load_recipe(path, plugins=pm), pm, resume=True, resume_from=tmp_path / "straight/checkpoints/step-6"
+        load_recipe(path, plugins=pm),
+        pm,
+        resume=True,
+        resume_from=tmp_path / "straight/checkpoints/step-6",
     )
     a = load_file(str(tmp_path / "straight/final/model.safetensors"))
     b = load_file(str(tmp_path / "resumed/final/model.safetensors"))
@@ -147,7 +174,14 @@ def test_checkpoints_are_whole_and_pruned(tmp_path, train_recipe):
     out = tmp_path / "run"
     ckpts = sorted(p.name for p in (out / "checkpoints").iterdir())
     assert ckpts == ["step-4", "step-5"]
-    for name in ("state.json", "recipe.toml", "trainable.safetensors", "optimizer.pt", "scheduler.pt", "rng-rank0.pt"):
+    for name in (
+        "state.json",
+        "recipe.toml",
+        "trainable.safetensors",
+        "optimizer.pt",
+        "scheduler.pt",
+        "rng-rank0.pt",
+    ):
         assert (out / "checkpoints/step-5" / name).exists(), name
     state = json.loads((out / "checkpoints/step-5/state.json").read_text())
     assert state["step"] == 5
@@ -167,15 +201,27 @@ def test_early_stopping(tmp_path, train_recipe):
         optimizer={"name": "sgd", "lr": 1e-12},
         data={"eval_fraction": 0.25},
         eval={"metrics": ["perplexity"]},
-        train={"max_steps": 20, "eval_every": 1, "early_stopping_patience": 2, "early_stopping_threshold": 0.1},
+        train={
+            "max_steps": 20,
+            "eval_every": 1,
+            "early_stopping_patience": 2,
+            "early_stopping_threshold": 0.1,
+        },
     )
     summary, _ = train_recipe(data, plugins=HOOKS)
     assert summary["stopped_early"] and summary["steps"] == 3
 
 
-@pytest.mark.parametrize(("arch", "template"), [("tiny-qwen2", "chatml"), ("tiny-mistral", "mistral")])
+@pytest.mark.parametrize(
+    ("arch", "template"), [("tiny-qwen2", "chatml"), ("tiny-mistral", "mistral")]
+)
 def test_other_architectures_train(tmp_path, train_recipe, arch, template):
-    data = recipe_dict(tmp_path, model={"path": f"tune:{arch}"}, data={"template": template}, optimizer={"lr": 3e-3})
+    data = recipe_dict(
+        tmp_path,
+        model={"path": f"tune:{arch}"},
+        data={"template": template},
+        optimizer={"lr": 3e-3},
+    )
     data["train"]["max_steps"] = 6
     summary, _ = train_recipe(data)
     assert summary["last_loss"] < summary["first_loss"]
@@ -186,7 +232,9 @@ def test_other_architectures_train(tmp_path, train_recipe, arch, template):
 
 
 def test_bf16_autocast_and_gradient_checkpointing_on_cpu(tmp_path, train_recipe):
-    data = recipe_dict(tmp_path, train={"precision": "bf16", "gradient_checkpointing": True, "max_steps": 2})
+    data = recipe_dict(
+        tmp_path, train={"precision": "bf16", "gradient_checkpointing": True, "max_steps": 2}
+    )
     summary, _ = train_recipe(data)
     assert summary["steps"] == 2 and summary["last_loss"] == summary["last_loss"]
 
