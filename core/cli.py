@@ -231,6 +231,25 @@ def run(ctx, recipe, overrides, resume, resume_from, overwrite, plugin_opts) -> 
     )
 
 
+@cli.command(context_settings=CONTEXT_SETTINGS)
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option(
+    "--out", required=True, type=click.Path(path_type=Path), help="Where to write the model."
+)
+@click.option(
+    "--dtype", type=click.Choice(["bf16", "fp16", "fp32"]), default="bf16", show_default=True
+)
+@plugin_option
+@click.pass_context
+def merge(ctx, source: Path, out: Path, dtype: str, plugin_opts: tuple[str, ...]) -> None:
+    """Merge a run's adapter (or a PEFT adapter dir) into its base: a plain transformers model."""
+    from tune.merge import merge as merge_adapter
+
+    pm = _plugin_manager(ctx, plugin_opts)
+    written = merge_adapter(source, out, dtype, pm)
+    _console().print(f"[green]merged[/green] {source} -> {written} ({dtype})")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user mistakes print one paragraph and exit 2; bugs keep their traceback."""
     try:

@@ -108,3 +108,26 @@ def tune_validate_data(name: str, settings: BaseModel, ctx: RunContext) -> Any:
     Called by `tune validate` and at the start of `tune run`; raise `TuneError` naming the
     file and line. Return a short summary string (e.g. "120 rows"). Optional for a format.
     """
+
+
+@hookspec(firstresult=True)
+def tune_prepare_quantized_model(
+    name: str, settings: BaseModel, model: Any, ctx: RunContext
+) -> Any:
+    """Return the loaded quantized model made ready for training (k-bit preparation).
+
+    Called once, right after `tune_load_model` and before the adapt chain, on the plugin that
+    declared `[model] quantize = name`. Return the model unchanged if nothing is needed.
+    """
+
+
+@hookspec(firstresult=True)
+def tune_merge_adapter(
+    name: str, settings: BaseModel, model: Any, adapter_dir: str, ctx: RunContext
+) -> Any:
+    """Return `model` with the trained `[[adapt]] method = name` weights from `adapter_dir` applied.
+
+    Used by `tune merge`: the core reloads the base in 16-bit (never quantized), calls this for
+    each adapt step in recipe order on its declaring plugin, then saves a plain model. Merge
+    into the base weights where the method allows it.
+    """

@@ -272,6 +272,13 @@ def load_recipe(
     """Read, override and validate a recipe; with `plugins`, also select and validate backends."""
     path = Path(path)
     raw = apply_overrides(read_toml(path), overrides or [])
+    return recipe_from_dict(raw, path, overrides, plugins)
+
+
+def recipe_from_dict(
+    raw: dict[str, Any], path: Path, overrides: list[str] | None = None, plugins: Any = None
+) -> Recipe:
+    """Validate an already-read recipe table; `path` names it in messages."""
     try:
         core = RecipeModel.model_validate(raw)
     except ValidationError as exc:
@@ -323,8 +330,15 @@ def _check_core_rules(recipe: Recipe) -> None:
         )
 
 
-def select_backends(recipe: Recipe, plugins: Any) -> None:
-    """Pick each backend the recipe names and validate its settings with its own model."""
+ALL_ROLES = ("strategy", "loader", "quantization", "adapt", "data_format", "optimizer", "metrics")
+
+
+def select_backends(recipe: Recipe, plugins: Any, roles: tuple[str, ...] = ALL_ROLES) -> None:
+    """Pick each backend the recipe names and validate its settings with its own model.
+
+    `roles` limits the choice (e.g. `tune merge` needs only the loader and the adapt chain, so
+    a run trained with a metric plugin that is not installed here still merges).
+    """
     path = recipe.path
     loader = recipe.model.loader
 
@@ -341,15 +355,14 @@ def select_backends(recipe: Recipe, plugins: Any) -> None:
 
     raw = recipe.raw
     b = recipe.backends
-    b["strategy"] = pick(
-        "strategy",
-        recipe.strategy.name,
-        raw.get("strategy", {}),
-        CORE_KEYS["strategy"],
-        "[strategy]",
-    )
-    b["loader"] = pick("loader", loader, raw["model"], CORE_KEYS["model"], "[model]")
-    if recipe.model.quantize:
+    if "strategy" in roles:
+        strategy_raw = raw.get("strategy", {})
+        b["strategy"] = pick(
+            "strategy", recipe.strategy.name, strategy_raw, CORE_KEYS["strategy"], "[strategy]"
+        )
+    if "loader" in roles:
+        b["loader"] = pick("loader", loader, raw["model"], CORE_KEYS["model"], "[model]")
+    if "quantization" in roles and recipe.model.quantize:
         b["quantization"] = pick(
             "quantization",
             recipe.model.quantize,
@@ -358,51 +371,56 @@ def select_backends(recipe: Recipe, plugins: Any) -> None:
             "[model.quantization]",
             scope_loader=loader,
         )
-    elif recipe.model.quantization:
+    elif recipe.model.quantization and not recipe.model.quantize:
         raise TuneError(
             "[model.quantization] is set but [model] quantize is not.",
             where=str(path),
             fix='add quantize = "nf4" (or int8, fp4) to [model], or remove the table.',
         )
-    b["adapt"] = [
-        pick(
-            "adapter",
-            step.method,
-            raw["adapt"][i],
-            CORE_KEYS["adapt"],
-            f"[[adapt]] #{i + 1}",
-            loader,
+    if "adapt" in roles:
+        b["adapt"] = [
+            pick(
+                "adapter",
+                step.method,
+                raw["adapt"][i],
+                CORE_KEYS["adapt"],
+                f"[[adapt]] #{i + 1}",
+                loader,
+            )
+            for i, step in enumerate(recipe.adapt)
+        ]
+    if "data_format" in roles:
+        b["data_format"] = pick(
+            "data_format", recipe.data.format, raw["data"], CORE_KEYS["data"], "[data]"
         )
-        for i, step in enumerate(recipe.adapt)
-    ]
-    b["data_format"] = pick(
-        "data_format", recipe.data.format, raw["data"], CORE_KEYS["data"], "[data]"
-    )
-    b["optimizer"] = pick(
-        "optimizer",
-        recipe.optimizer.name,
-        raw.get("optimizer", {}),
-        CORE_KEYS["optimizer"],
-        "[optimizer]",
-    )
-    eval_raw = raw.get("eval", {})
-    extra_tables = set(eval_raw) - CORE_KEYS["eval"]
-    metrics = {}
-    for name in recipe.eval.metrics:
-        table = eval_raw.get(name, {})
-        metrics[name] = pick(
-            "metric", name, table if isinstance(table, dict) else {}, set(), f"[eval.{name}]"
+    if "optimizer" in roles:
+        optimizer_raw = raw.get("optimizer", {})
+        b["optimizer"] = pick(
+            "optimizer", recipe.optimizer.name, optimizer_raw, CORE_KEYS["optimizer"], "[optimizer]"
         )
-    stray = extra_tables - set(recipe.eval.metrics)
+    if "metrics" in roles:
+        b["metrics"] = _select_metrics(recipe, pick)
+
+
+def _select_metrics(recipe: Recipe, pick) -> dict[str, Selected]:
+    """Each listed metric with the settings of its `[eval.<metric>]` table; stray tables rejected."""
+    eval_raw = recipe.raw.get("eval", {})
+    stray = set(eval_raw) - CORE_KEYS["eval"] - set(recipe.eval.metrics)
     if stray:
         key = sorted(stray)[0]
+        options = CORE_KEYS["eval"] | set(recipe.eval.metrics)
         raise TuneError(
-            f"unknown key '{key}' in [eval].{did_you_mean(key, CORE_KEYS['eval'] | set(recipe.eval.metrics))}",
-            where=str(path),
+            f"unknown key '{key}' in [eval].{did_you_mean(key, options)}",
+            where=str(recipe.path),
             fix=f"[eval] accepts {', '.join(sorted(CORE_KEYS['eval']))}, and one table per metric "
             "listed in metrics.",
         )
-    b["metrics"] = metrics
+    metrics = {}
+    for name in recipe.eval.metrics:
+        table = eval_raw.get(name, {})
+        table = table if isinstance(table, dict) else {}
+        metrics[name] = pick("metric", name, table, set(), f"[eval.{name}]")
+    return metrics
 
 
 def first_comment(path: Path) -> str:

@@ -30,6 +30,13 @@ from tune.train import checkpoint
 from tune.train.meter import Meter, human_bytes
 
 
+def _n_params(param) -> int:
+    """Logical parameter count: packed 4-bit weights hold two values per stored byte."""
+    if hasattr(param, "quant_state"):
+        return param.numel() * 2 * param.element_size()
+    return param.numel()
+
+
 def call_backend(pm, hook: str, selected, **kwargs) -> Any:
     return pm.call(
         hook, selected.backend, name=selected.backend.name, settings=selected.settings, **kwargs
@@ -123,6 +130,14 @@ class Trainer:
                 pm, "tune_quantization_config", recipe.selected("quantization"), ctx=ctx
             )
         model, tokenizer = call_backend(pm, "tune_load_model", recipe.selected("loader"), ctx=ctx)
+        if "quantization" in recipe.backends:
+            model = call_backend(
+                pm,
+                "tune_prepare_quantized_model",
+                recipe.selected("quantization"),
+                model=model,
+                ctx=ctx,
+            )
         for selected in recipe.backends["adapt"]:
             model = call_backend(pm, "tune_adapt_model", selected, model=model, ctx=ctx)
         self.tokenizer = tokenizer
@@ -138,8 +153,8 @@ class Trainer:
                 fix="check the adapt chain (e.g. only_train_* options) or remove quantize for "
                 "full fine-tuning.",
             )
-        self.n_trainable = sum(p.numel() for _, p in trainable)
-        self.n_total = sum(p.numel() for p in model.parameters())
+        self.n_trainable = sum(_n_params(p) for _, p in trainable)
+        self.n_total = sum(_n_params(p) for p in model.parameters())
         decay = [p for _, p in trainable if p.ndim >= 2]
         no_decay = [p for _, p in trainable if p.ndim < 2]
         opt_sel = recipe.selected("optimizer")

@@ -10,7 +10,11 @@ from pydantic import BaseModel, ConfigDict
 from tune.hookspecs import hookimpl
 
 CALLS: list[tuple[str, object]] = []
-GRADS: list[dict[str, object]] = []  # gradients seen by the "recording" strategy, per step
+GRADS: list[dict[str, object]] = []
+PROBES: list[object] = []  # logits of the final model on PROBE_IDS, from the "probe" metric
+PROBE_IDS = [
+    [1, 40, 50, 60, 70, 80, 90, 100, 5, 6, 7]
+]  # gradients seen by the "recording" strategy, per step
 
 
 class _S(BaseModel):
@@ -38,6 +42,7 @@ def tune_provide(provide):
     provide.quantization("fakequant", FakeQuantSettings, doc="records that it was asked")
     provide.metric("weight_norm", doc="L2 norm of trainable weights")
     provide.metric("also_loss", doc="returns eval_loss again (a duplicate key)")
+    provide.metric("probe", doc="records the model's logits on PROBE_IDS")
     provide.loader("recording_loader", doc="the transformers tiny model, recorded")
 
 
@@ -82,6 +87,12 @@ def tune_quantization_config(name, settings, ctx):
 
 
 @hookimpl
+def tune_prepare_quantized_model(name, settings, model, ctx):
+    CALLS.append(("prepare", name))
+    return model
+
+
+@hookimpl
 def tune_load_model(name, settings, ctx):
     from tune.builtin import loader
 
@@ -100,6 +111,12 @@ def tune_evaluate(names, model, data, ctx):
             )
             ** 0.5
         )
+    if "probe" in names:
+        import torch
+
+        with torch.no_grad():
+            PROBES.append(model(input_ids=torch.tensor(PROBE_IDS)).logits.float().cpu())
+        out["probe"] = float(PROBES[-1].abs().mean())
     if "also_loss" in names:
         out["eval_loss"] = 0.0
     return out

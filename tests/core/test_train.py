@@ -80,6 +80,7 @@ def test_every_hook_is_called_in_order(tmp_path, train_recipe):
         ("strategy", "recording"),
         ("quantization", 3),
         ("load", {"fake": 3}),
+        ("prepare", "fakequant"),
         ("adapt", "a"),
         ("adapt", "b"),
         ("optimizer", 1),  # embeddings and the tied lm_head: one decay group

@@ -1,0 +1,150 @@
+"""`[[adapt]] method = "lora" | "dora" | "ia3" | "loha" | "lokr"` through PEFT.
+
+The adapter is saved by PEFT itself (`final/` holds adapter_config.json and
+adapter_model.safetensors), so `PeftModel.from_pretrained` loads it with tune uninstalled.
+Imports no torch or peft at module level.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from tune.hookspecs import hookimpl
+
+Targets = Literal["all-linear"] | list[str] | None
+
+
+class _Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    targets: Targets = Field(
+        None,
+        description='"all-linear", a list of module names, or None for the architecture default',
+    )
+    modules_to_save: list[str] | None = Field(None, description="modules trained in full and saved")
+    layers_to_transform: list[int] | None = None
+
+
+class LoraSettings(_Settings):
+    r: int = Field(16, ge=1)
+    alpha: float | None = Field(None, description="lora_alpha; None = r (scale 1)")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    bias: Literal["none", "all", "lora_only"] = "none"
+    use_rslora: bool = Field(False, description="rank-stabilized scaling alpha/sqrt(r)")
+    init: Literal["default", "gaussian", "pissa", "olora", "eva", "orthogonal"] = "default"
+    rank_pattern: dict[str, int] = Field(default_factory=dict)
+    alpha_pattern: dict[str, float] = Field(default_factory=dict)
+
+
+class IA3Settings(_Settings):
+    feedforward_modules: list[str] | None = Field(
+        None, description="which targets are feed-forward (scaled on input); None = default"
+    )
+    init_ia3_weights: bool = True
+
+
+class LohaSettings(_Settings):
+    r: int = Field(8, ge=1)
+    alpha: float | None = None
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    module_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+
+
+class LokrSettings(LohaSettings):
+    decompose_both: bool = False
+    decompose_factor: int = -1
+
+
+METHODS: dict[str, type[BaseModel]] = {
+    "lora": LoraSettings,
+    "dora": LoraSettings,
+    "ia3": IA3Settings,
+    "loha": LohaSettings,
+    "lokr": LokrSettings,
+}
+DOCS = {
+    "lora": "LoRA (rsLoRA with use_rslora = true)",
+    "dora": "DoRA: weight-decomposed LoRA",
+    "ia3": "IA3: learned rescaling vectors",
+    "loha": "LoHa: low-rank Hadamard product",
+    "lokr": "LoKr: low-rank Kronecker product",
+}
+
+
+@hookimpl
+def tune_provide(provide):
+    for method, settings in METHODS.items():
+        provide.adapter(method, settings, doc=DOCS[method])
+
+
+def peft_config(method: str, settings: Any):
+    """The PEFT config object for one recipe step."""
+    import peft
+
+    common = {
+        "task_type": peft.TaskType.CAUSAL_LM,
+        "target_modules": settings.targets,
+        "modules_to_save": settings.modules_to_save,
+    }
+    if settings.layers_to_transform is not None:
+        common["layers_to_transform"] = settings.layers_to_transform
+    if method in ("lora", "dora"):
+        init: Any = True if settings.init == "default" else settings.init
+        return peft.LoraConfig(
+            r=settings.r,
+            lora_alpha=settings.alpha if settings.alpha is not None else settings.r,
+            lora_dropout=settings.dropout,
+            bias=settings.bias,
+            use_rslora=settings.use_rslora,
+            use_dora=method == "dora",
+            init_lora_weights=init,
+            rank_pattern=settings.rank_pattern,
+            alpha_pattern=settings.alpha_pattern,
+            **common,
+        )
+    if method == "ia3":
+        return peft.IA3Config(
+            feedforward_modules=settings.feedforward_modules,
+            init_ia3_weights=settings.init_ia3_weights,
+            **common,
+        )
+    cls = peft.LoHaConfig if method == "loha" else peft.LoKrConfig
+    extra = (
+        {"decompose_both": settings.decompose_both, "decompose_factor": settings.decompose_factor}
+        if method == "lokr"
+        else {}
+    )
+    return cls(
+        r=settings.r,
+        alpha=settings.alpha if settings.alpha is not None else settings.r,
+        rank_dropout=settings.dropout,
+        module_dropout=settings.module_dropout,
+        **extra,
+        **common,
+    )
+
+
+@hookimpl
+def tune_adapt_model(name, settings, model, ctx):
+    import peft
+
+    config = peft_config(name, settings)
+    if isinstance(model, peft.PeftModel):
+        # A second PEFT step on the same model becomes a second named adapter.
+        model.add_adapter(f"adapt{len(model.peft_config)}", config)
+        return model
+    model = peft.get_peft_model(model, config)
+    if ctx.recipe.train.gradient_checkpointing and hasattr(model, "enable_input_require_grads"):
+        # Frozen embeddings + checkpointing: inputs must carry grad so LoRA layers get one.
+        model.enable_input_require_grads()
+    trainable, total = model.get_nb_trainable_parameters()
+    ctx.print(f"peft {name}: {trainable:,} trainable of {total:,} ({100 * trainable / total:.3f}%)")
+    return model
+
+
+@hookimpl
+def tune_merge_adapter(name, settings, model, adapter_dir, ctx):
+    import peft
+
+    return peft.PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
