@@ -79,7 +79,8 @@ class AnyPrecisionAdamW(torch.optim.Optimizer):
                 state["exp_avg"].copy_(exp_avg)
                 state["exp_avg_sq"].copy_(exp_avg_sq)
                 denom = (exp_avg_sq.sqrt() / math.sqrt(1 - beta2**step)).add_(eps)
-                update = exp_avg.div_(denom).mul_(-lr / (1 - beta1**step))
+                # A new tensor: with fp32 state, exp_avg *is* the state (float() made no copy).
+                update = exp_avg.div(denom).mul_(-lr / (1 - beta1**step))
                 if wd:
                     update.add_(p.float(), alpha=-lr * wd)  # decoupled weight decay
                 if kahan:
