@@ -100,7 +100,7 @@ def test_double_provider_is_a_startup_error_naming_both(make_dist):
 
 
 def test_missing_provider_suggests_and_names_the_distribution(tmp_path):
-    pm = get_plugin_manager()
+    pm = get_plugin_manager(disable=["peft"])  # as if tune-plugin-peft were not installed
     data = recipe_dict(tmp_path, adapt=[{"method": "lora", "r": 8}])
     with pytest.raises(TuneError) as err:
         load_recipe(write_recipe(tmp_path, data), plugins=pm)
