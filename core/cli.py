@@ -215,11 +215,55 @@ def validate(ctx, recipe: str, overrides: tuple[str, ...], plugin_opts: tuple[st
     help="Continue from this checkpoint directory.",
 )
 @click.option("--overwrite", is_flag=True, help="Replace a previous run in output_dir.")
+@click.option(
+    "--nproc-per-node",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Processes per node (relaunches under torchrun).",
+)
+@click.option("--nnodes", type=int, default=1, show_default=True, help="Number of nodes.")
+@click.option("--node-rank", type=int, default=0, show_default=True, help="This node's rank.")
+@click.option("--master-addr", default=None, help="Address of the rank-0 node (multi-node).")
+@click.option("--master-port", type=int, default=None, help="Port of the rank-0 node (multi-node).")
 @plugin_option
 @click.pass_context
-def run(ctx, recipe, overrides, resume, resume_from, overwrite, plugin_opts) -> None:
-    """Train with RECIPE (a path, or the name of a shipped recipe such as quickstart)."""
+def run(
+    ctx,
+    recipe,
+    overrides,
+    resume,
+    resume_from,
+    overwrite,
+    nproc_per_node,
+    nnodes,
+    node_rank,
+    master_addr,
+    master_port,
+    plugin_opts,
+) -> None:
+    """Train with RECIPE (a path, or the name of a shipped recipe such as quickstart).
+
+    With --nproc-per-node N (and --nnodes ...), tune validates once, then relaunches itself under
+    torch.distributed.run; a run started by torchrun, deepspeed or srun joins by itself.
+    """
+    from tune.distributed import env_world, relaunch
+
     pm, rec, _ = _validated(ctx, recipe, overrides, plugin_opts)
+    if (nproc_per_node > 1 or nnodes > 1) and env_world() is None:
+        args = ["run", str(rec.path)]
+        for item in overrides:
+            args += ["-o", item]
+        for item in list((ctx.find_root().obj or {}).get("plugin_opts", ())) + list(plugin_opts):
+            args += ["-p", item]
+        if resume:
+            args.append("--resume")
+        if resume_from is not None:
+            args += ["--resume-from", str(resume_from)]
+        if overwrite:
+            args.append("--overwrite")
+        code = relaunch(args, nproc_per_node, nnodes, node_rank, master_addr, master_port)
+        sys.exit(code)
     from tune.train.run import run_training
 
     run_training(

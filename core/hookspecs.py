@@ -131,3 +131,12 @@ def tune_merge_adapter(
     each adapt step in recipe order on its declaring plugin, then saves a plain model. Merge
     into the base weights where the method allows it.
     """
+
+
+@hookspec
+def tune_check_recipe(recipe: Any) -> None:
+    """Refuse a combination of backends this plugin knows cannot work, before anything loads.
+
+    Called on every plugin after the recipe's backends are chosen (by `tune validate` and
+    `tune run`); raise `TuneError` saying why and what to change. Check only your own concerns.
+    """

@@ -400,6 +400,8 @@ def select_backends(recipe: Recipe, plugins: Any, roles: tuple[str, ...] = ALL_R
         )
     if "metrics" in roles:
         b["metrics"] = _select_metrics(recipe, pick)
+    if roles == ALL_ROLES:
+        plugins.hook.tune_check_recipe(recipe=recipe)
 
 
 def _select_metrics(recipe: Recipe, pick) -> dict[str, Selected]:

@@ -56,6 +56,9 @@ def run_training(
     ctx = RunContext(recipe=recipe, output_dir=output_dir)
     strategy = call_backend(pm, "tune_choose_strategy", recipe.selected("strategy"), ctx=ctx)
     ctx.world = strategy.setup(ctx)
+    _check_world(ctx)
+    if not ctx.world.is_main:
+        _quiet_libraries()
     try:
         _guard_output_dir(ctx, resume, overwrite)
         strategy.barrier()
@@ -63,6 +66,33 @@ def run_training(
         return Trainer(recipe, pm, ctx, strategy).run(resume, resume_from)
     finally:
         strategy.teardown()
+
+
+def _check_world(ctx: RunContext) -> None:
+    from tune.distributed import env_world
+
+    started = env_world()
+    if started is not None and started.world_size > 1 and ctx.world.world_size == 1:
+        raise TuneError(
+            f"this process was started as one of {started.world_size}, but [strategy] name = "
+            f"'{ctx.recipe.strategy.name}' runs a single process.",
+            where=f"{ctx.recipe.path}: [strategy] name",
+            fix='use name = "ddp" or "deepspeed" for multi-process runs.',
+        )
+
+
+def _quiet_libraries() -> None:
+    """Only rank 0 talks: silence library warnings and progress bars on the other ranks."""
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        pass
 
 
 def _guard_output_dir(ctx: RunContext, resume: bool, overwrite: bool) -> None:
@@ -408,7 +438,8 @@ class Trainer:
     def _sample(self) -> list[dict[str, str]]:
         """Greedy generations for [generate] prompts, so the user sees what training did."""
         prompts = self.recipe.generate.prompts
-        if not prompts or not self.ctx.world.is_main:
+        lockstep = self.strategy.sharded_params
+        if not prompts or not (self.ctx.world.is_main or lockstep):
             return []
         import torch
 
@@ -426,6 +457,7 @@ class Trainer:
                     do_sample=False,
                     use_cache=True,
                     pad_token_id=self.pad_id,
+                    **({"synced_gpus": True} if lockstep else {}),
                 )
             reply = self.tokenizer.decode(
                 out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True

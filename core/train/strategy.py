@@ -18,6 +18,9 @@ class Strategy:
     """Single process, one device; subclasses override what differs."""
 
     name = "single"
+    # True when parameters are sharded across ranks (ZeRO-3): every rank must join each forward,
+    # so sample generation runs on all ranks in lockstep.
+    sharded_params = False
 
     def __init__(self, device: str | None = None):
         self.requested_device = device

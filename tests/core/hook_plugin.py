@@ -26,6 +26,10 @@ class FreezeSettings(_S):
     tag: str = ""
 
 
+class ExplodeSettings(_S):
+    rank: int = 1
+
+
 class SgdSettings(_S):
     lr: float = 0.1
 
@@ -37,6 +41,7 @@ class FakeQuantSettings(_S):
 @hookimpl
 def tune_provide(provide):
     provide.adapter("freeze_except", FreezeSettings, doc="freeze all but the named module")
+    provide.adapter("explode", ExplodeSettings, doc="raises on one rank (failure propagation)")
     provide.optimizer("sgd", SgdSettings, doc="plain SGD")
     provide.strategy("recording", doc="single device; records gradients before each step")
     provide.quantization("fakequant", FakeQuantSettings, doc="records that it was asked")
@@ -48,6 +53,10 @@ def tune_provide(provide):
 
 @hookimpl
 def tune_adapt_model(name, settings, model, ctx):
+    if name == "explode":
+        if ctx.world.rank == settings.rank:
+            raise RuntimeError(f"boom on rank {ctx.world.rank}")
+        return model
     CALLS.append(("adapt", settings.tag))
     for pname, param in model.named_parameters():
         param.requires_grad = pname.startswith(settings.keep) or "embed_tokens" in pname

@@ -1,0 +1,71 @@
+"""Where a process sits in a multi-process run, and relaunching `tune run` under torchrun.
+
+A run started by torchrun or the deepspeed launcher has RANK/WORLD_SIZE/LOCAL_RANK; one started
+by srun has SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID, which are mapped onto the former. Strategies
+read the world from here; the loop never asks how the processes were started. Imports no torch.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class EnvWorld:
+    rank: int
+    world_size: int
+    local_rank: int
+    local_world_size: int
+
+
+def env_world() -> EnvWorld | None:
+    """The world this process was started into, or None for a plain single process."""
+    env = os.environ
+    if "RANK" in env and "WORLD_SIZE" in env:
+        world = int(env["WORLD_SIZE"])
+        return EnvWorld(
+            int(env["RANK"]),
+            world,
+            int(env.get("LOCAL_RANK", 0)),
+            int(env.get("LOCAL_WORLD_SIZE", world)),
+        )
+    if "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
+        world = EnvWorld(
+            int(env["SLURM_PROCID"]),
+            int(env["SLURM_NTASKS"]),
+            int(env.get("SLURM_LOCALID", 0)),
+            int(env.get("SLURM_NTASKS_PER_NODE", env["SLURM_NTASKS"]).split("(")[0]),
+        )
+        # torch.distributed's env:// rendezvous reads these names.
+        env.setdefault("RANK", str(world.rank))
+        env.setdefault("WORLD_SIZE", str(world.world_size))
+        env.setdefault("LOCAL_RANK", str(world.local_rank))
+        env.setdefault("MASTER_ADDR", env.get("SLURM_LAUNCH_NODE_IPADDR", "127.0.0.1"))
+        env.setdefault("MASTER_PORT", "29500")
+        return world
+    return None
+
+
+def relaunch(
+    tune_args: list[str],
+    nproc_per_node: int,
+    nnodes: int = 1,
+    node_rank: int = 0,
+    master_addr: str | None = None,
+    master_port: int | None = None,
+) -> int:
+    """Run `python -m tune <tune_args>` in N processes under torch.distributed.run; return its code."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc_per_node}"]
+    if nnodes == 1 and master_addr is None:
+        cmd.append("--standalone")  # a free port on localhost, no rendezvous server needed
+    else:
+        cmd += [f"--nnodes={nnodes}", f"--node-rank={node_rank}"]
+        cmd += [
+            f"--master-addr={master_addr or '127.0.0.1'}",
+            f"--master-port={master_port or 29500}",
+        ]
+    cmd += ["-m", "tune", *tune_args]
+    return subprocess.call(cmd)

@@ -1,0 +1,76 @@
+"""The DDP strategy: the core's torch strategy plus a process group, wrapping and reductions."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+
+import torch
+import torch.distributed as dist
+from tune.context import World
+from tune.distributed import env_world
+from tune.errors import TuneError
+from tune.train.strategy import Strategy
+
+
+class DDPStrategy(Strategy):
+    name = "ddp"
+
+    def __init__(self, settings):
+        super().__init__()
+        self.settings = settings
+
+    def setup(self, ctx) -> World:
+        started = env_world()
+        if started is None:
+            raise TuneError(
+                "[strategy] name = 'ddp' needs several processes, but this one was started alone.",
+                where=f"{ctx.recipe.path}: [strategy]",
+                fix="run it with tune run --nproc-per-node N (or under torchrun / srun).",
+            )
+        cuda = torch.cuda.is_available()
+        backend = self.settings.backend
+        if backend == "auto":
+            backend = "nccl" if cuda else "gloo"
+        device = f"cuda:{started.local_rank}" if cuda else "cpu"
+        if cuda:
+            torch.cuda.set_device(device)
+        if not dist.is_initialized():
+            dist.init_process_group(
+                backend=backend, timeout=datetime.timedelta(seconds=self.settings.timeout_s)
+            )
+        self.device = device
+        return World(started.rank, started.world_size, started.local_rank, device)
+
+    def prepare(self, model, optimizer, ctx):
+        from torch.nn.parallel import DistributedDataParallel
+
+        model, optimizer = super().prepare(model, optimizer, ctx)
+        cuda = ctx.world.device.startswith("cuda")
+        wrapped = DistributedDataParallel(
+            model,
+            device_ids=[ctx.world.local_rank] if cuda else None,
+            find_unused_parameters=self.settings.find_unused_parameters,
+            bucket_cap_mb=self.settings.bucket_cap_mb,
+            gradient_as_bucket_view=self.settings.gradient_as_bucket_view,
+            static_graph=self.settings.static_graph,
+        )
+        return wrapped, optimizer
+
+    def accumulate(self, model, is_last: bool):
+        return contextlib.nullcontext() if is_last else model.no_sync()
+
+    def all_reduce_sum(self, value: float) -> float:
+        tensor = torch.tensor([float(value)], dtype=torch.float64, device=self._reduce_device())
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        return float(tensor.item())
+
+    def _reduce_device(self) -> str:
+        return self.device if dist.get_backend() == "nccl" else "cpu"
+
+    def barrier(self) -> None:
+        dist.barrier()
+
+    def teardown(self) -> None:
+        if dist.is_initialized():
+            dist.destroy_process_group()
