@@ -126,7 +126,13 @@ def materialize(name: str, overrides: dict[str, Any], seed: int) -> Path:
             return target
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
         try:
-            model.save_pretrained(tmp)
+            # Not model.save_pretrained: under an initialized process group it writes on rank 0
+            # only, and whichever rank holds the lock must write the whole model.
+            from safetensors.torch import save_model
+
+            model.config.save_pretrained(tmp)
+            model.generation_config.save_pretrained(tmp)
+            save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})
             tokenizer.save_pretrained(tmp)
             os.replace(tmp, target)
         finally:
