@@ -7,13 +7,18 @@ STAMP := $(VENV)/.installed
 # The CPU build here; on a GPU machine install your torch build first, or: make TORCH=torch
 TORCH ?= torch==2.13.0
 
-.PHONY: quickstart test lint format bench clean
+# Every bundled plugin but unsloth, whose dependency pins conflict with the others.
+GENERAL_PLUGINS := $(filter-out unsloth,$(notdir $(patsubst %/,%,$(dir $(wildcard plugins/*/pyproject.toml)))))
+
+.PHONY: quickstart test test-unsloth lint format clean
 
 $(STAMP): pyproject.toml $(wildcard plugins/*/pyproject.toml) contrib/tune-plugin-example/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	# The CPU build of torch first, so no later requirement pulls a CUDA build.
 	$(PIP) install -q "$(TORCH)"
-	$(PIP) install -q -e ".[test]" $(foreach p,$(wildcard plugins/*/pyproject.toml),-e $(dir $(p))) -e contrib/tune-plugin-example
+	$(PIP) install -q -e ".[test]" $(foreach p,$(GENERAL_PLUGINS),-e plugins/$(p)) -e contrib/tune-plugin-example
+	# Unsloth pins its own transformers: its plugin comes without the extra here (see test-unsloth).
+	$(PIP) install -q --no-deps -e plugins/unsloth
 	touch $(STAMP)
 
 quickstart: $(STAMP)
@@ -21,6 +26,13 @@ quickstart: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -n 2 -q
+
+# Unsloth in its own environment (GPU machines; its tests skip cleanly without a GPU).
+test-unsloth:
+	test -x .venv-unsloth/bin/python || $(PYTHON) -m venv .venv-unsloth
+	.venv-unsloth/bin/pip install -q "$(TORCH)"
+	.venv-unsloth/bin/pip install -q -e ".[test]" -e "plugins/unsloth[unsloth]"
+	.venv-unsloth/bin/python -m pytest -q tests/plugins/unsloth
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
@@ -31,4 +43,4 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) .venv-unsloth runs .pytest_cache

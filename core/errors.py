@@ -16,6 +16,9 @@ class TuneError(Exception):
         self.fix = fix
         super().__init__(self.render())
 
+    def __reduce__(self):  # picklable, so errors raised in tokenization workers arrive whole
+        return (_rebuild, (self.message, self.where, self.fix))
+
     def render(self) -> str:
         text = f"{self.where}: {self.message}" if self.where else self.message
         if self.fix:
@@ -29,3 +32,7 @@ def did_you_mean(word: str, options) -> str:
 
     close = difflib.get_close_matches(str(word), [str(o) for o in options], n=1, cutoff=0.6)
     return f" Did you mean '{close[0]}'?" if close else ""
+
+
+def _rebuild(message: str, where: str | None, fix: str | None) -> TuneError:
+    return TuneError(message, where=where, fix=fix)

@@ -140,3 +140,27 @@ def tune_check_recipe(recipe: Any) -> None:
     Called on every plugin after the recipe's backends are chosen (by `tune validate` and
     `tune run`); raise `TuneError` saying why and what to change. Check only your own concerns.
     """
+
+
+@hookspec
+def tune_plugin_status() -> str | None:
+    """One line for STATUS in `tune plugins list` when the plugin cannot work here (else None).
+
+    Must be cheap and import no torch (e.g. "needs a CUDA GPU"). Called on every plugin.
+    """
+
+
+@hookspec
+def tune_run_start(recipe: Any) -> None:
+    """Called on every plugin at the very start of `tune run`, before torch or transformers load.
+
+    For what must happen first (Unsloth must be imported before transformers).
+    """
+
+
+@hookspec(firstresult=True)
+def tune_prepare_generation(name: str, settings: BaseModel, model: Any, ctx: RunContext) -> Any:
+    """Return the model ready for the closing sample generation (e.g. a fast inference mode).
+
+    Called on the plugin that declared `[model] loader = name`; optional.
+    """

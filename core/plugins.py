@@ -174,8 +174,16 @@ class PluginManager(pluggy.PluginManager):
         info.hooks = sorted(
             h.name.removeprefix("tune_")
             for h in self.get_hookcallers(plugin) or []
-            if h.name != "tune_provide"
+            if h.name not in ("tune_provide", "tune_plugin_status")
         )
+        status_hook = getattr(plugin, "tune_plugin_status", None)
+        if callable(status_hook):
+            try:
+                note = status_hook()
+            except Exception as exc:
+                note = f"error: {_one_line(exc)}"
+            if note:
+                info.status = note
 
     def load_builtins(self) -> None:
         for name, module in BUILTIN_PLUGINS:

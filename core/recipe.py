@@ -49,6 +49,15 @@ class DataSection(_Open):
     eval: str | list[str] | None = None
     eval_fraction: float = Field(0.0, ge=0.0, lt=1.0)
     shuffle: bool = True
+    pack: bool = Field(
+        False,
+        description="padding-free first-fit packing up to micro_batch_size x max_seq_len tokens",
+    )
+    group_by_length: bool = Field(
+        False, description="padded batches of similar lengths (pack = false)"
+    )
+    cache: bool = Field(True, description="reuse tokenized examples from the on-disk cache")
+    num_proc: int = Field(1, ge=1, description="processes for tokenization")
 
     @property
     def train_files(self) -> list[str]:

@@ -15,6 +15,20 @@ REPO = Path(__file__).resolve().parent.parent
 QUICKSTART_DATA = REPO / "recipes" / "data" / "reverse-words.jsonl"
 
 
+def pytest_collection_modifyitems(config, items):
+    """`gpu` tests skip cleanly where no CUDA device is visible (torch is asked only if needed)."""
+    gpu_items = [item for item in items if "gpu" in item.keywords]
+    if not gpu_items:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in gpu_items:
+        item.add_marker(skip)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _tune_cache(tmp_path_factory):
     """Tiny models are materialized once per test worker, never in the user's cache."""

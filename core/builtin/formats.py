@@ -50,6 +50,9 @@ class PromptCompletionSettings(_FormatSettings):
 class TextSettings(_FormatSettings):
     text_field: str = "text"
     add_eos: bool = True
+    stride: int | None = Field(
+        None, gt=0, description="split long texts into max_seq_len windows every stride tokens"
+    )
 
 
 SETTINGS = {
@@ -211,56 +214,138 @@ def tune_validate_data(name, settings, ctx):
 
 
 # -- tokenization ------------------------------------------------------------------------------
+def encode_rows(
+    name: str, settings: Any, tokenizer: Any, max_len: int, rows: list
+) -> tuple[list, dict]:
+    """Tokenize normalized rows; returns (examples, counts of truncated and dropped)."""
+    from tune.data.examples import target_count
+    from tune.data.tokenize import fit, sliding_windows, tokenize_chat, tokenize_pair
+
+    counts = {"truncated": 0, "dropped": 0, "windows": 0}
+    out: list[dict[str, list[int]]] = []
+    for where, record in rows:
+        if name in ("chat", "alpaca"):
+            examples = [tokenize_chat(tokenizer, record, settings.train_on_prompt, where)]
+        elif name == "prompt_completion":
+            examples = [
+                tokenize_pair(
+                    tokenizer, record[0], record[1], settings.train_on_prompt, settings.add_eos
+                )
+            ]
+        else:
+            example = tokenize_pair(tokenizer, "", record, True, settings.add_eos)
+            if settings.stride and len(example["input_ids"]) > max_len:
+                examples = sliding_windows(example["input_ids"], max_len, settings.stride)
+                counts["windows"] += len(examples) - 1
+            else:
+                examples = [example]
+        for example in examples:
+            fitted = fit(example, max_len, settings.truncation)
+            if fitted is not example:
+                counts["dropped" if fitted is None else "truncated"] += 1
+            if fitted is not None and target_count(fitted) > 0:
+                out.append(fitted)
+            elif fitted is not None:
+                counts["dropped"] += 1
+    return out, counts
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(name, settings, tokenizer, max_len) -> None:
+    _WORKER.update(name=name, settings=settings, tokenizer=tokenizer, max_len=max_len)
+
+
+def _encode_chunk(rows: list) -> tuple[list, dict]:
+    return encode_rows(rows=rows, **_WORKER)
+
+
+def encode_parallel(name, settings, tokenizer, max_len, rows, num_proc: int) -> tuple[list, dict]:
+    """`num_proc` processes over chunks of rows; the result keeps the input order."""
+    if num_proc <= 1 or len(rows) < 2 * num_proc:
+        return encode_rows(name, settings, tokenizer, max_len, rows)
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    size = max(1, -(-len(rows) // (num_proc * 4)))
+    chunks = [rows[i : i + size] for i in range(0, len(rows), size)]
+    out: list = []
+    counts = {"truncated": 0, "dropped": 0, "windows": 0}
+    with ProcessPoolExecutor(
+        num_proc,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_init_worker,
+        initargs=(name, settings, tokenizer, max_len),
+    ) as pool:
+        for examples, part in pool.map(_encode_chunk, chunks):
+            out += examples
+            for key, value in part.items():
+                counts[key] += value
+    return out, counts
+
+
+def _cache_key(name, settings, tokenizer, ctx) -> str:
+    from tune.data import cache
+
+    data = ctx.recipe.data
+    files = {
+        key: [cache.file_digest(p) for p in _files(ctx, texts, key)]
+        for key, texts in (("train", data.train_files), ("eval", data.eval_files))
+    }
+    return cache.make_key(
+        {
+            "format": name,
+            "settings": settings.model_dump(mode="json"),
+            "files": files,
+            "eval_fraction": data.eval_fraction,
+            "seed": ctx.recipe.train.seed if data.eval_fraction else None,
+            "max_seq_len": ctx.recipe.model.max_seq_len,
+            "tokenizer": cache.tokenizer_digest(tokenizer),
+        }
+    )
+
+
 @hookimpl
 def tune_format_data(name, settings, tokenizer, ctx):
     if name not in SETTINGS:
         return None
-    from tune.data import Examples
+    from tune.data import Examples, cache
     from tune.data.examples import target_count
     from tune.data.templates import use_template
-    from tune.data.tokenize import fit, tokenize_chat, tokenize_pair
 
-    where = f"{ctx.recipe.path}: [data] template"
     if name in ("chat", "alpaca"):
-        use_template(tokenizer, settings.template, where)
-    train_rows, eval_rows = read_split(name, settings, ctx)
-    max_len = ctx.recipe.model.max_seq_len
-    stats = {"rows": len(train_rows) + len(eval_rows), "truncated": 0, "dropped": 0}
-
-    def encode(where: str, record: Any) -> dict[str, list[int]]:
-        if name in ("chat", "alpaca"):
-            return tokenize_chat(tokenizer, record, settings.train_on_prompt, where)
-        if name == "prompt_completion":
-            return tokenize_pair(
-                tokenizer, record[0], record[1], settings.train_on_prompt, settings.add_eos
-            )
-        return tokenize_pair(tokenizer, "", record, True, settings.add_eos)
-
-    def encode_all(rows) -> list[dict[str, list[int]]]:
-        out = []
-        for where, record in rows:
-            example = encode(where, record)
-            fitted = fit(example, max_len, settings.truncation)
-            if fitted is not example:
-                stats["dropped" if fitted is None else "truncated"] += 1
-            if fitted is not None and target_count(fitted) > 0:
-                out.append(fitted)
-            elif fitted is not None:
-                stats["dropped"] += 1
-        return out
-
-    train, evals = encode_all(train_rows), encode_all(eval_rows)
-    if not train:
-        raise TuneError(
-            f"no trainable examples left after tokenization ({stats['dropped']} dropped, "
-            f"max_seq_len = {max_len}).",
-            where=f"{ctx.recipe.path}: [data]",
-            fix='raise [model] max_seq_len, set truncation = "truncate", or check that the '
-            "examples have target tokens.",
+        use_template(tokenizer, settings.template, f"{ctx.recipe.path}: [data] template")
+    data, max_len = ctx.recipe.data, ctx.recipe.model.max_seq_len
+    key = _cache_key(name, settings, tokenizer, ctx) if data.cache else None
+    cached = cache.load(key) if key else None
+    if cached is not None:
+        train, evals, stats = cached
+        stats["cache"] = "hit"
+    else:
+        train_rows, eval_rows = read_split(name, settings, ctx)
+        train, counts = encode_parallel(
+            name, settings, tokenizer, max_len, train_rows, data.num_proc
         )
-    stats["train_examples"], stats["eval_examples"] = len(train), len(evals)
-    stats["train_tokens"] = sum(len(e["input_ids"]) for e in train)
-    stats["train_target_tokens"] = sum(target_count(e) for e in train)
+        evals, eval_counts = encode_parallel(
+            name, settings, tokenizer, max_len, eval_rows, data.num_proc
+        )
+        stats = {"rows": len(train_rows) + len(eval_rows)}
+        stats.update({k: counts[k] + eval_counts[k] for k in counts})
+        if not train:
+            raise TuneError(
+                f"no trainable examples left after tokenization ({stats['dropped']} dropped, "
+                f"max_seq_len = {max_len}).",
+                where=f"{ctx.recipe.path}: [data]",
+                fix='raise [model] max_seq_len, set truncation = "truncate", or check that the '
+                "examples have target tokens.",
+            )
+        stats["train_examples"], stats["eval_examples"] = len(train), len(evals)
+        stats["train_tokens"] = sum(len(e["input_ids"]) for e in train)
+        stats["train_target_tokens"] = sum(target_count(e) for e in train)
+        if key:
+            cache.store(key, train, evals, stats)
+        stats["cache"] = "miss" if key else "off"
     return Examples(
         train=train,
         eval=evals,

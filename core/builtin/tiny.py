@@ -83,10 +83,6 @@ def load_tokenizer(name: str):
     return tokenizer
 
 
-def cache_root() -> Path:
-    return Path(os.environ.get("TUNE_CACHE", Path.home() / ".cache" / "tune"))
-
-
 def materialize(name: str, overrides: dict[str, Any], seed: int) -> Path:
     """Write the tiny model (random weights from `seed`) to a local dir once; return the dir.
 
@@ -96,6 +92,8 @@ def materialize(name: str, overrides: dict[str, Any], seed: int) -> Path:
     """
     key = json.dumps([TINY_VERSION, name, overrides, seed], sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+    from tune.data.cache import cache_root
+
     target = cache_root() / "models" / f"{name}-{digest}"
     if (target / "config.json").exists():
         return target

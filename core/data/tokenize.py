@@ -52,3 +52,25 @@ def fit(example: dict[str, list[int]], max_len: int, mode: str) -> dict[str, lis
     if mode == "drop":
         return None
     return {k: v[:max_len] for k, v in example.items()}
+
+
+def sliding_windows(ids: list[int], max_len: int, stride: int) -> list[dict[str, list[int]]]:
+    """Overlapping windows over one long token list; every token is a target exactly once.
+
+    Windows start every `stride` tokens. In each window after the first, the tokens the previous
+    window already trained on are context only (label IGNORE), so nothing is counted twice.
+    """
+    windows = []
+    trained_until = 0  # tokens [0, trained_until) are already targets (or the first token)
+    for start in range(0, len(ids), stride):
+        end = min(start + max_len, len(ids))
+        window = ids[start:end]
+        labels = [
+            tok if start + i >= max(trained_until, 1) else IGNORE for i, tok in enumerate(window)
+        ]
+        labels[0] = IGNORE  # the first token of a window has no context inside it
+        windows.append({"input_ids": window, "labels": labels})
+        trained_until = end
+        if end == len(ids):
+            break
+    return windows

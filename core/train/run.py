@@ -17,13 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from tune.context import MetricsSink, RunContext
-from tune.data.examples import (
-    IGNORE,
-    collate,
-    epoch_order,
-    micro_batches,
-    shard,
-)
+from tune.data.batching import Batcher, collate_packed
+from tune.data.examples import IGNORE, collate
 from tune.errors import TuneError
 from tune.recipe import Recipe, dump_toml
 from tune.train import checkpoint
@@ -52,6 +47,7 @@ def run_training(
     overwrite: bool = False,
 ) -> dict[str, Any]:
     """Run the whole recipe; returns the summary that is also written to summary.json."""
+    pm.hook.tune_run_start(recipe=recipe)  # before anything imports torch or transformers
     output_dir = Path(recipe.train.output_dir)
     ctx = RunContext(recipe=recipe, output_dir=output_dir)
     strategy = call_backend(pm, "tune_choose_strategy", recipe.selected("strategy"), ctx=ctx)
@@ -183,6 +179,18 @@ class Trainer:
                 fix="check the adapt chain (e.g. only_train_* options) or remove quantize for "
                 "full fine-tuning.",
             )
+        data, world = recipe.data, ctx.world
+        self.batcher = Batcher(
+            lengths=[len(e["input_ids"]) for e in self.examples.train],
+            micro_batch_size=recipe.train.micro_batch_size,
+            max_seq_len=recipe.model.max_seq_len,
+            seed=recipe.train.seed,
+            shuffle=data.shuffle,
+            pack=data.pack,
+            group_by_length=data.group_by_length,
+            rank=world.rank,
+            world_size=world.world_size,
+        )
         self.n_trainable = sum(_n_params(p) for _, p in trainable)
         self.n_total = sum(_n_params(p) for p in model.parameters())
         decay = [p for _, p in trainable if p.ndim >= 2]
@@ -203,18 +211,16 @@ class Trainer:
         self.model, self.optimizer = self.strategy.prepare(model, optimizer, ctx)
 
     def plan_steps(self) -> None:
-        cfg, world = self.train_cfg, self.ctx.world
-        n_local = len(
-            shard(
-                list(range(len(self.examples.train))),
-                world.rank,
-                world.world_size,
-                cfg.micro_batch_size,
-            )
-        )
-        self.micro_per_epoch = math.ceil(n_local / cfg.micro_batch_size)
+        cfg = self.train_cfg
+        self.micro_per_epoch = len(self.batcher.epoch(0))
         self.steps_per_epoch = math.ceil(self.micro_per_epoch / cfg.grad_accum)
-        self.total_steps = cfg.max_steps if cfg.max_steps > 0 else cfg.epochs * self.steps_per_epoch
+        if cfg.max_steps > 0:
+            self.total_steps = cfg.max_steps
+        else:  # packed epochs differ slightly in bin count: count each one
+            per_epoch = [
+                math.ceil(len(self.batcher.epoch(e)) / cfg.grad_accum) for e in range(cfg.epochs)
+            ]
+            self.total_steps = sum(per_epoch)
 
     def build_scheduler(self, optimizer):
         from transformers import get_scheduler
@@ -257,6 +263,7 @@ class Trainer:
             ctx.print(f"resumed from {path} at step {state['step']}")
         self._announce(state)
         meter = Meter(ctx.world.device)
+        self.slots = 0  # token positions computed, padding included
         self.losses: list[tuple[int, float]] = []
         stopped_early = False
         progress = self._progress()
@@ -307,20 +314,14 @@ class Trainer:
 
     def _next_group(self, state: dict[str, Any]) -> list[list[int]]:
         """The next optimizer step's micro-batches (a short last group ends an epoch)."""
-        cfg, world = self.train_cfg, self.ctx.world
+        accum = self.train_cfg.grad_accum
         while True:
-            order = epoch_order(
-                len(self.examples.train), cfg.seed, state["epoch"], self.recipe.data.shuffle
-            )
-            mbs = micro_batches(
-                shard(order, world.rank, world.world_size, cfg.micro_batch_size),
-                cfg.micro_batch_size,
-            )
+            plan = self.batcher.epoch(state["epoch"])
             start = state["micro_in_epoch"]
-            group = mbs[start : start + cfg.grad_accum]
+            group = plan[start : start + accum]
             if group:
                 state["micro_in_epoch"] = start + len(group)
-                if state["micro_in_epoch"] >= len(mbs):
+                if state["micro_in_epoch"] >= len(plan):
                     state["epoch"] += 1
                     state["micro_in_epoch"] = 0
                 return group
@@ -332,7 +333,10 @@ class Trainer:
 
         strategy, ctx = self.strategy, self.ctx
         train = self.examples.train
-        batches = [collate([train[i] for i in idx], self.pad_id) for idx in group]
+        if self.batcher.pack:
+            batches = [collate_packed([train[i] for i in idx]) for idx in group]
+        else:
+            batches = [collate([train[i] for i in idx], self.pad_id) for idx in group]
         n_local = sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in batches)
         n_global = strategy.all_reduce_sum(n_local)
         denom = max(n_global, 1) / ctx.world.world_size
@@ -346,7 +350,9 @@ class Trainer:
                     out = self.model(**batch, num_items_in_batch=denom)
                 strategy.backward(out.loss, self.model)
             loss_sum += out.loss.detach().float()
-            tokens += int(batch["attention_mask"].sum())
+            mask = batch.get("attention_mask")
+            tokens += int(mask.sum()) if mask is not None else batch["input_ids"].numel()
+            self.slots += batch["input_ids"].numel()
         grad_norm = strategy.step(self.model, self.optimizer, self.train_cfg.max_grad_norm)
         self.scheduler.step()
         loss = strategy.all_reduce_sum(float(loss_sum)) / ctx.world.world_size
@@ -445,6 +451,11 @@ class Trainer:
 
         model = self.strategy.unwrap(self.model)
         model.eval()
+        loader = self.recipe.selected("loader")
+        prepared = self.pm.caller("tune_prepare_generation", loader.backend)(
+            name=loader.backend.name, settings=loader.settings, model=model, ctx=self.ctx
+        )
+        model = prepared if prepared is not None else model
         render = self.examples.render_prompt or (lambda p: p)
         samples = []
         for prompt in prompts:
@@ -493,7 +504,8 @@ class Trainer:
         )
         ctx.print(
             f"data: {stats.get('train_examples')} train / {stats.get('eval_examples')} eval examples, "
-            f"{stats.get('truncated', 0)} truncated, {stats.get('dropped', 0)} dropped; "
+            f"{stats.get('truncated', 0)} truncated, {stats.get('dropped', 0)} dropped, "
+            f"tokenization cache {stats.get('cache', 'off')}; "
             f"{self.total_steps} steps ({self.steps_per_epoch}/epoch) -> {ctx.output_dir}"
         )
 
@@ -529,6 +541,11 @@ class Trainer:
             ),
             "tokens": tokens,
             "tokens_per_s": round(tokens / max(wall, 1e-9), 1),
+            "packed": self.batcher.pack,
+            # real tokens / positions computed (1.0 when packed: no padding at all)
+            "token_efficiency": round(tokens / max(self.strategy.all_reduce_sum(self.slots), 1), 4),
+            # packed: how full the bins are; padded: the same ratio as planned for epoch 0
+            "plan_efficiency": round(self.batcher.efficiency(0), 4),
             "wall_s": round(wall, 2),
             "peak_memory": memory,
             "first_loss": self.losses[0][1] if self.losses else None,
@@ -554,6 +571,13 @@ class Trainer:
         table.add_row("steps", str(summary["steps"]))
         table.add_row("tokens", f"{tokens:,}")
         table.add_row("tokens/s", f"{summary['tokens_per_s']:,.1f}")
+        mode = "packed, bins filled" if self.batcher.pack else "padded, real tokens"
+        table.add_row("efficiency", f"{100 * summary['plan_efficiency']:.1f}% ({mode})")
+        stats = self.examples.stats
+        table.add_row(
+            "examples",
+            f"{stats.get('train_examples')} ({stats.get('truncated', 0)} truncated, {stats.get('dropped', 0)} dropped)",
+        )
         table.add_row("wall time", f"{wall:.1f} s")
         mem = human_bytes(memory["bytes"])
         if "percent_of_device" in memory:

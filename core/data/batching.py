@@ -1,0 +1,127 @@
+"""How an epoch of examples becomes this rank's micro-batches: padded, length-grouped or packed.
+
+Every plan is a pure function of (seed, epoch, rank, world size), so `--resume` replays it and
+all ranks agree on it without talking. Packing is padding-free: a packed micro-batch is one row
+whose position ids restart at every example; transformers turns that into a block-diagonal
+causal mask (SDPA/eager) or varlen attention (flash-attention), so no example sees another.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from tune.data.examples import IGNORE, epoch_order
+
+GROUP_CHUNK = 64  # length grouping sorts within chunks of this many micro-batches
+
+
+def pack_first_fit(order: list[int], lengths: list[int], capacity: int) -> list[list[int]]:
+    """First-fit: each example goes into the first bin with room, else opens a new one."""
+    bins: list[list[int]] = []
+    room: list[int] = []
+    for index in order:
+        size = min(lengths[index], capacity)
+        for b, free in enumerate(room):
+            if free >= size:
+                bins[b].append(index)
+                room[b] -= size
+                break
+        else:
+            bins.append([index])
+            room.append(capacity - size)
+    return bins
+
+
+def group_by_length(
+    order: list[int], lengths: list[int], micro_batch_size: int, rng: random.Random
+) -> list[list[int]]:
+    """Micro-batches of similar lengths (less padding), in a shuffled order of micro-batches."""
+    chunk = micro_batch_size * GROUP_CHUNK
+    batches: list[list[int]] = []
+    for start in range(0, len(order), chunk):
+        part = sorted(order[start : start + chunk], key=lambda i: -lengths[i])
+        batches += [part[i : i + micro_batch_size] for i in range(0, len(part), micro_batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def share(items: list[Any], rank: int, world_size: int) -> list[Any]:
+    """This rank's items, padded by wrapping so every rank gets the same count."""
+    if world_size == 1 or not items:
+        return items
+    per_rank = math.ceil(len(items) / world_size)
+    padded = (items * math.ceil(per_rank * world_size / len(items)))[: per_rank * world_size]
+    return padded[rank::world_size]
+
+
+@dataclass
+class Batcher:
+    """Plans the micro-batches of each epoch for one rank (cached: plans are reused per step)."""
+
+    lengths: list[int]
+    micro_batch_size: int
+    max_seq_len: int
+    seed: int
+    shuffle: bool = True
+    pack: bool = False
+    group_by_length: bool = False
+    rank: int = 0
+    world_size: int = 1
+    _plans: dict[int, list[list[int]]] = field(default_factory=dict, repr=False)
+
+    @property
+    def capacity(self) -> int:
+        """Tokens per packed micro-batch: micro_batch_size rows' worth of max_seq_len."""
+        return self.micro_batch_size * self.max_seq_len
+
+    def epoch(self, epoch: int) -> list[list[int]]:
+        if epoch not in self._plans:
+            self._plans = {epoch: self._plan(epoch)}  # keep one: epochs are visited in order
+        return self._plans[epoch]
+
+    def _plan(self, epoch: int) -> list[list[int]]:
+        order = epoch_order(len(self.lengths), self.seed, epoch, self.shuffle)
+        if self.pack:
+            batches = pack_first_fit(order, self.lengths, self.capacity)
+            random.Random(self.seed * 7919 + epoch).shuffle(batches)  # bins in random order too
+        elif self.group_by_length:
+            batches = group_by_length(
+                order, self.lengths, self.micro_batch_size, random.Random(self.seed + epoch)
+            )
+        else:
+            batches = [
+                order[i : i + self.micro_batch_size]
+                for i in range(0, len(order), self.micro_batch_size)
+            ]
+        return share(batches, self.rank, self.world_size)
+
+    def efficiency(self, epoch: int = 0) -> float:
+        """Real tokens / token slots: bin fill when packing, non-padding share when padding."""
+        plan = self._plan(epoch) if self.world_size == 1 else self.epoch(epoch)
+        real = sum(min(self.lengths[i], self.capacity) for batch in plan for i in batch)
+        if self.pack:
+            slots = len(plan) * self.capacity
+        else:
+            slots = sum(len(batch) * max(self.lengths[i] for i in batch) for batch in plan)
+        return real / max(slots, 1)
+
+
+def collate_packed(examples: list[dict[str, list[int]]]) -> dict[str, Any]:
+    """One padding-free row: examples end to end, position ids restarting at each one."""
+    import torch
+
+    ids: list[int] = []
+    labels: list[int] = []
+    positions: list[int] = []
+    for example in examples:
+        ids += example["input_ids"]
+        labels += [IGNORE] + example["labels"][1:]  # never predict across a boundary
+        positions += range(len(example["input_ids"]))
+    return {
+        "input_ids": torch.tensor([ids]),
+        "labels": torch.tensor([labels]),
+        "position_ids": torch.tensor([positions]),
+    }
