@@ -275,6 +275,38 @@ def run(
     )
 
 
+@cli.group(context_settings=CONTEXT_SETTINGS)
+def data() -> None:
+    """See the data as the model will: rendered tokens, lengths, batching efficiency."""
+
+
+@data.command("preview")
+@click.argument("recipe")
+@click.option("-n", "count", type=int, default=3, show_default=True, help="How many examples.")
+@override_option
+@plugin_option
+@click.pass_context
+def data_preview(ctx, recipe: str, count: int, overrides, plugin_opts) -> None:
+    """Render examples exactly as trained: trained tokens green, masked tokens dim."""
+    from tune.data.inspect import preview
+
+    pm, rec, _ = _validated(ctx, recipe, overrides, plugin_opts)
+    preview(rec, pm, count, _console())
+
+
+@data.command("stats")
+@click.argument("recipe")
+@override_option
+@plugin_option
+@click.pass_context
+def data_stats(ctx, recipe: str, overrides, plugin_opts) -> None:
+    """Length histogram, packing/padding efficiency and the estimated number of steps."""
+    from tune.data.inspect import stats
+
+    pm, rec, _ = _validated(ctx, recipe, overrides, plugin_opts)
+    stats(rec, pm, _console())
+
+
 @cli.command(context_settings=CONTEXT_SETTINGS)
 @click.argument("source", type=click.Path(path_type=Path))
 @click.option(

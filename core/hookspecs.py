@@ -164,3 +164,11 @@ def tune_prepare_generation(name: str, settings: BaseModel, model: Any, ctx: Run
 
     Called on the plugin that declared `[model] loader = name`; optional.
     """
+
+
+@hookspec(firstresult=True)
+def tune_load_tokenizer(name: str, settings: BaseModel, ctx: RunContext) -> Any:
+    """Return only the tokenizer of `[model] loader = name` (for `tune data preview/stats`).
+
+    Called on the loader's plugin; must not load model weights.
+    """

@@ -112,3 +112,30 @@ def tune_load_model(settings: TransformersLoaderSettings, ctx):
             model.gradient_checkpointing_enable({"use_reentrant": False})
         model.config.use_cache = False
     return model, tokenizer
+
+
+@hookimpl
+def tune_load_tokenizer(settings: TransformersLoaderSettings, ctx):
+    from transformers import AutoTokenizer
+
+    path = ctx.recipe.model.path
+    if path.startswith(TINY_PREFIX) and not settings.tokenizer:
+        from tune.builtin.tiny import ARCHS, load_tokenizer
+
+        name = path.removeprefix(TINY_PREFIX)
+        if name not in ARCHS:
+            raise TuneError(
+                f"unknown built-in model '{path}'.",
+                where=f"{ctx.recipe.path}: [model] path",
+                fix=f"use one of {', '.join(TINY_PREFIX + n for n in ARCHS)}.",
+            )
+        tokenizer = load_tokenizer(name)
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(
+            settings.tokenizer or path,
+            trust_remote_code=settings.trust_remote_code,
+            revision=None if settings.tokenizer else settings.revision,
+        )
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer

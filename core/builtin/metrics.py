@@ -25,7 +25,7 @@ def tune_evaluate(names, model, data, ctx):
             if n == 0:
                 continue
             with data.autocast():
-                out = model(**batch, num_items_in_batch=1)  # reduction: sum over tokens
+                out = model(**batch, use_cache=False, num_items_in_batch=1)  # sum over tokens
             total_loss += float(out.loss)
             total_tokens += n
     total_loss = data.reduce_sum(total_loss)

@@ -347,7 +347,10 @@ class Trainer:
             batch = {k: v.to(ctx.world.device) for k, v in batch.items()}
             with strategy.accumulate(self.model, is_last=j == len(batches) - 1):
                 with strategy.autocast(ctx):
-                    out = self.model(**batch, num_items_in_batch=denom)
+                    # use_cache=False: no KV cache in training, and with a cache transformers
+                    # would not detect packed rows (position ids restarting) and would let
+                    # packed examples attend to each other.
+                    out = self.model(**batch, use_cache=False, num_items_in_batch=denom)
                 strategy.backward(out.loss, self.model)
             loss_sum += out.loss.detach().float()
             mask = batch.get("attention_mask")

@@ -26,6 +26,7 @@ def examples_for(
     data = recipe_dict(
         tmp_path, data={"train": str(path), **data_keys}, model={"max_seq_len": max_len}
     )
+    data["train"]["output_dir"] = str(tmp_path / "run")
     if data["data"].get("format", "chat") not in ("chat", "alpaca"):
         data["data"].pop("template")
     recipe = load_recipe(write_recipe(tmp_path, data), plugins=(pm := get_plugin_manager()))
