@@ -58,6 +58,7 @@ class DataSection(_Open):
     )
     cache: bool = Field(True, description="reuse tokenized examples from the on-disk cache")
     num_proc: int = Field(1, ge=1, description="processes for tokenization")
+    streaming: bool = Field(False, description="read .jsonl lazily, tokenize and batch on the fly")
 
     @property
     def train_files(self) -> list[str]:
@@ -330,6 +331,18 @@ def _check_core_rules(recipe: Recipe) -> None:
             "both warmup_steps and warmup_ratio are set.",
             where=f"{recipe.path}: [scheduler]",
             fix="keep one of them.",
+        )
+    if recipe.data.streaming and recipe.train.max_steps <= 0:
+        raise TuneError(
+            "streaming data has no known length, so [train] max_steps must be set.",
+            where=f"{recipe.path}: [train] max_steps",
+            fix="set max_steps = N (the stream wraps around as many times as needed).",
+        )
+    if recipe.data.streaming and recipe.data.eval_fraction:
+        raise TuneError(
+            "eval_fraction needs the whole dataset in memory, which streaming avoids.",
+            where=f"{recipe.path}: [data]",
+            fix='give a separate eval file with eval = "..." instead.',
         )
     if recipe.data.eval_files and recipe.data.eval_fraction:
         raise TuneError(

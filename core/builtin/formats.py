@@ -209,8 +209,29 @@ def read_split(fmt: str, settings: Any, ctx) -> tuple[list, list]:
 def tune_validate_data(name, settings, ctx):
     if name not in SETTINGS:
         return None
+    if ctx.recipe.data.streaming:
+        return _validate_streaming(name, settings, ctx)
     train, evals = read_split(name, settings, ctx)
     return f"{len(train)} train rows" + (f", {len(evals)} eval rows" if evals else "")
+
+
+def _validate_streaming(name, settings, ctx) -> str:
+    """Streaming never reads everything up front: check the files and their first rows only."""
+    import itertools
+
+    from tune.data.files import iter_rows
+
+    files = _files(ctx, ctx.recipe.data.train_files, "train")
+    for path in files:
+        if path.suffix.lower() != ".jsonl":
+            raise TuneError(
+                f"streaming reads .jsonl files, not '{path.suffix or path.name}'.",
+                where=f"{ctx.recipe.path}: [data] train",
+                fix="convert the data to JSON lines, or set streaming = false.",
+            )
+        for where, row in itertools.islice(iter_rows(path), 100):
+            normalize(name, row, settings, where)
+    return f"streaming {len(files)} file(s) (first rows checked)"
 
 
 # -- tokenization ------------------------------------------------------------------------------
@@ -317,6 +338,8 @@ def tune_format_data(name, settings, tokenizer, ctx):
     if name in ("chat", "alpaca"):
         use_template(tokenizer, settings.template, f"{ctx.recipe.path}: [data] template")
     data, max_len = ctx.recipe.data, ctx.recipe.model.max_seq_len
+    if data.streaming:
+        return _streaming(name, settings, tokenizer, ctx)
     key = _cache_key(name, settings, tokenizer, ctx) if data.cache else None
     cached = cache.load(key) if key else None
     if cached is not None:
@@ -351,6 +374,40 @@ def tune_format_data(name, settings, tokenizer, ctx):
         eval=evals,
         render_prompt=_prompt_renderer(name, settings, tokenizer),
         stats=stats,
+    )
+
+
+def _streaming(name, settings, tokenizer, ctx):
+    """Examples whose train part is a lazy stream; eval (a separate file) is read as usual."""
+    from tune.data import Examples
+    from tune.data.stream import RowStream
+
+    files = _files(ctx, ctx.recipe.data.train_files, "train")
+    max_len = ctx.recipe.model.max_seq_len
+
+    def encode(where: str, row: dict) -> tuple[list, dict]:
+        return encode_rows(
+            name, settings, tokenizer, max_len, [(where, normalize(name, row, settings, where))]
+        )
+
+    evals: list = []
+    if ctx.recipe.data.eval_files:
+        from tune.data.files import read_rows
+
+        rows = read_rows(_files(ctx, ctx.recipe.data.eval_files, "eval"))
+        evals, _ = encode_rows(
+            name,
+            settings,
+            tokenizer,
+            max_len,
+            [(w, normalize(name, r, settings, w)) for w, r in rows],
+        )
+    return Examples(
+        train=[],
+        eval=evals,
+        render_prompt=_prompt_renderer(name, settings, tokenizer),
+        stats={"streaming": True, "eval_examples": len(evals), "cache": "off"},
+        stream=RowStream(files=files, encode=encode),
     )
 
 

@@ -74,8 +74,8 @@ class Batcher:
 
     @property
     def capacity(self) -> int:
-        """Tokens per packed micro-batch: micro_batch_size rows' worth of max_seq_len."""
-        return self.micro_batch_size * self.max_seq_len
+        """Tokens per packed row (bin); a packed micro-batch holds micro_batch_size rows."""
+        return self.max_seq_len
 
     def epoch(self, epoch: int) -> list[list[int]]:
         if epoch not in self._plans:
@@ -85,8 +85,10 @@ class Batcher:
     def _plan(self, epoch: int) -> list[list[int]]:
         order = epoch_order(len(self.lengths), self.seed, epoch, self.shuffle)
         if self.pack:
-            batches = pack_first_fit(order, self.lengths, self.capacity)
-            random.Random(self.seed * 7919 + epoch).shuffle(batches)  # bins in random order too
+            bins = pack_first_fit(order, self.lengths, self.capacity)
+            random.Random(self.seed * 7919 + epoch).shuffle(bins)  # bins in random order too
+            size = self.micro_batch_size
+            batches = [bins[i : i + size] for i in range(0, len(bins), size)]
         elif self.group_by_length:
             batches = group_by_length(
                 order, self.lengths, self.micro_batch_size, random.Random(self.seed + epoch)
@@ -101,27 +103,38 @@ class Batcher:
     def efficiency(self, epoch: int = 0) -> float:
         """Real tokens / token slots: bin fill when packing, non-padding share when padding."""
         plan = self._plan(epoch) if self.world_size == 1 else self.epoch(epoch)
-        real = sum(min(self.lengths[i], self.capacity) for batch in plan for i in batch)
         if self.pack:
-            slots = len(plan) * self.capacity
+            bins = [b for batch in plan for b in batch]
+            real = sum(min(self.lengths[i], self.capacity) for b in bins for i in b)
+            slots = len(bins) * self.capacity
         else:
+            real = sum(self.lengths[i] for batch in plan for i in batch)
             slots = sum(len(batch) * max(self.lengths[i] for i in batch) for batch in plan)
         return real / max(slots, 1)
 
 
-def collate_packed(examples: list[dict[str, list[int]]]) -> dict[str, Any]:
-    """One padding-free row: examples end to end, position ids restarting at each one."""
+def collate_packed(rows: list[list[dict[str, list[int]]]], pad_id: int) -> dict[str, Any]:
+    """Padding-free rows: each row's examples end to end, position ids restarting at each one.
+
+    No attention mask: transformers reads the restarting position ids as sequence boundaries
+    (block-diagonal causal attention, or varlen flash-attention). Rows shorter than the longest
+    are topped up with a pad "sequence" of their own that has no targets.
+    """
     import torch
 
-    ids: list[int] = []
-    labels: list[int] = []
-    positions: list[int] = []
-    for example in examples:
-        ids += example["input_ids"]
-        labels += [IGNORE] + example["labels"][1:]  # never predict across a boundary
-        positions += range(len(example["input_ids"]))
-    return {
-        "input_ids": torch.tensor([ids]),
-        "labels": torch.tensor([labels]),
-        "position_ids": torch.tensor([positions]),
-    }
+    width = max(sum(len(e["input_ids"]) for e in row) for row in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+    positions = torch.zeros((len(rows), width), dtype=torch.long)
+    for r, row in enumerate(rows):
+        at = 0
+        for example in row:
+            n = len(example["input_ids"])
+            ids[r, at : at + n] = torch.tensor(example["input_ids"])
+            labels[r, at + 1 : at + n] = torch.tensor(
+                example["labels"][1:]
+            )  # never across a boundary
+            positions[r, at : at + n] = torch.arange(n)
+            at += n
+        positions[r, at:] = torch.arange(width - at)
+    return {"input_ids": ids, "labels": labels, "position_ids": positions}

@@ -19,6 +19,8 @@ class Examples:
     # How a user prompt is shown to the model for the closing sample generation.
     render_prompt: Callable[[str], str] | None = None
     stats: dict[str, Any] = field(default_factory=dict)
+    # Set instead of `train` when [data] streaming = true: files and a per-row encoder.
+    stream: Any = None
 
 
 def target_count(example: dict[str, list[int]]) -> int:

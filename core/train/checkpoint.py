@@ -63,6 +63,7 @@ def save(
     scheduler: Any,
     state: dict[str, Any],
     recipe_text: str,
+    rank_state: dict[str, Any] | None = None,
     ctx: Any,
     keep_last: int,
 ) -> Path:
@@ -78,6 +79,10 @@ def save(
     strategy.barrier()
     strategy.save_checkpoint(model, optimizer, tmp, ctx)
     torch.save(capture_rng(), tmp / f"rng-rank{ctx.world.rank}.pt")
+    # What differs per rank besides RNG (e.g. the streaming cursor).
+    (tmp / f"state-rank{ctx.world.rank}.json").write_text(
+        json.dumps(rank_state or {}), encoding="utf-8"
+    )
     strategy.barrier()
     if ctx.world.is_main:
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
@@ -110,4 +115,9 @@ def load(
     rng_file = path / f"rng-rank{ctx.world.rank}.pt"
     if rng_file.exists():
         restore_rng(torch.load(rng_file, weights_only=True))
-    return json.loads(state_file.read_text(encoding="utf-8"))
+    state = json.loads(state_file.read_text(encoding="utf-8"))
+    rank_file = path / f"state-rank{ctx.world.rank}.json"
+    state["rank_state"] = (
+        json.loads(rank_file.read_text(encoding="utf-8")) if rank_file.exists() else {}
+    )
+    return state

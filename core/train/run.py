@@ -180,6 +180,18 @@ class Trainer:
                 "full fine-tuning.",
             )
         data, world = recipe.data, ctx.world
+        self.reader = None
+        if self.examples.stream is not None:
+            from tune.data.stream import StreamReader
+
+            self.reader = StreamReader(
+                self.examples.stream,
+                micro_batch_size=recipe.train.micro_batch_size,
+                max_seq_len=recipe.model.max_seq_len,
+                pack=data.pack,
+                rank=world.rank,
+                world_size=world.world_size,
+            )
         self.batcher = Batcher(
             lengths=[len(e["input_ids"]) for e in self.examples.train],
             micro_batch_size=recipe.train.micro_batch_size,
@@ -212,6 +224,10 @@ class Trainer:
 
     def plan_steps(self) -> None:
         cfg = self.train_cfg
+        if self.reader is not None:  # unknown length: max_steps is required for streaming
+            self.micro_per_epoch = self.steps_per_epoch = 0
+            self.total_steps = cfg.max_steps
+            return
         self.micro_per_epoch = len(self.batcher.epoch(0))
         self.steps_per_epoch = math.ceil(self.micro_per_epoch / cfg.grad_accum)
         if cfg.max_steps > 0:
@@ -260,6 +276,9 @@ class Trainer:
                     ctx=ctx,
                 )
             )
+            rank_state = state.pop("rank_state", {})
+            if self.reader is not None:
+                self.reader.load_state_dict(rank_state["stream"])
             ctx.print(f"resumed from {path} at step {state['step']}")
         self._announce(state)
         meter = Meter(ctx.world.device)
@@ -312,9 +331,14 @@ class Trainer:
         samples = self._sample()
         return self._summarize(state, meter, wall, final_metrics, samples, stopped_early)
 
-    def _next_group(self, state: dict[str, Any]) -> list[list[int]]:
+    def _next_group(self, state: dict[str, Any]) -> list[list[dict[str, list[int]]]]:
         """The next optimizer step's micro-batches (a short last group ends an epoch)."""
         accum = self.train_cfg.grad_accum
+        if self.reader is not None:
+            group = [self.reader.next_micro_batch() for _ in range(accum)]
+            state["epoch"] = self.reader.epoch
+            return group
+        train = self.examples.train
         while True:
             plan = self.batcher.epoch(state["epoch"])
             start = state["micro_in_epoch"]
@@ -324,25 +348,29 @@ class Trainer:
                 if state["micro_in_epoch"] >= len(plan):
                     state["epoch"] += 1
                     state["micro_in_epoch"] = 0
-                return group
+                if self.batcher.pack:  # micro-batch -> rows (bins) -> example indices
+                    return [[[train[i] for i in row] for row in batch] for batch in group]
+                return [[train[i] for i in idx] for idx in group]
             state["epoch"] += 1
             state["micro_in_epoch"] = 0
 
-    def _train_step(self, group: list[list[int]]) -> tuple[float, float | None, int]:
+    def _train_step(
+        self, group: list[list[dict[str, list[int]]]]
+    ) -> tuple[float, float | None, int]:
         import torch
 
         strategy, ctx = self.strategy, self.ctx
-        train = self.examples.train
         if self.batcher.pack:
-            batches = [collate_packed([train[i] for i in idx]) for idx in group]
+            batches = [collate_packed(rows, self.pad_id) for rows in group]
+            tokens = sum(len(e["input_ids"]) for rows in group for row in rows for e in row)
         else:
-            batches = [collate([train[i] for i in idx], self.pad_id) for idx in group]
+            batches = [collate(examples, self.pad_id) for examples in group]
+            tokens = sum(len(e["input_ids"]) for examples in group for e in examples)
         n_local = sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in batches)
         n_global = strategy.all_reduce_sum(n_local)
         denom = max(n_global, 1) / ctx.world.world_size
         self.model.train()
         loss_sum = torch.zeros((), device=ctx.world.device)
-        tokens = 0
         for j, batch in enumerate(batches):
             batch = {k: v.to(ctx.world.device) for k, v in batch.items()}
             with strategy.accumulate(self.model, is_last=j == len(batches) - 1):
@@ -353,8 +381,6 @@ class Trainer:
                     out = self.model(**batch, use_cache=False, num_items_in_batch=denom)
                 strategy.backward(out.loss, self.model)
             loss_sum += out.loss.detach().float()
-            mask = batch.get("attention_mask")
-            tokens += int(mask.sum()) if mask is not None else batch["input_ids"].numel()
             self.slots += batch["input_ids"].numel()
         grad_norm = strategy.step(self.model, self.optimizer, self.train_cfg.max_grad_norm)
         self.scheduler.step()
@@ -422,6 +448,7 @@ class Trainer:
             optimizer=self.optimizer,
             scheduler=self.scheduler,
             state=state,
+            rank_state={"stream": self.reader.state_dict()} if self.reader else {},
             recipe_text=self.recipe_text,
             ctx=self.ctx,
             keep_last=self.train_cfg.keep_last,
@@ -548,7 +575,7 @@ class Trainer:
             # real tokens / positions computed (1.0 when packed: no padding at all)
             "token_efficiency": round(tokens / max(self.strategy.all_reduce_sum(self.slots), 1), 4),
             # packed: how full the bins are; padded: the same ratio as planned for epoch 0
-            "plan_efficiency": round(self.batcher.efficiency(0), 4),
+            "plan_efficiency": round(self._plan_efficiency(tokens), 4),
             "wall_s": round(wall, 2),
             "peak_memory": memory,
             "first_loss": self.losses[0][1] if self.losses else None,
@@ -556,7 +583,7 @@ class Trainer:
             "eval": final_metrics,
             "trainable_params": self.n_trainable,
             "total_params": self.n_total,
-            "data": self.examples.stats,
+            "data": {**self.examples.stats, **(self.reader.counts if self.reader else {})},
             "world_size": ctx.world.world_size,
             "stopped_early": stopped_early,
             "samples": samples,
@@ -595,6 +622,17 @@ class Trainer:
         table.add_row("output", str(ctx.output_dir / "final"))
         ctx.print(table)
         return summary
+
+    def _plan_efficiency(self, tokens: int) -> float:
+        if self.reader is None:
+            return self.batcher.efficiency(0)
+        # streaming: measured, tokens over the capacity (packed) or positions (padded) used
+        steps = self.losses[-1][0] - self.losses[0][0] + 1 if self.losses else 0
+        micro = steps * self.train_cfg.grad_accum * self.ctx.world.world_size
+        if self.batcher.pack:
+            rows = micro * self.train_cfg.micro_batch_size
+            return tokens / max(rows * self.batcher.capacity, 1)
+        return tokens / max(self.strategy.all_reduce_sum(self.slots), 1)
 
     def _plot(self) -> None:
         if not self.losses:

@@ -61,7 +61,7 @@ def test_packed_losses_equal_each_example_alone(attn):
                 {"input_ids": b["input_ids"], "labels": b["labels"]},
                 [(0, len(e["input_ids"]))],
             )
-        packed = collate_packed(exs)
+        packed = collate_packed([exs], pad_id=0)
         bounds, pos = [], 0
         for e in exs:
             bounds.append((pos, pos + len(e["input_ids"])))
@@ -78,10 +78,12 @@ def test_no_attention_across_examples(attn):
     changed[1] = {"input_ids": [t + 1 for t in exs[1]["input_ids"]], "labels": exs[1]["labels"]}
     with torch.no_grad():
         a = model(
-            **{k: v for k, v in collate_packed(exs).items() if k != "labels"}, use_cache=False
+            **{k: v for k, v in collate_packed([exs], pad_id=0).items() if k != "labels"},
+            use_cache=False,
         ).logits[0]
         b = model(
-            **{k: v for k, v in collate_packed(changed).items() if k != "labels"}, use_cache=False
+            **{k: v for k, v in collate_packed([changed], pad_id=0).items() if k != "labels"},
+            use_cache=False,
         ).logits[0]
     first, third = slice(0, 20), slice(50, 75)
     assert torch.allclose(a[first], b[first], atol=1e-6) and torch.allclose(
@@ -100,9 +102,9 @@ def test_first_fit_fills_bins_on_a_realistic_mix():
     lengths = realistic_lengths()
     batcher = Batcher(lengths=lengths, micro_batch_size=2, max_seq_len=2048, seed=0, pack=True)
     assert batcher.efficiency() >= 0.95
-    bins = pack_first_fit(list(range(len(lengths))), lengths, 4096)
+    bins = pack_first_fit(list(range(len(lengths))), lengths, 2048)
     assert sorted(i for b in bins for i in b) == list(range(len(lengths)))  # each example once
-    assert all(sum(lengths[i] for i in b) <= 4096 for b in bins)
+    assert all(sum(lengths[i] for i in b) <= 2048 for b in bins)
     padded = Batcher(lengths=lengths, micro_batch_size=8, max_seq_len=2048, seed=0)
     grouped = Batcher(
         lengths=lengths, micro_batch_size=8, max_seq_len=2048, seed=0, group_by_length=True
