@@ -33,7 +33,13 @@ def run(data_path: Path, rows: int, pack: bool, workdir: Path) -> dict:
         subset.write_text(json.dumps(json.loads(data_path.read_text())[:rows]))
     recipe = {
         "model": {"path": "tune:tiny-llama", "max_seq_len": 1024},
-        "data": {"format": "alpaca", "train": str(subset), "template": "llama-3.1", "pack": pack, "shuffle": True},
+        "data": {
+            "format": "alpaca",
+            "train": str(subset),
+            "template": "llama-3.1",
+            "pack": pack,
+            "shuffle": True,
+        },
         "optimizer": {"lr": 1e-3},
         "scheduler": {"name": "constant"},
         "train": {
@@ -74,8 +80,28 @@ def main() -> None:
         "command": f"python bench/packing.py --data {args.data.name} --rows {args.rows}",
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, threads {torch.get_num_threads()}",
         "data": f"{args.data.name}, first {args.rows} rows, alpaca format, llama-3.1 template, byte-level tiny tokenizer",
-        "padded": {k: padded[k] for k in ("steps", "tokens", "tokens_per_s", "wall_s", "token_efficiency", "plan_efficiency")},
-        "packed": {k: packed[k] for k in ("steps", "tokens", "tokens_per_s", "wall_s", "token_efficiency", "plan_efficiency")},
+        "padded": {
+            k: padded[k]
+            for k in (
+                "steps",
+                "tokens",
+                "tokens_per_s",
+                "wall_s",
+                "token_efficiency",
+                "plan_efficiency",
+            )
+        },
+        "packed": {
+            k: packed[k]
+            for k in (
+                "steps",
+                "tokens",
+                "tokens_per_s",
+                "wall_s",
+                "token_efficiency",
+                "plan_efficiency",
+            )
+        },
         "tokens_per_s_ratio_packed_over_padded": round(ratio, 3),
         "wall_time_ratio_padded_over_packed": round(padded["wall_s"] / packed["wall_s"], 3),
     }

@@ -55,6 +55,9 @@ class RunContext:
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("tune"))
     metrics: MetricsSink = field(default_factory=lambda: MetricsSink(None))
     quantization_config: Any = None
+    # Parameter-name fragments an [[adapt]] step wants trainable whatever later steps freeze
+    # (beacon weights stay trainable when LoRA follows and freezes everything else).
+    keep_trainable: list[str] = field(default_factory=list)
     extras: dict[str, Any] = field(default_factory=dict)
 
     def print(self, *args: Any, **kwargs: Any) -> None:

@@ -172,3 +172,12 @@ def tune_load_tokenizer(name: str, settings: BaseModel, ctx: RunContext) -> Any:
 
     Called on the loader's plugin; must not load model weights.
     """
+
+
+@hookspec
+def tune_save_extras(model: Any, path: Any, ctx: RunContext) -> None:
+    """Write what a plugin added to the model beside the final artifact (main process only).
+
+    Called on every plugin after the strategy saved `final/` (into its temp dir `path`), e.g.
+    the beacon plugin's own weights, which a PEFT adapter or plain transformers would not keep.
+    """

@@ -121,6 +121,7 @@ class EvalData:
     max_batches: int
     strategy: Any
     ctx: RunContext
+    tokenizer: Any = None
 
     def batches(self):
         for i in range(0, len(self.examples), self.batch_size):
@@ -166,6 +167,10 @@ class Trainer:
             )
         for selected in recipe.backends["adapt"]:
             model = call_backend(pm, "tune_adapt_model", selected, model=model, ctx=ctx)
+        if ctx.keep_trainable:
+            for name, param in model.named_parameters():
+                if any(fragment in name for fragment in ctx.keep_trainable):
+                    param.requires_grad_(True)
         self.tokenizer = tokenizer
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.examples = call_backend(
@@ -402,13 +407,14 @@ class Trainer:
         }
         mine = mine + [blank] * (per_rank - len(mine))  # same batch count on every rank
         return EvalData(
-            mine,
-            size,
-            self.pad_id,
-            world.device,
-            self.recipe.eval.max_batches,
-            self.strategy,
-            self.ctx,
+            examples=mine,
+            batch_size=size,
+            pad_id=self.pad_id,
+            device=world.device,
+            max_batches=self.recipe.eval.max_batches,
+            strategy=self.strategy,
+            ctx=self.ctx,
+            tokenizer=self.tokenizer,
         )
 
     def _evaluate(self, step: int) -> dict[str, float]:
@@ -463,6 +469,10 @@ class Trainer:
             tmp.mkdir(parents=True)
         self.strategy.barrier()
         self.strategy.save_final(self.model, self.tokenizer, tmp, self.ctx)
+        if self.ctx.world.is_main:
+            self.pm.hook.tune_save_extras(
+                model=self.strategy.unwrap(self.model), path=tmp, ctx=self.ctx
+            )
         self.strategy.barrier()
         if self.ctx.world.is_main:
             (tmp / "recipe.toml").write_text(self.recipe_text, encoding="utf-8")

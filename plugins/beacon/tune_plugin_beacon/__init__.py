@@ -1,0 +1,173 @@
+"""`[[adapt]] method = "beacon"`: Activation Beacon long context, plus `passkey` and `long_ppl`.
+
+The model code is in `model.py`; this module declares the backends and wires them into tune.
+Imports no torch at module level.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from tune.hookspecs import hookimpl
+
+BEACON_FILE, CONFIG_FILE = "beacon.safetensors", "beacon.json"
+
+
+class BeaconSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    window: int = Field(1024, ge=8, description="raw tokens per window")
+    stride: int | None = Field(None, description="= window (other strides are not supported)")
+    ratios: list[int] = Field(
+        default_factory=lambda: [2, 4, 8, 16, 32], description="training ratios; 0 = keep raw KV"
+    )
+    ratio_mix: Literal["step-random", "fixed"] = "step-random"
+    inference_ratio: int | Literal["adapt"] = Field(
+        8, description='ratio at eval/generation, or "adapt"'
+    )
+    pos: Literal["interleave", "append"] = "interleave"
+    attn: Literal["full-coverage", "step-expansion"] = "full-coverage"
+    params: list[Literal["q", "k", "v", "o"]] = Field(default_factory=lambda: ["q", "k", "v"])
+    sink_size: int = Field(0, ge=0)
+    only_train_beacon: bool = True
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.stride is not None and self.stride != self.window:
+            raise ValueError("stride must equal window (the released Activation Beacon setting)")
+        if not [r for r in self.ratios if r == 0 or self.window % r == 0]:
+            raise ValueError(f"no ratio in {self.ratios} divides window {self.window}")
+        if self.attn == "step-expansion" and self.pos != "append":
+            raise ValueError('attn = "step-expansion" needs pos = "append"')
+        return self
+
+
+class PasskeySettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    lengths: list[int] = Field(
+        default_factory=lambda: [1024, 2048, 4096], description="prompt tokens"
+    )
+    depths: list[float] = Field(default_factory=lambda: [0.1, 0.5, 0.9])
+    trials: int = Field(2, ge=1, description="keys per (length, depth) cell")
+    seed: int = 0
+
+
+class LongPplSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    buckets: list[int] = Field(
+        default_factory=lambda: [1024, 4096, 16384, 65536], description="upper edges"
+    )
+
+
+@hookimpl
+def tune_provide(provide):
+    provide.adapter(
+        "beacon", BeaconSettings, doc="Activation Beacon long context (Llama, Mistral, Qwen2)"
+    )
+    provide.metric(
+        "passkey", PasskeySettings, doc="5-digit passkey retrieval accuracy by length and depth"
+    )
+    provide.metric(
+        "long_ppl", LongPplSettings, doc="perplexity on long eval text by position bucket"
+    )
+
+
+def to_config(settings: BeaconSettings, seed: int = 0):
+    from tune_plugin_beacon.model import BeaconConfig
+
+    data = settings.model_dump(exclude={"only_train_beacon"})
+    return BeaconConfig(**data, seed=seed)
+
+
+@hookimpl
+def tune_adapt_model(name, settings, model, ctx):
+    from tune_plugin_beacon.model import attach, beacon_parameters
+
+    attach(model, to_config(settings, ctx.recipe.train.seed))
+    if settings.only_train_beacon:
+        for param in model.parameters():
+            param.requires_grad_(False)
+    for param in beacon_parameters(model).values():
+        param.requires_grad_(True)
+    ctx.keep_trainable.append("beacon_")  # stays trainable if LoRA follows
+    n = sum(p.numel() for p in beacon_parameters(model).values())
+    ctx.print(
+        f"beacon: window {settings.window}, ratios {settings.ratios}, {settings.pos}; {n:,} beacon parameters"
+    )
+    return model
+
+
+@hookimpl
+def tune_save_extras(model, path, ctx):
+    """final/beacon.safetensors + beacon.json: the beacon weights, loadable onto the base."""
+    from tune_plugin_beacon.model import find_beacon_model
+
+    inner = find_beacon_model(model)
+    if inner is None:
+        return
+    save_beacon(inner, path)
+
+
+def save_beacon(model, path) -> None:
+    import dataclasses
+    import json
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    from tune_plugin_beacon.model import beacon_parameters
+
+    state = {
+        _canonical(n): p.detach().cpu().contiguous()
+        for n, p in beacon_parameters(model).items()
+        if "lora_" not in n  # LoRA on a beacon projection belongs to the PEFT adapter
+    }
+    save_file(state, str(Path(path) / BEACON_FILE))
+    (Path(path) / CONFIG_FILE).write_text(
+        json.dumps(dataclasses.asdict(model.beacon_config), indent=2)
+    )
+
+
+def _canonical(name: str) -> str:
+    """Parameter names relative to the causal LM, whatever wraps it (PEFT, DDP)."""
+    for marker in ("model.layers.", "model.beacon_embedding"):
+        if marker in name:
+            head = name[name.index(marker) :]
+            return head.replace(".base_layer", "")
+    return name
+
+
+def load_beacon(model, path):
+    """Attach the saved beacon (config + weights) to a freshly loaded base model."""
+    import json
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    from tune_plugin_beacon.model import BeaconConfig, attach
+
+    cfg = BeaconConfig(**json.loads((Path(path) / CONFIG_FILE).read_text()))
+    attach(model, cfg)
+    state = load_file(str(Path(path) / BEACON_FILE))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    wrong = [k for k in state if k in unexpected]
+    if wrong:
+        raise RuntimeError(f"beacon weights do not fit this model: {wrong[:3]}")
+    return model
+
+
+@hookimpl
+def tune_evaluate(names, model, data, ctx):
+    out = {}
+    if "passkey" in names:
+        from tune_plugin_beacon.metrics import passkey
+
+        out.update(passkey(model, data, ctx.recipe.backends["metrics"]["passkey"].settings, ctx))
+    if "long_ppl" in names:
+        from tune_plugin_beacon.metrics import long_ppl
+
+        out.update(long_ppl(model, data, ctx.recipe.backends["metrics"]["long_ppl"].settings))
+    return out or None
