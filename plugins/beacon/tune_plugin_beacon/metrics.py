@@ -55,7 +55,7 @@ def passkey(model: Any, data: Any, settings: Any, ctx: Any) -> dict[str, float]:
                 text = tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()
                 got = "".join(ch for ch in text if ch.isdigit())[:5]
                 exact += got == key
-                digits += sum(a == b for a, b in zip(got, key))
+                digits += sum(a == b for a, b in zip(got, key, strict=False))  # got may be short
                 count += 1
         results[f"passkey@{length}"] = exact / count
         results[f"passkey_digits@{length}"] = digits / (5 * count)
