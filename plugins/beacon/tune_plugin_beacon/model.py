@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 PROJ_NAMES = {"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "o_proj"}
@@ -178,6 +179,7 @@ class BeaconState:
     memory_v: list[torch.Tensor | None]
     pending: torch.Tensor | None = None  # raw token ids of the current, incomplete window
     seen: int = 0  # raw tokens consumed by completed windows
+    max_position: int = 0  # the largest position id used so far
 
     @classmethod
     def empty(cls, n_layers: int) -> BeaconState:
@@ -248,20 +250,17 @@ def run_window(
         sinks = (~is_beacon).nonzero().flatten()[: cfg.sink_size]
         keep = keep.clone()
         keep[sinks] = True
-    new_kv = []
-    for i, layer in enumerate(decoder.layers):
+    state.max_position = max(state.max_position, memory_len + length - 1)
+
+    def layer_step(layer, hidden, mem_k, mem_v):
         attn = layer.self_attn
         x = layer.input_layernorm(hidden)
         head_dim = attn.head_dim
         q = _proj(attn, "q_proj", x, is_beacon).view(batch, length, -1, head_dim).transpose(1, 2)
         k = _proj(attn, "k_proj", x, is_beacon).view(batch, length, -1, head_dim).transpose(1, 2)
         v = _proj(attn, "v_proj", x, is_beacon).view(batch, length, -1, head_dim).transpose(1, 2)
-        new_kv.append((k[:, :, keep], v[:, :, keep]))
-        if state.memory_k[i] is not None:
-            k_all = torch.cat([state.memory_k[i].to(k.dtype), k], dim=2)
-            v_all = torch.cat([state.memory_v[i].to(v.dtype), v], dim=2)
-        else:
-            k_all, v_all = k, v
+        k_all = k if mem_k is None else torch.cat([mem_k.to(k.dtype), k], dim=2)
+        v_all = v if mem_v is None else torch.cat([mem_v.to(v.dtype), v], dim=2)
         q = _rope(q, cos[:, memory_len:], sin[:, memory_len:])
         k_all = _rope(k_all, cos, sin)
         groups = q.shape[1] // k_all.shape[1]
@@ -272,6 +271,19 @@ def run_window(
         out = out.transpose(1, 2).reshape(batch, length, -1)
         hidden = hidden + _proj(attn, "o_proj", out, is_beacon)
         hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+        return hidden, k[:, :, keep], v[:, :, keep]
+
+    checkpointing = model.training and getattr(model, "is_gradient_checkpointing", False)
+    new_kv = []
+    for i, layer in enumerate(decoder.layers):
+        args = (layer, hidden, state.memory_k[i], state.memory_v[i])
+        if checkpointing:  # recompute each layer-window in backward: memory stays flat
+            hidden, k_new, v_new = torch.utils.checkpoint.checkpoint(
+                layer_step, *args, use_reentrant=False
+            )
+        else:
+            hidden, k_new, v_new = layer_step(*args)
+        new_kv.append((k_new, v_new))
     hidden = decoder.norm(hidden)
     return hidden[:, ~is_beacon], new_kv
 
