@@ -160,8 +160,8 @@ BAD_CASES = {
 def test_bad_recipe_or_data_gets_one_clear_paragraph(case, tmp_path, capsys):
     make, expected = BAD_CASES[case]
     path = make(tmp_path, recipe_dict(tmp_path))
-    # as if tune-plugin-bitsandbytes were not installed
-    message = cli_error(capsys, "-p", "no:bitsandbytes", "validate", str(path))
+    # as if tune-plugin-bitsandbytes and tune-plugin-beacon were not installed
+    message = cli_error(capsys, "-p", "no:bitsandbytes", "-p", "no:beacon", "validate", str(path))
     assert message.startswith("error:")
     for fragment in expected:
         assert fragment in message, f"{case}: {fragment!r} not in {message!r}"

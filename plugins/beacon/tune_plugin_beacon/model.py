@@ -273,7 +273,10 @@ def run_window(
         hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
         return hidden, k[:, :, keep], v[:, :, keep]
 
-    checkpointing = model.training and getattr(model, "is_gradient_checkpointing", False)
+    checkpointing = model.training and bool(
+        getattr(model, "is_activation_checkpointing", None)
+        or getattr(model, "is_gradient_checkpointing", False)
+    )
     new_kv = []
     for i, layer in enumerate(decoder.layers):
         args = (layer, hidden, state.memory_k[i], state.memory_v[i])

@@ -1,0 +1,108 @@
+"""The beacon plugin inside tune: the tiny recipe trains, saves and reloads, composes with LoRA,
+generates past the base model's positions, and its metrics run."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from tests.conftest import REPO, recipe_dict, run_cli
+from tests.core import hook_plugin
+
+HOOKS = ["tests.core.hook_plugin"]
+PASSKEY_TRAIN = REPO / "recipes" / "data" / "passkey-train.jsonl"
+PASSKEY_EVAL = REPO / "recipes" / "data" / "passkey-eval.jsonl"
+
+
+def longctx(tmp_path, adapt_extra=(), **sections):
+    data = recipe_dict(
+        tmp_path,
+        model={"max_seq_len": 2048},
+        adapt=[
+            {
+                "method": "beacon",
+                "window": 128,
+                "ratios": [2, 4, 8],
+                "inference_ratio": 4,
+                "only_train_beacon": False,
+            },
+            *adapt_extra,
+        ],
+        data={"format": "text", "train": str(PASSKEY_TRAIN), "eval": str(PASSKEY_EVAL)},
+        optimizer={"lr": 2e-3},
+        train={"micro_batch_size": 1, "max_steps": 6, "gradient_checkpointing": True},
+        **sections,
+    )
+    data["data"].pop("template")
+    return data
+
+
+def test_tiny_longctx_recipe_trains(tmp_path):
+    out = tmp_path / "run"
+    res = run_cli(
+        "run", "recipes/longctx-tiny.toml",
+        "-o", f"train.output_dir={json.dumps(str(out))}",
+        "-o", "train.max_steps=12",
+        "-o", "eval.passkey.lengths=[512]", "-o", "eval.passkey.trials=1",
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["last_loss"] < 0.8 * summary["first_loss"]
+    assert {"passkey", "passkey_digits", "long_ppl@1-128", "perplexity"} <= set(summary["eval"])
+    assert (out / "final/beacon.safetensors").exists() and (out / "final/beacon.json").exists()
+
+
+def test_saved_beacon_reloads_onto_the_base(tmp_path, train_recipe):
+    from transformers import AutoModelForCausalLM
+    from tune.builtin.tiny import materialize
+    from tune_plugin_beacon import load_beacon
+
+    hook_plugin.PROBES.clear()
+    data = longctx(tmp_path, eval={"metrics": ["probe"]})
+    data["adapt"][0]["only_train_beacon"] = True
+    train_recipe(data, plugins=HOOKS)
+    base = AutoModelForCausalLM.from_pretrained(
+        str(materialize("tiny-llama", {}, 0)), dtype=torch.float32
+    ).eval()
+    model = load_beacon(base, tmp_path / "run/final")
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor(hook_plugin.PROBE_IDS)).logits
+    assert torch.allclose(logits, hook_plugin.PROBES[-1], atol=1e-5)
+
+
+def test_beacon_then_lora(tmp_path, train_recipe):
+    lora = {"method": "lora", "r": 4, "alpha": 8, "targets": ["q_proj", "v_proj"]}
+    data = longctx(tmp_path, adapt_extra=[lora])
+    data["adapt"][0]["only_train_beacon"] = True
+    summary, _ = train_recipe(data)
+    assert summary["last_loss"] < summary["first_loss"]
+    final = tmp_path / "run/final"
+    assert (final / "adapter_config.json").exists() and (final / "beacon.safetensors").exists()
+    from safetensors.torch import load_file
+
+    saved = load_file(str(final / "beacon.safetensors"))
+    assert "model.beacon_embedding" in saved and all("lora" not in k for k in saved)
+    # LoRA froze everything else; the beacon weights stayed trainable and changed
+    from transformers import AutoModelForCausalLM
+    from tune.builtin.tiny import materialize
+
+    base = AutoModelForCausalLM.from_pretrained(str(materialize("tiny-llama", {}, 0)))
+    eos_row = base.get_input_embeddings().weight.detach()[base.config.eos_token_id]
+    assert not torch.allclose(saved["model.beacon_embedding"], eos_row)
+
+
+def test_generation_past_the_base_models_positions():
+    from transformers import AutoModelForCausalLM
+    from tune.builtin.tiny import materialize
+    from tune_plugin_beacon.model import BeaconConfig, attach
+
+    path = materialize("tiny-llama", {"max_position_embeddings": 256}, 0)
+    model = attach(
+        AutoModelForCausalLM.from_pretrained(str(path)).eval(),
+        BeaconConfig(window=64, inference_ratio="adapt", ratios=[2, 4, 8, 16]),
+    )
+    prompt = torch.randint(10, 250, (1, 3000), generator=torch.Generator().manual_seed(0))
+    out = model.generate(input_ids=prompt, max_new_tokens=5, eos_token_id=[])
+    assert out.shape == (1, 3005)
+    assert torch.equal(out[:, :3000], prompt)
