@@ -23,6 +23,12 @@ MODES = {
     "full attention (sdpa)": {"attn": "sdpa"},
     "full attention (eager)": {"attn": "eager"},
     "beacon w=1024 r=8": {"attn": "sdpa", "beacon": {"window": 1024, "ratio": 8}},
+    "full attention (sdpa) + checkpointing": {"attn": "sdpa", "ckpt": True},
+    "beacon w=1024 r=8 + checkpointing": {
+        "attn": "sdpa",
+        "ckpt": True,
+        "beacon": {"window": 1024, "ratio": 8},
+    },
 }
 
 CHILD = r"""
@@ -37,6 +43,8 @@ if "beacon" in spec:
     from tune_plugin_beacon.model import BeaconConfig, attach
     b = spec["beacon"]
     attach(model, BeaconConfig(window=b["window"], ratios=[b["ratio"]], ratio_mix="fixed"))
+if spec.get("ckpt"):
+    model.gradient_checkpointing_enable({"use_reentrant": False})
 model.train()
 ids = torch.randint(10, 250, (1, n), generator=torch.Generator().manual_seed(0))
 kwargs = {} if "beacon" in spec else {"use_cache": False}
@@ -57,7 +65,12 @@ def measure(spec: dict, n: int) -> dict:
         text=True,
     )
     if out.returncode:
-        return {"error": out.stderr.strip().splitlines()[-1][:200]}
+        killed = out.returncode < 0 or "Killed" in out.stderr or "MemoryError" in out.stderr
+        return {
+            "error": "out of memory (24 GiB machine)"
+            if killed or not out.stdout
+            else out.stderr[-200:]
+        }
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
