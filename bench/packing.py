@@ -21,6 +21,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = HERE.parent.parent / "shared" / "data" / "alpaca_en_demo.json"
+KEYS = ("steps", "tokens", "tokens_per_s", "wall_s", "token_efficiency", "plan_efficiency")
 
 
 def run(data_path: Path, rows: int, pack: bool, workdir: Path) -> dict:
@@ -80,28 +81,7 @@ def main() -> None:
         "command": f"python bench/packing.py --data {args.data.name} --rows {args.rows}",
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, threads {torch.get_num_threads()}",
         "data": f"{args.data.name}, first {args.rows} rows, alpaca format, llama-3.1 template, byte-level tiny tokenizer",
-        "padded": {
-            k: padded[k]
-            for k in (
-                "steps",
-                "tokens",
-                "tokens_per_s",
-                "wall_s",
-                "token_efficiency",
-                "plan_efficiency",
-            )
-        },
-        "packed": {
-            k: packed[k]
-            for k in (
-                "steps",
-                "tokens",
-                "tokens_per_s",
-                "wall_s",
-                "token_efficiency",
-                "plan_efficiency",
-            )
-        },
+        **{name: {k: r[k] for k in KEYS} for name, r in (("padded", padded), ("packed", packed))},
         "tokens_per_s_ratio_packed_over_padded": round(ratio, 3),
         "wall_time_ratio_padded_over_packed": round(padded["wall_s"] / packed["wall_s"], 3),
     }

@@ -49,6 +49,28 @@ def env_world() -> EnvWorld | None:
     return None
 
 
+def join(ctx, strategy: str) -> tuple[EnvWorld, str]:
+    """For multi-process strategies: this process's world and device (cuda:LOCAL_RANK or cpu)."""
+    from tune.errors import TuneError
+
+    started = env_world()
+    if started is None:
+        raise TuneError(
+            f"[strategy] name = '{strategy}' needs to be launched as one of several processes, "
+            "but this one was started alone.",
+            where=f"{ctx.recipe.path}: [strategy]",
+            fix="run it with tune run --nproc-per-node N (or under torchrun, the deepspeed "
+            "launcher or srun).",
+        )
+    import torch
+
+    if torch.cuda.is_available():
+        device = f"cuda:{started.local_rank}"
+        torch.cuda.set_device(device)
+        return started, device
+    return started, "cpu"
+
+
 def relaunch(
     tune_args: list[str],
     nproc_per_node: int,

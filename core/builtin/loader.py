@@ -37,6 +37,21 @@ def tune_provide(provide):
     )
 
 
+def tiny_name(ctx) -> str:
+    """`tune:tiny-llama` -> `tiny-llama`, or a TuneError listing the built-in models."""
+    from tune.builtin.tiny import ARCHS
+
+    path = ctx.recipe.model.path
+    name = path.removeprefix(TINY_PREFIX)
+    if name not in ARCHS:
+        raise TuneError(
+            f"unknown built-in model '{path}'.",
+            where=f"{ctx.recipe.path}: [model] path",
+            fix=f"use one of {', '.join(TINY_PREFIX + n for n in ARCHS)}.",
+        )
+    return name
+
+
 def resolve_dtype(name: str, device: str):
     import torch
 
@@ -54,16 +69,9 @@ def tune_load_model(settings: TransformersLoaderSettings, ctx):
     recipe = ctx.recipe
     path = recipe.model.path
     if path.startswith(TINY_PREFIX):
-        from tune.builtin.tiny import ARCHS, materialize
+        from tune.builtin.tiny import materialize
 
-        tiny = path.removeprefix(TINY_PREFIX)
-        if tiny not in ARCHS:
-            raise TuneError(
-                f"unknown built-in model '{path}'.",
-                where=f"{recipe.path}: [model] path",
-                fix=f"use one of {', '.join(TINY_PREFIX + n for n in ARCHS)}.",
-            )
-        path = str(materialize(tiny, settings.config_overrides, settings.init_seed))
+        path = str(materialize(tiny_name(ctx), settings.config_overrides, settings.init_seed))
         overrides = {}
     else:
         overrides = dict(settings.config_overrides)
@@ -120,16 +128,9 @@ def tune_load_tokenizer(settings: TransformersLoaderSettings, ctx):
 
     path = ctx.recipe.model.path
     if path.startswith(TINY_PREFIX) and not settings.tokenizer:
-        from tune.builtin.tiny import ARCHS, load_tokenizer
+        from tune.builtin.tiny import load_tokenizer
 
-        name = path.removeprefix(TINY_PREFIX)
-        if name not in ARCHS:
-            raise TuneError(
-                f"unknown built-in model '{path}'.",
-                where=f"{ctx.recipe.path}: [model] path",
-                fix=f"use one of {', '.join(TINY_PREFIX + n for n in ARCHS)}.",
-            )
-        tokenizer = load_tokenizer(name)
+        tokenizer = load_tokenizer(tiny_name(ctx))
     else:
         tokenizer = AutoTokenizer.from_pretrained(
             settings.tokenizer or path,

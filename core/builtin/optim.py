@@ -15,9 +15,14 @@ class OptimizerSettings(BaseModel):
     weight_decay: float = Field(0.0, ge=0)
 
 
-class AdamWSettings(OptimizerSettings):
+class AdamStyleSettings(OptimizerSettings):
+    """Adam-family keys, shared with the optimizers of other plugins (8-bit, AnyPrecision)."""
+
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = Field(1e-8, gt=0)
+
+
+class AdamWSettings(AdamStyleSettings):
     fused: bool | None = Field(None, description="None = fused on CUDA, foreach otherwise")
 
 

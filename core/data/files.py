@@ -38,27 +38,31 @@ def iter_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
         )
 
 
+def parse_json_line(line: str | bytes, where: str) -> dict[str, Any]:
+    """One JSON-lines row, or a TuneError naming where it is."""
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise TuneError(
+            f"malformed JSON ({exc.msg} at column {exc.colno}).",
+            where=where,
+            fix="each line of a .jsonl file must be one complete JSON object.",
+        ) from None
+    if not isinstance(row, dict):
+        raise TuneError(
+            f"expected a JSON object, got {type(row).__name__}.",
+            where=where,
+            fix='each line must look like {"field": ...}.',
+        )
+    return row
+
+
 def _jsonl(path: Path):
     with path.open(encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise TuneError(
-                    f"malformed JSON ({exc.msg} at column {exc.colno}).",
-                    where=where,
-                    fix="each line of a .jsonl file must be one complete JSON object.",
-                ) from None
-            if not isinstance(row, dict):
-                raise TuneError(
-                    f"expected a JSON object, got {type(row).__name__}.",
-                    where=where,
-                    fix='each line must look like {"field": ...}.',
-                )
-            yield where, row
+            if line.strip():
+                where = f"{path}:{lineno}"
+                yield where, parse_json_line(line, where)
 
 
 def _json(path: Path):

@@ -10,12 +10,12 @@ dry: streaming runs are bounded by `[train] max_steps`.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tune.data.files import parse_json_line
 from tune.errors import TuneError
 
 Example = dict[str, list[int]]
@@ -102,17 +102,7 @@ class StreamReader:
 
     def _encode(self, path: Path, line: bytes, here: Cursor) -> list[Example]:
         where = f"{path}: byte {here.offset}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise TuneError(
-                f"malformed JSON ({exc.msg}).",
-                where=where,
-                fix="each line must be one JSON object.",
-            ) from None
-        if not isinstance(row, dict):
-            raise TuneError("expected a JSON object.", where=where)
-        examples, counts = self.source.encode(where, row)
+        examples, counts = self.source.encode(where, parse_json_line(line, where))
         if here.skip == 0:
             self.counts["rows"] += 1
             for key, value in counts.items():

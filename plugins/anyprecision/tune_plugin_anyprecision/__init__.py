@@ -9,19 +9,14 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+from tune.builtin.optim import AdamStyleSettings
 from tune.hookspecs import hookimpl
 
 StateDType = Literal["bfloat16", "float16", "float32"]
 
 
-class AnyPrecisionSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    lr: float = Field(2e-4, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = Field(1e-8, gt=0)
+class AnyPrecisionSettings(AdamStyleSettings):
     momentum_dtype: StateDType = "bfloat16"
     variance_dtype: StateDType = "bfloat16"
     use_kahan_summation: bool = Field(

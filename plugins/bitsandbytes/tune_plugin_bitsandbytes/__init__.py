@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+from tune.builtin.optim import AdamStyleSettings
 from tune.hookspecs import hookimpl
 
 DType = Literal["auto", "bfloat16", "float16", "float32"]
@@ -32,13 +33,7 @@ class QuantSettings(BaseModel):
     int8_threshold: float = Field(6.0, description="LLM.int8 outlier threshold (int8 only)")
 
 
-class OptimSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    lr: float = Field(2e-4, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = Field(1e-8, gt=0)
+class OptimSettings(AdamStyleSettings):
     min_8bit_size: int = Field(
         4096, ge=0, description="tensors smaller than this keep 32-bit state"
     )

@@ -8,8 +8,7 @@ import datetime
 import torch
 import torch.distributed as dist
 from tune.context import World
-from tune.distributed import env_world
-from tune.errors import TuneError
+from tune.distributed import join
 from tune.train.strategy import Strategy
 
 
@@ -21,20 +20,10 @@ class DDPStrategy(Strategy):
         self.settings = settings
 
     def setup(self, ctx) -> World:
-        started = env_world()
-        if started is None:
-            raise TuneError(
-                "[strategy] name = 'ddp' needs several processes, but this one was started alone.",
-                where=f"{ctx.recipe.path}: [strategy]",
-                fix="run it with tune run --nproc-per-node N (or under torchrun / srun).",
-            )
-        cuda = torch.cuda.is_available()
+        started, device = join(ctx, "ddp")
         backend = self.settings.backend
         if backend == "auto":
-            backend = "nccl" if cuda else "gloo"
-        device = f"cuda:{started.local_rank}" if cuda else "cpu"
-        if cuda:
-            torch.cuda.set_device(device)
+            backend = "nccl" if device.startswith("cuda") else "gloo"
         if not dist.is_initialized():
             dist.init_process_group(
                 backend=backend, timeout=datetime.timedelta(seconds=self.settings.timeout_s)

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from tune.context import World
-from tune.distributed import env_world
+from tune.distributed import join
 from tune.errors import TuneError
 from tune.train.strategy import Strategy, resolve_precision
 
@@ -87,20 +87,9 @@ class DeepSpeedStrategy(Strategy):
     def setup(self, ctx) -> World:
         import deepspeed
 
-        started = env_world()
-        if started is None:
-            raise TuneError(
-                "[strategy] name = 'deepspeed' was started as a single plain process.",
-                where=f"{ctx.recipe.path}: [strategy]",
-                fix="run it with tune run --nproc-per-node N (N may be 1), or under torchrun / "
-                "the deepspeed launcher.",
-            )
-        cuda = torch.cuda.is_available()
-        device = f"cuda:{started.local_rank}" if cuda else "cpu"
-        if cuda:
-            torch.cuda.set_device(device)
+        started, device = join(ctx, "deepspeed")
         deepspeed.init_distributed(
-            dist_backend="nccl" if cuda else "gloo",
+            dist_backend="nccl" if device.startswith("cuda") else "gloo",
             timeout=datetime.timedelta(seconds=self.settings.timeout_s),
         )
         self.precision = resolve_precision(ctx.recipe.train.precision, device)
