@@ -13,13 +13,18 @@ HERE = Path(__file__).parent
 FILLER = (
     "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
 )
+INTRO = (  # the same wording the passkey metric uses, so evaluation matches training
+    "There is an important info hidden inside a lot of irrelevant text. Find it and memorize it. "
+    "I will quiz you about the important information there. "
+)
 
 
 def document(rng: random.Random, n_fillers: int) -> dict:
     key = f"{rng.randrange(10**5):05d}"
     before = rng.randint(0, n_fillers)
     text = (
-        FILLER * before
+        INTRO
+        + FILLER * before
         + f"The pass key is {key}. Remember it. {key} is the pass key. "
         + FILLER * (n_fillers - before)
         + f"What is the pass key? The pass key is {key}."

@@ -358,10 +358,13 @@ def beacon_forward(
     """Logits for the raw tokens; loss on raw tokens only, summed over all windows."""
     from transformers.modeling_outputs import CausalLMOutputWithPast
 
-    if attention_mask is not None and not bool(attention_mask.all()):
-        raise ValueError(
-            "beacon batches must not be padded: use micro_batch_size = 1 or equal lengths"
-        )
+    padded = attention_mask is not None and not bool(attention_mask.all())
+    if input_ids.shape[0] > 1 and (padded or (beacon_state is None and model.training)):
+        # Rows of different lengths (or drawing their own ratios) need their own windows:
+        # run each row alone and put its logits back into the batch.
+        return _per_row(model, input_ids, labels, num_items_in_batch, attention_mask, beacon_ratios)
+    if padded:
+        raise ValueError("a single padded row: remove the padding before the beacon forward")
     hidden, state = encode(model, input_ids, beacon_state, beacon_ratios)
     logits = model.lm_head(hidden)
     loss = None
@@ -376,6 +379,30 @@ def beacon_forward(
     out = CausalLMOutputWithPast(loss=loss, logits=logits)
     out.beacon_state = state
     return out
+
+
+def _per_row(model, input_ids, labels, num_items_in_batch, attention_mask, ratios):
+    from transformers.modeling_outputs import CausalLMOutputWithPast
+
+    if attention_mask is not None:
+        lengths = [int(n) for n in attention_mask.sum(dim=1).tolist()]
+    else:
+        lengths = [input_ids.shape[1]] * input_ids.shape[0]
+    count = num_items_in_batch
+    if count is None and labels is not None:
+        count = int((labels[:, 1:] != -100).sum())
+    logits, loss = None, None
+    for row, n in enumerate(lengths):
+        ids = input_ids[row : row + 1, :n]
+        row_labels = labels[row : row + 1, :n] if labels is not None else None
+        out = beacon_forward(model, ids, row_labels, num_items_in_batch=count, beacon_ratios=ratios)
+        if logits is None:
+            shape = (input_ids.shape[0], input_ids.shape[1], out.logits.shape[-1])
+            logits = out.logits.new_zeros(shape)
+        logits[row, :n] = out.logits[0]
+        if out.loss is not None:
+            loss = out.loss if loss is None else loss + out.loss
+    return CausalLMOutputWithPast(loss=loss, logits=logits)
 
 
 def max_position(cfg: BeaconConfig, n_raw: int, ratio: int) -> int:

@@ -153,3 +153,22 @@ def test_training_draws_ratios_that_divide_the_window():
     drawn = {model.beacon_rng.choice(cfg.usable_ratios()) for _ in range(50)}
     assert drawn == {0, 2, 8}
     copy.deepcopy(cfg)
+
+
+def test_a_padded_batch_equals_its_rows_run_alone():
+    model = beaconed(BeaconConfig(window=16, ratios=[4], inference_ratio=4))
+    randomize_beacon(model, seed=6)
+    a = torch.randint(10, 250, (1, 50), generator=torch.Generator().manual_seed(7))
+    b = torch.randint(10, 250, (1, 33), generator=torch.Generator().manual_seed(8))
+    batch = torch.zeros(2, 50, dtype=torch.long)
+    batch[0], batch[1, :33] = a[0], b[0]
+    mask = torch.zeros(2, 50, dtype=torch.long)
+    mask[0], mask[1, :33] = 1, 1
+    labels = batch.masked_fill(mask == 0, -100)
+    with torch.no_grad():
+        together = model(input_ids=batch, attention_mask=mask, labels=labels, num_items_in_batch=1)
+        alone_a = model(input_ids=a, labels=a, num_items_in_batch=1)
+        alone_b = model(input_ids=b, labels=b, num_items_in_batch=1)
+    assert torch.allclose(together.logits[0], alone_a.logits[0], atol=1e-5)
+    assert torch.allclose(together.logits[1, :33], alone_b.logits[0], atol=1e-5)
+    assert abs(float(together.loss) - float(alone_a.loss + alone_b.loss)) < 1e-3
