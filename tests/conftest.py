@@ -11,6 +11,11 @@ from typing import Any
 
 import pytest
 
+# Two xdist workers on two cores, some starting 2-process runs: one thread per process avoids
+# oversubscription (set before torch is imported; subprocesses inherit it).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+
 REPO = Path(__file__).resolve().parent.parent
 QUICKSTART_DATA = REPO / "recipes" / "data" / "reverse-words.jsonl"
 
@@ -99,7 +104,7 @@ def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = No
         text=True,
         env=full_env,
         cwd=cwd or REPO,
-        timeout=300,
+        timeout=900,
     )
 
 

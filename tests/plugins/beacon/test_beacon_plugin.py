@@ -43,8 +43,9 @@ def test_tiny_longctx_recipe_trains(tmp_path):
     res = run_cli(
         "run", "recipes/longctx-tiny.toml",
         "-o", f"train.output_dir={json.dumps(str(out))}",
-        "-o", "train.max_steps=12",
-        "-o", "eval.passkey.lengths=[512]", "-o", "eval.passkey.trials=1",
+        "-o", "train.max_steps=8",
+        "-o", "eval.passkey.lengths=[256]", "-o", "eval.passkey.depths=[0.5]",
+        "-o", "eval.passkey.trials=1",
     )  # fmt: skip
     assert res.returncode == 0, res.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
