@@ -12,6 +12,8 @@ import subprocess
 import sys
 from dataclasses import dataclass
 
+from pydantic import BaseModel, ConfigDict, Field
+
 
 @dataclass(frozen=True)
 class EnvWorld:
@@ -47,6 +49,16 @@ def env_world() -> EnvWorld | None:
         env.setdefault("MASTER_PORT", "29500")
         return world
     return None
+
+
+class MultiProcessSettings(BaseModel):
+    """Keys every multi-process strategy shares; strategy plugins extend this model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    timeout_s: int = Field(
+        600, ge=10, description="collective timeout: a stuck rank fails instead of hanging"
+    )
 
 
 def join(ctx, strategy: str) -> tuple[EnvWorld, str]:

@@ -124,3 +124,21 @@ def train_recipe(tmp_path):
         return run_training(recipe, pm, resume=resume, overwrite=overwrite), recipe
 
     return _run
+
+
+def final_weights(run_dir: Path) -> dict[str, Any]:
+    """The tensors of a run's final/ artifact (PEFT adapter or full model)."""
+    from safetensors.torch import load_file
+
+    final = run_dir / "final"
+    name = (
+        "adapter_model.safetensors"
+        if (final / "adapter_model.safetensors").exists()
+        else "model.safetensors"
+    )
+    return load_file(str(final / name))
+
+
+def max_weight_diff(a: dict[str, Any], b: dict[str, Any]) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[k].float() - b[k].float()).abs().max()) for k in a)

@@ -5,10 +5,17 @@ from __future__ import annotations
 import json
 
 import pytest
-from safetensors.torch import load_file
 from tune.data.stream import RowStream, StreamReader
 
-from tests.conftest import chat_rows, recipe_dict, run_cli, write_jsonl, write_recipe
+from tests.conftest import (
+    chat_rows,
+    final_weights,
+    max_weight_diff,
+    recipe_dict,
+    run_cli,
+    write_jsonl,
+    write_recipe,
+)
 
 
 def text_source(tmp_path, sizes_per_file):
@@ -106,9 +113,8 @@ def test_streaming_run_resumes_exactly(tmp_path, train_recipe):
         resume=True,
         resume_from=tmp_path / "straight/checkpoints/step-5",
     )
-    a = load_file(str(tmp_path / "straight/final/model.safetensors"))
-    b = load_file(str(tmp_path / "resumed/final/model.safetensors"))
-    assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-6
+    a, b = final_weights(tmp_path / "straight"), final_weights(tmp_path / "resumed")
+    assert max_weight_diff(a, b) <= 1e-6
     cursor = json.loads((tmp_path / "straight/checkpoints/step-5/state-rank0.json").read_text())[
         "stream"
     ]

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 from tune.errors import TuneError
 
-from tests.conftest import REPO, recipe_dict, run_cli
+from tests.conftest import REPO, final_weights, max_weight_diff, recipe_dict, run_cli
 from tests.core import hook_plugin
 
 HOOKS = ["tests.core.hook_plugin"]
@@ -158,10 +158,9 @@ def test_resume_continues_exactly(tmp_path, train_recipe):
         resume=True,
         resume_from=tmp_path / "straight/checkpoints/step-6",
     )
-    a = load_file(str(tmp_path / "straight/final/model.safetensors"))
-    b = load_file(str(tmp_path / "resumed/final/model.safetensors"))
+    a, b = final_weights(tmp_path / "straight"), final_weights(tmp_path / "resumed")
     assert a.keys() == b.keys()
-    assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-6
+    assert max_weight_diff(a, b) <= 1e-6
     la = [json.loads(x) for x in (tmp_path / "straight/metrics.jsonl").read_text().splitlines()]
     lb = [json.loads(x) for x in (tmp_path / "resumed/metrics.jsonl").read_text().splitlines()]
     tail_a = [r["loss"] for r in la if r["kind"] == "train" and r["step"] > 6]

@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from safetensors.torch import load_file
-
+from tests.conftest import final_weights as weights  # noqa: F401 (re-exported for tests)
+from tests.conftest import max_weight_diff as max_diff  # noqa: F401
 from tests.conftest import recipe_dict, run_cli, write_recipe
 
 
@@ -34,18 +34,3 @@ def launch(recipe: Path, nproc: int = 2, *extra: str):
 def losses(run_dir: Path) -> list[float]:
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
     return [r["loss"] for r in map(json.loads, lines) if r["kind"] == "train"]
-
-
-def weights(run_dir: Path) -> dict[str, Any]:
-    final = run_dir / "final"
-    name = (
-        "adapter_model.safetensors"
-        if (final / "adapter_model.safetensors").exists()
-        else "model.safetensors"
-    )
-    return load_file(str(final / name))
-
-
-def max_diff(a: dict[str, Any], b: dict[str, Any]) -> float:
-    assert a.keys() == b.keys()
-    return max(float((a[k].float() - b[k].float()).abs().max()) for k in a)

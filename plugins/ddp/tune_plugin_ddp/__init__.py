@@ -9,13 +9,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+from tune.distributed import MultiProcessSettings
 from tune.hookspecs import hookimpl
 
 
-class DDPSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class DDPSettings(MultiProcessSettings):
     backend: Literal["auto", "nccl", "gloo"] = Field(
         "auto", description="auto: nccl on CUDA, gloo on CPU"
     )
@@ -23,9 +22,6 @@ class DDPSettings(BaseModel):
     bucket_cap_mb: float = Field(25.0, gt=0)
     gradient_as_bucket_view: bool = True
     static_graph: bool = False
-    timeout_s: int = Field(
-        600, ge=10, description="collective timeout: a stuck rank fails instead of hanging"
-    )
 
 
 @hookimpl

@@ -9,16 +9,15 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+from tune.distributed import MultiProcessSettings
 from tune.errors import TuneError
 from tune.hookspecs import hookimpl
 
 Offload = Literal["none", "cpu", "nvme"]
 
 
-class DeepSpeedSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class DeepSpeedSettings(MultiProcessSettings):
     zero_stage: Literal[0, 1, 2, 3] = 2
     offload_optimizer: Offload = "none"
     offload_params: Offload = Field("none", description="ZeRO-3 only")
@@ -29,9 +28,6 @@ class DeepSpeedSettings(BaseModel):
     overlap_comm: bool | None = None
     contiguous_gradients: bool = True
     reduce_bucket_size: int | None = None
-    timeout_s: int = Field(
-        600, ge=10, description="collective timeout: a stuck rank fails instead of hanging"
-    )
 
 
 @hookimpl
