@@ -161,15 +161,13 @@ override_option = click.option(
 
 def _validated(ctx, recipe_text, overrides, plugin_opts):
     from tune.context import RunContext
+    from tune.data.sources import validate_all
     from tune.recipe import load_recipe
 
     pm = _plugin_manager(ctx, plugin_opts)
     recipe = load_recipe(find_recipe(recipe_text), list(overrides), plugins=pm)
-    data = recipe.selected("data_format")
     run_ctx = RunContext(recipe=recipe, output_dir=Path(recipe.train.output_dir))
-    summary = pm.caller("tune_validate_data", data.backend)(
-        name=data.backend.name, settings=data.settings, ctx=run_ctx
-    )
+    summary = validate_all(pm, run_ctx)
     return pm, recipe, summary
 
 
@@ -194,8 +192,10 @@ def validate(ctx, recipe: str, overrides: tuple[str, ...], plugin_opts: tuple[st
             table.add_row(label, sel.backend.name, sel.backend.plugin)
     for sel in rec.backends["adapt"]:
         table.add_row("adapt", sel.backend.name, sel.backend.plugin)
-    for role, label in (("data_format", "data"), ("optimizer", "optimizer")):
-        sel = rec.backends[role]
+    data_rows = [("data", rec.backends["data_format"])]
+    data_rows += [("data mix", sel) for sel in rec.backends.get("data_mix", [])]
+    data_rows.append(("optimizer", rec.backends["optimizer"]))
+    for label, sel in data_rows:
         table.add_row(label, sel.backend.name, sel.backend.plugin)
     for name, sel in rec.backends["metrics"].items():
         table.add_row("metric", name, sel.backend.plugin)
@@ -324,6 +324,71 @@ def merge(ctx, source: Path, out: Path, dtype: str, plugin_opts: tuple[str, ...]
     pm = _plugin_manager(ctx, plugin_opts)
     written = merge_adapter(source, out, dtype, pm)
     _console().print(f"[green]merged[/green] {source} -> {written} ({dtype})")
+
+
+@cli.command(context_settings=CONTEXT_SETTINGS)
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option("--prompt", "prompts", multiple=True, help="Send this message and exit (repeatable).")
+@click.option(
+    "--prompt-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Send this file's whole text as one message (e.g. a long document) and exit.",
+)
+@click.option("--max-new-tokens", type=int, default=256, show_default=True)
+@click.option("--system", default=None, help="System prompt (chat-trained runs).")
+@click.option("--raw", is_flag=True, help="Continue text as written, without the chat template.")
+@click.option(
+    "--dtype",
+    type=click.Choice(["bf16", "fp16", "fp32"]),
+    default=None,
+    help="Weights dtype [default: bf16 on a GPU, fp32 on CPU].",
+)
+@plugin_option
+@click.pass_context
+def chat(
+    ctx,
+    source: Path,
+    prompts: tuple[str, ...],
+    prompt_file: Path | None,
+    max_new_tokens: int,
+    system: str | None,
+    raw: bool,
+    dtype: str | None,
+    plugin_opts: tuple[str, ...],
+) -> None:
+    """Talk to a trained run (its output_dir or final/): one message per line, /exit to stop."""
+    from tune.chat import open_session, repl
+
+    messages = list(prompts)
+    if prompt_file is not None:
+        if not prompt_file.is_file():
+            raise TuneError(
+                "file not found.", where=str(prompt_file), fix="give the path of a text file."
+            )
+        messages.append(prompt_file.read_text(encoding="utf-8"))
+    pm = _plugin_manager(ctx, plugin_opts)
+    if dtype is None:
+        import torch
+
+        dtype = "bf16" if torch.cuda.is_available() else "fp32"
+    session = open_session(source, pm, dtype, max_new_tokens, system, raw)
+    if messages:
+        for message in messages:
+            click.echo(session.reply(message))
+        return
+    lines = sys.stdin
+    if sys.stdin.isatty():
+        click.echo(f"tune chat: {source} (one message per line; /reset, /exit)", err=True)
+        lines = _typed_lines()
+    repl(session, lines, click.echo)
+
+
+def _typed_lines():
+    while True:
+        try:
+            yield input(">>> ")
+        except (EOFError, KeyboardInterrupt):
+            return
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -127,9 +127,10 @@ def tune_merge_adapter(
 ) -> Any:
     """Return `model` with the trained `[[adapt]] method = name` weights from `adapter_dir` applied.
 
-    Used by `tune merge`: the core reloads the base in 16-bit (never quantized), calls this for
-    each adapt step in recipe order on its declaring plugin, then saves a plain model. Merge
-    into the base weights where the method allows it.
+    Used by `tune merge` and `tune chat`: the core reloads the base in 16-bit (never quantized),
+    calls this for each adapt step in recipe order on its declaring plugin, then saves (merge) or
+    talks to (chat) the result. Merge into the base weights where the method allows it; a method
+    that changes the forward (beacon) attaches itself with its trained weights instead.
     """
 
 

@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 from tune.context import RunContext
 from tune.errors import TuneError
@@ -66,30 +67,25 @@ def recipe_for(adapter: Path, recipe_file: Path | None, pm) -> Recipe:
     return recipe
 
 
-def merge(source: Path, out: Path, dtype: str, pm) -> Path:
+def load_trained(source: Path, pm, dtype: str) -> tuple[Any, Any, Recipe, Path]:
+    """(model, tokenizer, recipe, artifact dir): a run's trained model, adapters merged in.
+
+    The base is reloaded in `dtype` and never quantized. A run that saved a full model (no
+    PEFT adapter) is loaded from its final/ directory; every `[[adapt]]` step's plugin then
+    applies its own saved weights through `tune_merge_adapter`, in recipe order.
+    """
     from tune.train.run import call_backend
 
-    if out.exists() and any(out.iterdir()):
-        raise TuneError(
-            "the output directory already exists and is not empty.",
-            where=str(out),
-            fix="choose a new --out directory, or remove this one first.",
-        )
     adapter, recipe_file = find_adapter(source)
     recipe = recipe_for(adapter, recipe_file, pm)
-    if not recipe.adapt:
-        raise TuneError(
-            "this run has no [[adapt]] steps: final/ already is a full model.",
-            where=str(recipe_file or adapter),
-            fix="load final/ directly with transformers; there is nothing to merge.",
-        )
-    # 16-bit (or asked) base, never quantized, no checkpointing: merging wants plain weights.
     recipe.model.quantize = None
     recipe.train.gradient_checkpointing = False
+    if (adapter / "config.json").is_file() and not (adapter / "adapter_config.json").is_file():
+        recipe.model.path = str(adapter)  # full fine-tune: the trained weights are the base
     loader = recipe.selected("loader")
     if "dtype" in type(loader.settings).model_fields:
         loader.settings = loader.settings.model_copy(update={"dtype": DTYPES[dtype]})
-    ctx = RunContext(recipe=recipe, output_dir=out)
+    ctx = RunContext(recipe=recipe, output_dir=adapter)
     model, tokenizer = call_backend(pm, "tune_load_model", loader, ctx=ctx)
     for selected in recipe.backends["adapt"]:
         model = call_backend(
@@ -99,10 +95,31 @@ def merge(source: Path, out: Path, dtype: str, pm) -> Path:
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(str(adapter))  # keeps the trained chat template
+    model.eval()
+    return model, tokenizer, recipe, adapter
+
+
+def merge(source: Path, out: Path, dtype: str, pm) -> Path:
+    if out.exists() and any(out.iterdir()):
+        raise TuneError(
+            "the output directory already exists and is not empty.",
+            where=str(out),
+            fix="choose a new --out directory, or remove this one first.",
+        )
+    adapter, recipe_file = find_adapter(source)
+    if not recipe_for(adapter, recipe_file, pm).adapt:
+        raise TuneError(
+            "this run has no [[adapt]] steps: final/ already is a full model.",
+            where=str(recipe_file or adapter),
+            fix="load final/ directly with transformers; there is nothing to merge.",
+        )
+    model, tokenizer, recipe, _ = load_trained(source, pm, dtype)
     tmp = out.parent / f".tmp-{out.name}"
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(str(tmp))
     tokenizer.save_pretrained(str(tmp))
+    # what plugins add beside the weights (e.g. the beacon's own files) goes along
+    pm.hook.tune_save_extras(model=model, path=tmp, ctx=RunContext(recipe=recipe, output_dir=out))
     if out.exists():
         out.rmdir()
     os.replace(tmp, out)

@@ -43,9 +43,24 @@ class AdaptStep(_Open):
     method: str
 
 
+class MixSource(_Open):
+    """One more training source, in its own format; its other keys are that format's settings."""
+
+    format: str
+    train: str | list[str]
+
+    @property
+    def train_files(self) -> list[str]:
+        return [self.train] if isinstance(self.train, str) else list(self.train)
+
+
 class DataSection(_Open):
     format: str = "chat"
     train: str | list[str]
+    mix: list[MixSource] = Field(
+        default_factory=list,
+        description="more training sources, each a [[data.mix]] table with its own format",
+    )
     eval: str | list[str] | None = None
     eval_fraction: float = Field(0.0, ge=0.0, lt=1.0)
     shuffle: bool = True
@@ -144,6 +159,8 @@ CORE_KEYS: dict[str, set[str]] = {
     }.items()
 }
 
+MIX_KEYS = set(MixSource.model_fields)
+
 
 @dataclass
 class Selected:
@@ -193,7 +210,12 @@ class Recipe:
                 merged(step, sel)
                 for step, sel in zip(self.adapt, self.backends["adapt"], strict=True)
             ]
-        out["data"] = merged(self.data, self.backends.get("data_format"))
+        out["data"] = merged(self.data, self.backends.get("data_format"), drop=("mix",))
+        if self.data.mix:
+            out["data"]["mix"] = [
+                merged(src, sel)
+                for src, sel in zip(self.data.mix, self.backends["data_mix"], strict=True)
+            ]
         out["optimizer"] = merged(self.optimizer, self.backends.get("optimizer"))
         out["scheduler"] = self.scheduler.model_dump()
         out["strategy"] = merged(self.strategy, self.backends.get("strategy"))
@@ -332,6 +354,12 @@ def _check_core_rules(recipe: Recipe) -> None:
             where=f"{recipe.path}: [scheduler]",
             fix="keep one of them.",
         )
+    if recipe.data.streaming and recipe.data.mix:
+        raise TuneError(
+            "[[data.mix]] sources are read whole, which streaming avoids.",
+            where=f"{recipe.path}: [[data.mix]]",
+            fix="set streaming = false, or merge the sources into one JSON-lines file.",
+        )
     if recipe.data.streaming and recipe.train.max_steps <= 0:
         raise TuneError(
             "streaming data has no known length, so [train] max_steps must be set.",
@@ -415,6 +443,12 @@ def select_backends(recipe: Recipe, plugins: Any, roles: tuple[str, ...] = ALL_R
         b["data_format"] = pick(
             "data_format", recipe.data.format, raw["data"], CORE_KEYS["data"], "[data]"
         )
+        b["data_mix"] = [
+            pick(
+                "data_format", src.format, raw["data"]["mix"][i], MIX_KEYS, f"[[data.mix]] #{i + 1}"
+            )
+            for i, src in enumerate(recipe.data.mix)
+        ]
     if "optimizer" in roles:
         optimizer_raw = raw.get("optimizer", {})
         b["optimizer"] = pick(

@@ -15,7 +15,7 @@ from tune.data.examples import IGNORE, target_count
 
 def tokenized(recipe, pm) -> tuple[Any, Any]:
     """(tokenizer, Examples) through the recipe's own loader and format plugins."""
-    from tune.train.run import call_backend
+    from tune.data.sources import format_all
 
     ctx = RunContext(recipe=recipe, output_dir=recipe.path.parent)
     loader = recipe.selected("loader")
@@ -26,9 +26,7 @@ def tokenized(recipe, pm) -> tuple[Any, Any]:
         settings=loader.settings,
         ctx=ctx,
     )
-    examples = call_backend(
-        pm, "tune_format_data", recipe.selected("data_format"), tokenizer=tokenizer, ctx=ctx
-    )
+    examples = format_all(pm, tokenizer, ctx)
     return tokenizer, examples
 
 

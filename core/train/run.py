@@ -19,6 +19,7 @@ from typing import Any
 from tune.context import MetricsSink, RunContext
 from tune.data.batching import Batcher, collate_packed
 from tune.data.examples import IGNORE, collate
+from tune.data.sources import format_all
 from tune.errors import TuneError
 from tune.recipe import Recipe, dump_toml
 from tune.train import checkpoint
@@ -173,9 +174,7 @@ class Trainer:
                     param.requires_grad_(True)
         self.tokenizer = tokenizer
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        self.examples = call_backend(
-            pm, "tune_format_data", recipe.selected("data_format"), tokenizer=tokenizer, ctx=ctx
-        )
+        self.examples = format_all(pm, tokenizer, ctx)
         trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         if not trainable:
             raise TuneError(

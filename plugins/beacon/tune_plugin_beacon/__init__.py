@@ -111,6 +111,12 @@ def tune_save_extras(model, path, ctx):
     save_beacon(inner, path)
 
 
+@hookimpl
+def tune_merge_adapter(name, settings, model, adapter_dir, ctx):
+    """The beacon cannot fold into the base weights: attach it with its trained weights."""
+    return load_beacon(model, adapter_dir)
+
+
 def save_beacon(model, path) -> None:
     import dataclasses
     import json

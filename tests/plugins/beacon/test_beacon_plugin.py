@@ -7,7 +7,7 @@ import json
 
 import torch
 
-from tests.conftest import REPO, recipe_dict, run_cli
+from tests.conftest import REPO, chat_rows, recipe_dict, run_cli, write_jsonl
 from tests.core import hook_plugin
 
 HOOKS = ["tests.core.hook_plugin"]
@@ -72,11 +72,12 @@ def test_saved_beacon_reloads_onto_the_base(tmp_path, train_recipe):
     assert torch.allclose(logits, hook_plugin.PROBES[-1], atol=1e-5)
 
 
-def test_beacon_then_lora(tmp_path, train_recipe):
+def test_beacon_then_lora_trains_saves_and_merges(tmp_path, train_recipe):
+    hook_plugin.PROBES.clear()
     lora = {"method": "lora", "r": 4, "alpha": 8, "targets": ["q_proj", "v_proj"]}
-    data = longctx(tmp_path, adapt_extra=[lora])
+    data = longctx(tmp_path, adapt_extra=[lora], eval={"metrics": ["probe"]})
     data["adapt"][0]["only_train_beacon"] = True
-    summary, _ = train_recipe(data)
+    summary, _ = train_recipe(data, plugins=HOOKS)
     assert summary["last_loss"] < summary["first_loss"]
     final = tmp_path / "run/final"
     assert (final / "adapter_config.json").exists() and (final / "beacon.safetensors").exists()
@@ -91,6 +92,18 @@ def test_beacon_then_lora(tmp_path, train_recipe):
     base = AutoModelForCausalLM.from_pretrained(str(materialize("tiny-llama", {}, 0)))
     eos_row = base.get_input_embeddings().weight.detach()[base.config.eos_token_id]
     assert not torch.allclose(saved["model.beacon_embedding"], eos_row)
+    # merge: LoRA folded into the base, the beacon files beside it; same logits as in training
+    from tune_plugin_beacon import load_beacon
+
+    merged = tmp_path / "merged"
+    res = run_cli("merge", str(tmp_path / "run"), "--out", str(merged), "--dtype", "fp32")
+    assert res.returncode == 0, res.stderr[-2000:]
+    model = AutoModelForCausalLM.from_pretrained(str(merged), dtype=torch.float32).eval()
+    assert not any("lora" in n for n, _ in model.named_parameters())
+    model = load_beacon(model, merged)
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor(hook_plugin.PROBE_IDS)).logits
+    assert torch.allclose(logits, hook_plugin.PROBES[-1], atol=1e-4)
 
 
 def test_generation_past_the_base_models_positions():
@@ -107,3 +120,66 @@ def test_generation_past_the_base_models_positions():
     out = model.generate(input_ids=prompt, max_new_tokens=5, eos_token_id=[])
     assert out.shape == (1, 3005)
     assert torch.equal(out[:, :3000], prompt)
+
+
+def test_llama_longctx_recipe_runs_on_cpu_with_a_tiny_model(tmp_path):
+    """The GPU recipe, every key kept, with a tiny model, short sequences and our own data:
+    long text plus a [[data.mix]] chat source, beacon window 1024, ratios up to 32."""
+    chats = write_jsonl(tmp_path / "chats.jsonl", chat_rows(8))
+    out = tmp_path / "run"
+    overrides = [
+        'model.path="tune:tiny-llama"',
+        "model.max_seq_len=2048",
+        'model.dtype="float32"',
+        f"data.train={json.dumps(str(PASSKEY_TRAIN))}",
+        f"data.eval={json.dumps(str(PASSKEY_EVAL))}",
+        f"data.mix.0.train={json.dumps(str(chats))}",
+        'train.precision="fp32"',
+        "train.max_steps=2",
+        "train.grad_accum=2",
+        "train.eval_every=0",
+        "train.save_every=0",
+        f"train.output_dir={json.dumps(str(out))}",
+        "eval.passkey.lengths=[1100]",
+        "eval.passkey.depths=[0.5]",
+        "eval.passkey.trials=1",
+        "eval.long_ppl.buckets=[1024,2048]",
+    ]
+    args = ["run", "recipes/llama-longctx.toml"]
+    for o in overrides:
+        args += ["-o", o]
+    res = run_cli(*args)
+    assert res.returncode == 0, res.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["data"]["sources"] == [300, 8]
+    assert {"passkey", "long_ppl@1-1024"} <= set(summary["eval"])
+    assert (out / "final/beacon.safetensors").exists()
+
+
+def test_chat_reads_a_prompt_past_the_base_models_positions(tmp_path, train_recipe):
+    """`tune chat` loads base + trained beacon and answers a prompt of 3x the base's positions,
+    exactly as the beacon model in this process does."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from tune_plugin_beacon import load_beacon
+
+    data = longctx(tmp_path)
+    data["train"]["max_steps"] = 2
+    data["adapt"][0]["inference_ratio"] = 8
+    train_recipe(data)
+    final = tmp_path / "run" / "final"
+    prompt = "The grass is green. The sky is blue. " * 340  # ~12.6k tokens vs 4096 positions
+    (tmp_path / "long.txt").write_text(prompt)
+    res = run_cli(
+        "chat", str(tmp_path / "run"), "--prompt-file", str(tmp_path / "long.txt"),
+        "--max-new-tokens", "5",
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+
+    tokenizer = AutoTokenizer.from_pretrained(str(final))
+    model = AutoModelForCausalLM.from_pretrained(str(final), dtype=torch.float32).eval()
+    load_beacon(model, final)
+    ids = tokenizer(tokenizer.bos_token + prompt, add_special_tokens=False, return_tensors="pt")
+    assert ids["input_ids"].shape[1] > 3 * model.config.max_position_embeddings
+    out = model.generate(input_ids=ids["input_ids"], max_new_tokens=5)
+    expected = tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
+    assert res.stdout.rstrip("\n") == expected

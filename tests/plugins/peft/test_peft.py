@@ -76,9 +76,17 @@ def test_method_trains_and_reloads_with_plain_peft(tmp_path, train_recipe, metho
     assert torch.allclose(plain, trained, atol=1e-5), float((plain - trained).abs().max())
 
 
-def test_merge_gives_the_adapter_models_logits(tmp_path, train_recipe):
+def test_merge_gives_the_adapter_models_logits_and_chat_replies_as_trained(tmp_path, train_recipe):
     hook_plugin.PROBES.clear()
-    train_recipe(lora_recipe(tmp_path, r=8, alpha=16), plugins=HOOKS)
+    data = lora_recipe(tmp_path, r=8, alpha=16)
+    data["generate"] = {"prompts": ["reverse hello"], "max_new_tokens": 6}
+    summary, _ = train_recipe(data, plugins=HOOKS)
+    # `tune chat` loads the run the merge way and speaks through the trained chat template
+    res = run_cli(
+        "chat", str(tmp_path / "run"), "--prompt", "reverse hello", "--max-new-tokens", "6"
+    )
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.rstrip("\n") == summary["samples"][0]["reply"]
     merged = tmp_path / "merged"
     res = run_cli("merge", str(tmp_path / "run"), "--out", str(merged), "--dtype", "fp32")
     assert res.returncode == 0, res.stderr
