@@ -69,11 +69,12 @@ def open_session(
 ) -> Session:
     import torch
     from transformers.utils import logging as hf_logging
-    from tune.merge import load_trained
+    from tune.merge import load_trained, locate
 
     hf_logging.set_verbosity_error()  # a chat starts quietly: no load report, no progress bars
     hf_logging.disable_progress_bar()
-    model, tokenizer, recipe, _ = load_trained(source, pm, dtype)
+    adapter, _, recipe = locate(source, pm)
+    model, tokenizer = load_trained(adapter, recipe, pm, dtype)
     if torch.cuda.is_available():
         model.to("cuda")
     chat_trained = recipe.data.format in CHAT_FORMATS and bool(

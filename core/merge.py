@@ -67,8 +67,14 @@ def recipe_for(adapter: Path, recipe_file: Path | None, pm) -> Recipe:
     return recipe
 
 
-def load_trained(source: Path, pm, dtype: str) -> tuple[Any, Any, Recipe, Path]:
-    """(model, tokenizer, recipe, artifact dir): a run's trained model, adapters merged in.
+def locate(source: Path, pm) -> tuple[Path, Path | None, Recipe]:
+    """(artifact dir, recipe file or None, recipe with loader and adapt chain selected)."""
+    adapter, recipe_file = find_adapter(source)
+    return adapter, recipe_file, recipe_for(adapter, recipe_file, pm)
+
+
+def load_trained(adapter: Path, recipe: Recipe, pm, dtype: str) -> tuple[Any, Any]:
+    """(model, tokenizer): a run's trained model, adapters merged in (see `locate`).
 
     The base is reloaded in `dtype` and never quantized. A run that saved a full model (no
     PEFT adapter) is loaded from its final/ directory; every `[[adapt]]` step's plugin then
@@ -76,8 +82,6 @@ def load_trained(source: Path, pm, dtype: str) -> tuple[Any, Any, Recipe, Path]:
     """
     from tune.train.run import call_backend
 
-    adapter, recipe_file = find_adapter(source)
-    recipe = recipe_for(adapter, recipe_file, pm)
     recipe.model.quantize = None
     recipe.train.gradient_checkpointing = False
     if (adapter / "config.json").is_file() and not (adapter / "adapter_config.json").is_file():
@@ -96,7 +100,7 @@ def load_trained(source: Path, pm, dtype: str) -> tuple[Any, Any, Recipe, Path]:
 
         tokenizer = AutoTokenizer.from_pretrained(str(adapter))  # keeps the trained chat template
     model.eval()
-    return model, tokenizer, recipe, adapter
+    return model, tokenizer
 
 
 def merge(source: Path, out: Path, dtype: str, pm) -> Path:
@@ -106,14 +110,14 @@ def merge(source: Path, out: Path, dtype: str, pm) -> Path:
             where=str(out),
             fix="choose a new --out directory, or remove this one first.",
         )
-    adapter, recipe_file = find_adapter(source)
-    if not recipe_for(adapter, recipe_file, pm).adapt:
+    adapter, recipe_file, recipe = locate(source, pm)
+    if not recipe.adapt:
         raise TuneError(
             "this run has no [[adapt]] steps: final/ already is a full model.",
             where=str(recipe_file or adapter),
             fix="load final/ directly with transformers; there is nothing to merge.",
         )
-    model, tokenizer, recipe, _ = load_trained(source, pm, dtype)
+    model, tokenizer = load_trained(adapter, recipe, pm, dtype)
     tmp = out.parent / f".tmp-{out.name}"
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(str(tmp))

@@ -348,36 +348,43 @@ def _blame_override(
 
 
 def _check_core_rules(recipe: Recipe) -> None:
-    if recipe.scheduler.warmup_steps and recipe.scheduler.warmup_ratio:
-        raise TuneError(
+    """Combinations of core keys that cannot work: (broken, what, where, fix), first one wins."""
+    data = recipe.data
+    rules = [
+        (
+            recipe.scheduler.warmup_steps and recipe.scheduler.warmup_ratio,
             "both warmup_steps and warmup_ratio are set.",
-            where=f"{recipe.path}: [scheduler]",
-            fix="keep one of them.",
-        )
-    if recipe.data.streaming and recipe.data.mix:
-        raise TuneError(
+            "[scheduler]",
+            "keep one of them.",
+        ),
+        (
+            data.streaming and data.mix,
             "[[data.mix]] sources are read whole, which streaming avoids.",
-            where=f"{recipe.path}: [[data.mix]]",
-            fix="set streaming = false, or merge the sources into one JSON-lines file.",
-        )
-    if recipe.data.streaming and recipe.train.max_steps <= 0:
-        raise TuneError(
+            "[[data.mix]]",
+            "set streaming = false, or merge the sources into one JSON-lines file.",
+        ),
+        (
+            data.streaming and recipe.train.max_steps <= 0,
             "streaming data has no known length, so [train] max_steps must be set.",
-            where=f"{recipe.path}: [train] max_steps",
-            fix="set max_steps = N (the stream wraps around as many times as needed).",
-        )
-    if recipe.data.streaming and recipe.data.eval_fraction:
-        raise TuneError(
+            "[train] max_steps",
+            "set max_steps = N (the stream wraps around as many times as needed).",
+        ),
+        (
+            data.streaming and data.eval_fraction,
             "eval_fraction needs the whole dataset in memory, which streaming avoids.",
-            where=f"{recipe.path}: [data]",
-            fix='give a separate eval file with eval = "..." instead.',
-        )
-    if recipe.data.eval_files and recipe.data.eval_fraction:
-        raise TuneError(
+            "[data]",
+            'give a separate eval file with eval = "..." instead.',
+        ),
+        (
+            data.eval_files and data.eval_fraction,
             "both eval (a file) and eval_fraction are set.",
-            where=f"{recipe.path}: [data]",
-            fix="use a separate eval file or a fraction of train, not both.",
-        )
+            "[data]",
+            "use a separate eval file or a fraction of train, not both.",
+        ),
+    ]
+    for broken, what, where, fix in rules:
+        if broken:
+            raise TuneError(what, where=f"{recipe.path}: {where}", fix=fix)
 
 
 ALL_ROLES = ("strategy", "loader", "quantization", "adapt", "data_format", "optimizer", "metrics")

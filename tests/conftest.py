@@ -126,6 +126,18 @@ def train_recipe(tmp_path):
     return _run
 
 
+def run_resumed(recipe_path: Path, checkpoint: Path) -> dict[str, Any]:
+    """Run a recipe file in-process, continuing from `checkpoint` (as --resume-from)."""
+    from tune.plugins import get_plugin_manager
+    from tune.recipe import load_recipe
+    from tune.train.run import run_training
+
+    pm = get_plugin_manager()
+    return run_training(
+        load_recipe(recipe_path, plugins=pm), pm, resume=True, resume_from=checkpoint
+    )
+
+
 def final_weights(run_dir: Path) -> dict[str, Any]:
     """The tensors of a run's final/ artifact (PEFT adapter or full model)."""
     from safetensors.torch import load_file

@@ -13,6 +13,7 @@ from tests.conftest import (
     max_weight_diff,
     recipe_dict,
     run_cli,
+    run_resumed,
     write_jsonl,
     write_recipe,
 )
@@ -107,12 +108,7 @@ def test_streaming_run_resumes_exactly(tmp_path, train_recipe):
     resumed = _stream_recipe(
         tmp_path, "resumed", data_file, max_steps=10, save_every=5, keep_last=3
     )
-    run_training(
-        load_recipe(resumed, plugins=pm),
-        pm,
-        resume=True,
-        resume_from=tmp_path / "straight/checkpoints/step-5",
-    )
+    run_resumed(resumed, tmp_path / "straight/checkpoints/step-5")
     a, b = final_weights(tmp_path / "straight"), final_weights(tmp_path / "resumed")
     assert max_weight_diff(a, b) <= 1e-6
     cursor = json.loads((tmp_path / "straight/checkpoints/step-5/state-rank0.json").read_text())[

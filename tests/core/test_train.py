@@ -144,20 +144,10 @@ def test_resume_continues_exactly(tmp_path, train_recipe):
     train_recipe(straight, name="a.toml")
     resumed = recipe_dict(tmp_path, **common)
     resumed["train"]["output_dir"] = str(tmp_path / "resumed")
-    from tune.plugins import get_plugin_manager
-    from tune.recipe import load_recipe
-    from tune.train.run import run_training
-
-    from tests.conftest import write_recipe
+    from tests.conftest import run_resumed, write_recipe
 
     path = write_recipe(tmp_path, resumed, "b.toml")
-    pm = get_plugin_manager()
-    run_training(
-        load_recipe(path, plugins=pm),
-        pm,
-        resume=True,
-        resume_from=tmp_path / "straight/checkpoints/step-6",
-    )
+    run_resumed(path, tmp_path / "straight/checkpoints/step-6")
     a, b = final_weights(tmp_path / "straight"), final_weights(tmp_path / "resumed")
     assert a.keys() == b.keys()
     assert max_weight_diff(a, b) <= 1e-6
