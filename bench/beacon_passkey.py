@@ -1,15 +1,24 @@
-"""Passkey retrieval of a tiny beacon model trained on synthetic passkey documents (CPU).
+"""Passkey retrieval of a tiny beacon model, from a random tiny Llama, in three `tune run` stages.
 
-Trains `recipes/longctx-tiny.toml` (tiny Llama + Activation Beacon) on freshly generated
-passkey documents with `tune run`, then reports
-- the `passkey` metric (exact keys and digit accuracy; chance is 10% per digit), and
-- where a failure comes from: the model's loss on the key digits that can only be copied
-  from inside the current window (the key's second mention, digits 2-5) and on the answer
-  (copied through beacon memory), against ln 10 = 2.303 nats for a guess. A model that cannot
-  copy inside a window (no induction yet) cannot retrieve through beacons either.
+A beacon can only carry a key forward if the base model can copy from its context at all. A
+random tiny Llama cannot: content-based copying (induction heads) forms only after a few thousand
+steps on copy-rich data, and never within a few hundred steps of passkey text, where a handful of
+tokens per document need copying. So, like the paper (whose base already retrieves in-context),
+the bench first makes a base that retrieves, then trains the beacon:
 
-    python bench/beacon_passkey.py [--steps 300] [--docs 600] [--fillers 1 6] [--asks 1]
-                                   [--ratios 2] [-o key=value ...]
+1. copy      plain tiny Llama, full fine-tune on random strings written twice (`abc|abc.`):
+             forms induction heads.
+2. retrieve  the same model on short passkey documents (1-2 windows) with copy rows mixed in
+             (`[[data.mix]]`): learns the passkey task within its native context.
+3. beacon    `recipes/longctx-tiny.toml` on that base: a few hundred steps on long passkey
+             documents, read in 128-token windows, so the key must cross windows through beacons.
+
+Reported: the `passkey` metric (exact keys and digit accuracy, chance is 0.10 per digit) of the
+base (full attention) and of the beacon model, and the beacon model's loss on the key digits it
+must copy from inside a window (second mention) and across windows (the answer).
+
+    python bench/beacon_passkey.py                       # all stages (GPU: minutes; CPU: ~1 h)
+    python bench/beacon_passkey.py --base DIR --steps 300 -o adapt.0.only_train_beacon=true
 """
 
 from __future__ import annotations
@@ -19,6 +28,8 @@ import json
 import math
 import os
 import platform
+import random
+import string
 import subprocess
 import sys
 import tempfile
@@ -28,21 +39,124 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 QUESTION = "What is the pass key? The pass key is "
+ALPHABET = string.ascii_letters + string.digits
+
+BASE_RECIPE = """
+[model]
+path = "{model}"
+max_seq_len = {max_seq_len}
+
+[data]
+format = "text"
+train = "{train}"
+{eval_line}{mix}
+[optimizer]
+lr = {lr}
+weight_decay = 0.01
+
+[scheduler]
+name = "constant_with_warmup"
+warmup_steps = 100
+
+[train]
+output_dir = "{out}"
+max_steps = {steps}
+micro_batch_size = 32
+precision = "auto"
+log_every = 100
+save_every = 0
+"""
+PASSKEY_EVAL = """
+[eval]
+metrics = ["passkey"]
+
+[eval.passkey]
+lengths = [256, 512, 1024]
+depths = [0.2, 0.5, 0.8]
+trials = 4
+"""
 
 
-def copy_losses(run_dir: Path, docs: Path, n: int = 16) -> dict[str, float]:
-    """Mean loss (nats) on: the key's first mention (unpredictable), digits 2-5 of its second
-    mention (copy within a window), the answer (copy across windows through beacons)."""
+def write_copy_rows(path: Path, count: int, rng: random.Random, longest: int = 64) -> None:
+    """Random strings of 8..`longest` characters written twice: only copying predicts the second.
+
+    Lengths vary so the copy sits at no fixed distance: a fixed offset teaches the model to copy
+    by position, which does not carry over to a key at an arbitrary depth.
+    """
+    with path.open("w") as fh:
+        for _ in range(count):
+            s = "".join(rng.choice(ALPHABET) for _ in range(rng.randint(8, longest)))
+            fh.write(json.dumps({"text": f"{s}|{s}."}) + "\n")
+
+
+def passkey_docs(out: Path, count: int, fillers: tuple[int, int], seed: int) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        [sys.executable, str(REPO / "recipes/data/make_passkey_docs.py"), "--out", str(out),
+         "--count", str(count), "--fillers", *map(str, fillers), "--seed", str(seed)],
+        check=True,
+    )  # fmt: skip
+    return out
+
+
+def tune_run(recipe: Path, overrides: list[str], env: dict[str, str]) -> float:
+    command = [sys.executable, "-m", "tune", "run", str(recipe)]
+    for item in overrides:
+        command += ["-o", item]
+    start = time.perf_counter()
+    subprocess.run(command, check=True, cwd=REPO, env=env)
+    return time.perf_counter() - start
+
+
+def summary_of(run_dir: Path) -> dict:
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+def base_stage(
+    name: str,
+    work: Path,
+    model: str | Path,
+    train: Path,
+    steps: int,
+    max_seq_len: int,
+    env: dict[str, str],
+    mix: Path | None = None,
+    eval_data: Path | None = None,
+) -> tuple[Path, dict, float]:
+    """Full fine-tune of a plain model (no [[adapt]]); with `eval_data`, a passkey eval too."""
+    mix_toml = f'\n[[data.mix]]\nformat = "text"\ntrain = "{mix}"\n' if mix else ""
+    recipe = work / f"{name}.toml"
+    recipe.write_text(
+        BASE_RECIPE.format(
+            model=model,
+            max_seq_len=max_seq_len,
+            train=train,
+            mix=mix_toml,
+            eval_line=f'eval = "{eval_data}"\n' if eval_data else "",
+            lr=1e-3,
+            out=work / name,
+            steps=steps,
+        )
+        + (PASSKEY_EVAL if eval_data else "")
+    )
+    wall = tune_run(recipe, [], env)
+    return work / name / "final", summary_of(work / name), wall
+
+
+def copy_losses(final: Path, docs: Path, n: int = 32) -> dict[str, float]:
+    """Mean loss (nats) of the beacon model on the key's first mention (unpredictable), digits
+    2-5 of its second mention (a copy inside one window) and the answer (across windows)."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+    from tune.merge import load_trained, locate
+    from tune.plugins import get_plugin_manager
 
-    sys.path.insert(0, str(REPO / "plugins" / "beacon"))
-    from tune_plugin_beacon import load_beacon
-
-    final = run_dir / "final"
-    tokenizer = AutoTokenizer.from_pretrained(str(final))
-    model = AutoModelForCausalLM.from_pretrained(str(final), dtype=torch.float32).eval()
-    load_beacon(model, final)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    hf_logging.set_verbosity_error()
+    pm = get_plugin_manager()
+    adapter, _, recipe = locate(final, pm)
+    model, tokenizer = load_trained(adapter, recipe, pm, "fp32")  # the run as `tune chat` sees it
+    model.to(device)
     sums = {"first_mention": 0.0, "second_mention_copy": 0.0, "answer": 0.0}
     texts = [json.loads(line)["text"] for line in docs.read_text().splitlines()[:n]]
     for text in texts:
@@ -50,8 +164,9 @@ def copy_losses(run_dir: Path, docs: Path, n: int = 16) -> dict[str, float]:
         if len(ids) != len(text) + 1:
             raise SystemExit("the diagnostic expects a byte-level tokenizer (one token per char)")
         with torch.no_grad():
-            logits = model(input_ids=torch.tensor([ids])).logits[0, :-1].float()
-        nll = -torch.log_softmax(logits, -1).gather(1, torch.tensor(ids[1:])[:, None])[:, 0]
+            logits = model(input_ids=torch.tensor([ids], device=device)).logits[0, :-1].float()
+        target = torch.tensor(ids[1:], device=device)[:, None]
+        nll = -torch.log_softmax(logits, -1).gather(1, target)[:, 0]
         key = text.split("The pass key is ")[1][:5]
         first = text.index(key)
         second = text.index(key, first + 5)
@@ -63,87 +178,132 @@ def copy_losses(run_dir: Path, docs: Path, n: int = 16) -> dict[str, float]:
     return {k: v / len(texts) for k, v in sums.items()}
 
 
+def passkey_rows(ev: dict) -> list[tuple[str, float, float]]:
+    return [
+        (k.split("@")[1], ev[k], ev["passkey_digits@" + k.split("@")[1]])
+        for k in ev
+        if k.startswith("passkey@")
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--docs", type=int, default=600, help="training documents")
-    parser.add_argument("--fillers", type=int, nargs=2, default=(1, 6), metavar=("MIN", "MAX"))
-    parser.add_argument("--asks", type=int, default=1, help="questions per training document")
+    parser.add_argument("--copy-steps", type=int, default=3000, help="stage 1 steps (32 rows)")
+    parser.add_argument("--retrieve-steps", type=int, default=1000, help="stage 2 steps (32 rows)")
+    parser.add_argument("--base", type=Path, help="skip stages 1-2: a base from an earlier run")
+    parser.add_argument("--steps", type=int, default=300, help="beacon stage steps")
+    parser.add_argument("--docs", type=int, default=2000, help="long passkey documents")
+    parser.add_argument("--fillers", type=int, nargs=2, default=(2, 8), metavar=("MIN", "MAX"))
     parser.add_argument("--ratios", type=int, nargs="+", default=[2])
     parser.add_argument("-o", "--override", action="append", default=[], dest="overrides")
     parser.add_argument("--out", type=Path, default=HERE / "results")
+    parser.add_argument("--tag", default="", help="suffix of the result file names")
+    parser.add_argument("--work", type=Path, help="keep the runs here (default: a temp dir)")
     args = parser.parse_args()
 
-    work = Path(tempfile.mkdtemp(prefix="beacon-passkey-"))
-    subprocess.run(
-        [sys.executable, str(REPO / "recipes/data/make_passkey_docs.py"), "--out", str(work),
-         "--count", str(args.docs), "--fillers", *map(str, args.fillers),
-         "--asks", str(args.asks), "--seed", "1"],
-        check=True,
-    )  # fmt: skip
+    work = args.work or Path(tempfile.mkdtemp(prefix="beacon-passkey-"))
+    work.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "TUNE_CACHE": str(work / "cache")}
+    rng = random.Random(0)
+    stages: dict[str, dict] = {}
+    base = args.base
+    if base is None:
+        write_copy_rows(work / "copy.jsonl", 32_000, rng)
+        final, summary, wall = base_stage(
+            "copy", work, "tune:tiny-llama", work / "copy.jsonl", args.copy_steps, 160, env
+        )
+        stages["copy"] = {"steps": args.copy_steps, "wall_s": round(wall, 1),
+                          "first_loss": summary["first_loss"], "last_loss": summary["last_loss"]}  # fmt: skip
+        short = passkey_docs(work / "short", 6000, (0, 1), seed=2) / "passkey-train.jsonl"
+        write_copy_rows(work / "copy-mix.jsonl", 2000, rng)
+        base, summary, wall = base_stage(
+            "retrieve", work, final, short, args.retrieve_steps, 512, env,
+            mix=work / "copy-mix.jsonl", eval_data=short.with_name("passkey-eval.jsonl"),
+        )  # fmt: skip
+        stages["retrieve"] = {"steps": args.retrieve_steps, "wall_s": round(wall, 1),
+                              "first_loss": summary["first_loss"],
+                              "last_loss": summary["last_loss"], "eval": summary["eval"]}  # fmt: skip
+
+    docs = passkey_docs(work / "long", args.docs, tuple(args.fillers), seed=1)
     overrides = [
-        f"data.train={json.dumps(str(work / 'passkey-train.jsonl'))}",
-        f"data.eval={json.dumps(str(work / 'passkey-eval.jsonl'))}",
-        f"train.output_dir={json.dumps(str(work / 'run'))}",
+        f"model.path={json.dumps(str(base))}",
+        f"data.train={json.dumps(str(docs / 'passkey-train.jsonl'))}",
+        f"data.eval={json.dumps(str(docs / 'passkey-eval.jsonl'))}",
+        f"train.output_dir={json.dumps(str(work / 'beacon'))}",
         f"train.max_steps={args.steps}",
+        'train.precision="auto"',
         f"adapt.0.ratios={json.dumps(args.ratios)}",
         f"adapt.0.inference_ratio={min(r for r in args.ratios if r > 0)}",
-        "eval.passkey.lengths=[512,1024]",
+        "eval.passkey.lengths=[256,512,1024]",
         "eval.passkey.depths=[0.2,0.5,0.8]",
         "eval.passkey.trials=4",
         "train.log_every=50",
         *args.overrides,
     ]
-    command = [sys.executable, "-m", "tune", "run", "recipes/longctx-tiny.toml"]
-    for item in overrides:
-        command += ["-o", item]
-    env = {**os.environ, "TUNE_CACHE": str(work / "cache")}
-    start = time.perf_counter()
-    subprocess.run(command, check=True, cwd=REPO, env=env)
-    wall = time.perf_counter() - start
-    summary = json.loads((work / "run" / "summary.json").read_text())
-    losses = copy_losses(work / "run", work / "passkey-train.jsonl")
+    wall = tune_run(REPO / "recipes/longctx-tiny.toml", overrides, env)
+    summary = summary_of(work / "beacon")
+    losses = copy_losses(work / "beacon" / "final", docs / "passkey-train.jsonl")
+    stages["beacon"] = {"steps": args.steps, "wall_s": round(wall, 1),
+                        "first_loss": summary["first_loss"], "last_loss": summary["last_loss"],
+                        "eval": summary["eval"], "copy_losses_nats": losses}  # fmt: skip
+    report(args, stages, base)
 
+
+def report(args: argparse.Namespace, stages: dict[str, dict], base: Path) -> None:
+    import torch
+
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
+    threads = os.environ.get("OMP_NUM_THREADS", "default")
     result = {
         "date": time.strftime("%Y-%m-%d"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cpus, torch threads "
-        f"{os.environ.get('OMP_NUM_THREADS', 'default')}",
-        "settings": vars(args) | {"out": str(args.out)},
-        "wall_s": round(wall, 1),
-        "first_loss": summary["first_loss"],
-        "last_loss": summary["last_loss"],
-        "eval": summary["eval"],
-        "copy_losses_nats": losses,
+        "machine": f"{platform.machine()}, {os.cpu_count()} cpus, torch threads {threads}, "
+        f"{device}",
+        "command": "python bench/beacon_passkey.py " + " ".join(sys.argv[1:]),
+        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "stages": stages,
         "guess_nats": math.log(10),
     }
-    stamp = result["date"]
+    stem = f"beacon-passkey-{result['date']}{'-' + args.tag if args.tag else ''}"
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"beacon-passkey-{stamp}.json").write_text(json.dumps(result, indent=2) + "\n")
-    ev = summary["eval"]
+    (args.out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+    beacon = stages["beacon"]
     lines = [
-        f"# Passkey retrieval of a tiny beacon model, {stamp}",
+        f"# Passkey retrieval of a tiny beacon model, {result['date']}",
         "",
-        f"`python bench/beacon_passkey.py {' '.join(sys.argv[1:])}` on {result['machine']}; "
-        f"{args.steps} steps, {args.docs} documents of {args.fillers[0]}-{args.fillers[1]} "
-        f"fillers, ratios {args.ratios}; {wall:.0f} s.",
+        f"`{result['command']}` on {result['machine']}.",
         "",
-        "| length | exact keys | digit accuracy (chance 0.10) |",
-        "|---|---|---|",
+        "| stage | steps | loss first -> last | wall |",
+        "|---|---|---|---|",
         *[
-            f"| {k.split('@')[1]} | {ev[k]:.2f} | {ev['passkey_digits@' + k.split('@')[1]]:.2f} |"
-            for k in ev
-            if k.startswith("passkey@")
+            f"| {name} | {s['steps']} | {s['first_loss']:.3f} -> {s['last_loss']:.3f} | "
+            f"{s['wall_s']:.0f} s |"
+            for name, s in stages.items()
         ],
         "",
-        f"Loss {summary['first_loss']:.3f} -> {summary['last_loss']:.3f}. Mean loss on key "
-        f"digits (nats; a guess is ln 10 = {math.log(10):.3f}):",
+        f"Beacon: window 128, ratios {args.ratios}, long documents of {args.fillers[0]}-"
+        f"{args.fillers[1]} fillers (about {130 + 90 * args.fillers[0]}-"
+        f"{130 + 90 * args.fillers[1]} tokens); base: {base}.",
+        "",
+        "| length | model | exact keys | digit accuracy (chance 0.10) |",
+        "|---|---|---|---|",
+    ]
+    for name in ("retrieve", "beacon"):
+        if "eval" in stages.get(name, {}):
+            label = "base, full attention" if name == "retrieve" else "beacon"
+            lines += [
+                f"| {length} | {label} | {exact:.2f} | {digits:.2f} |"
+                for length, exact, digits in passkey_rows(stages[name]["eval"])
+            ]
+    lines += [
+        "",
+        f"Beacon model's mean loss on key digits (nats; a guess is ln 10 = {math.log(10):.3f}):",
         "",
         "| key digits | loss |",
         "|---|---|",
-        *[f"| {k.replace('_', ' ')} | {v:.3f} |" for k, v in losses.items()],
+        *[f"| {k.replace('_', ' ')} | {v:.3f} |" for k, v in beacon["copy_losses_nats"].items()],
         "",
     ]
-    (args.out / f"beacon-passkey-{stamp}.md").write_text("\n".join(lines))
+    (args.out / f"{stem}.md").write_text("\n".join(lines))
     print("\n".join(lines))
 
 

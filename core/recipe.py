@@ -109,6 +109,11 @@ class TrainSection(_Strict):
     micro_batch_size: int = Field(1, ge=1)
     grad_accum: int = Field(1, ge=1)
     precision: Precision = "auto"
+    master_weights: Literal["fp32", "model"] = Field(
+        "fp32",
+        description="fp32: 16-bit trainable weights are updated in float32 (mixed precision); "
+        "model: updated in the dtype they were loaded in (pure bf16, less memory)",
+    )
     gradient_checkpointing: bool = False
     max_grad_norm: float = Field(1.0, ge=0.0, description="0 disables clipping")
     seed: int = 42

@@ -26,6 +26,20 @@ from tune.train import checkpoint
 from tune.train.meter import Meter, human_bytes
 
 
+def upcast_trainable(trainable: list[tuple[str, Any]]) -> None:
+    """Keep trainable weights in float32; autocast still computes in 16 bits.
+
+    An optimizer step on bf16 weights rounds away any update below 1/256 of the weight (an
+    Adam step of 1e-3 never moves a norm weight of 1.0), so a full fine-tune of a bf16-loaded
+    model learns only the coarse part of what it should. Frozen weights stay as loaded.
+    """
+    import torch
+
+    for _, param in trainable:
+        if param.dtype in (torch.bfloat16, torch.float16):
+            param.data = param.data.float()
+
+
 def _n_params(param) -> int:
     """Logical parameter count: packed 4-bit weights hold two values per stored byte."""
     if hasattr(param, "quant_state"):
@@ -183,6 +197,8 @@ class Trainer:
                 fix="check the adapt chain (e.g. only_train_* options) or remove quantize for "
                 "full fine-tuning.",
             )
+        if recipe.train.master_weights == "fp32":
+            upcast_trainable(trainable)
         data, world = recipe.data, ctx.world
         self.reader = None
         if self.examples.stream is not None:

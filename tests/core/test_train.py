@@ -229,6 +229,27 @@ def test_bf16_autocast_and_gradient_checkpointing_on_cpu(tmp_path, train_recipe)
     assert summary["steps"] == 2 and summary["last_loss"] == summary["last_loss"]
 
 
+@pytest.mark.parametrize("master_weights", ["fp32", "model"])
+def test_bf16_loaded_full_fine_tune_updates_fp32_master_weights(
+    tmp_path, train_recipe, master_weights
+):
+    """An Adam step of 1e-4 on a bf16 norm weight of 1.0 rounds to nothing (bf16 spacing at 1.0
+    is 2**-7): with fp32 master weights (the default) the update lands, with `model` it is lost."""
+    data = recipe_dict(
+        tmp_path,
+        model={"path": "tune:tiny-llama", "max_seq_len": 64, "dtype": "bfloat16"},
+        optimizer={"name": "adamw", "lr": 1e-4},
+        train={"precision": "bf16", "max_steps": 2, "master_weights": master_weights},
+    )
+    train_recipe(data)
+    norm = final_weights(tmp_path / "run")["model.norm.weight"]
+    moved = float((norm.float() - 1.0).abs().max())
+    if master_weights == "fp32":
+        assert norm.dtype == torch.float32 and 1e-5 < moved < 1e-3
+    else:
+        assert norm.dtype == torch.bfloat16 and moved == 0.0
+
+
 def test_unknown_tiny_model_is_a_user_error(tmp_path, train_recipe):
     with pytest.raises(TuneError, match="tune:tiny-llama"):
         train_recipe(recipe_dict(tmp_path, model={"path": "tune:tiny-gpt"}))
