@@ -4,6 +4,7 @@ Rows are either random strings of 8..L characters written twice (`abc|abc.`: onl
 predicts the second half) or short passkey documents. Every 250 steps it prints the loss on the
 copied half and on the passkey answer (first digit; digits 2-5); chance is ln 62 = 4.13 and
 ln 10 = 2.30. The first `pre` steps are all copy rows, then a share `ind` of each batch.
+`init=DIR` starts from a saved model (say a `tune run` stage's final/) and its tokenizer.
 
     python bench/induction_probe.py name=a pre=4000 ind=0.25 lr=1e-3 steps=12000  # H100: ~5 min
 """
@@ -26,7 +27,7 @@ from make_passkey_docs import document  # noqa: E402
 ALPHABET = string.ascii_letters + string.digits
 
 
-def batch(rng: random.Random, step: int, opts: dict, device: str):
+def batch(rng: random.Random, step: int, opts: dict, device: str, encode, pad: int):
     """(ids, labels, marks): a mark > 0 is the answer's first char, < 0 minus the copy start."""
     rows, marks = [], []
     for _ in range(opts["B"]):
@@ -36,10 +37,10 @@ def batch(rng: random.Random, step: int, opts: dict, device: str):
         else:
             text = document(rng, rng.randint(0, opts["fill"]))["text"]
             mark = len(text) - 6
-        rows.append(list(text.encode()))
+        rows.append(encode(text))
         marks.append(mark)
     width = max(map(len, rows))
-    ids = torch.full((len(rows), width), 256)
+    ids = torch.full((len(rows), width), pad)
     labels = torch.full((len(rows), width), -100)
     for i, row in enumerate(rows):
         ids[i, : len(row)] = labels[i, : len(row)] = torch.tensor(row)
@@ -52,7 +53,7 @@ def mean(values: list[float]) -> float | None:
 
 def main() -> None:
     opts = {"name": "probe", "lr": 1e-3, "steps": 4000, "B": 32, "fill": 1, "ind": 0.25}
-    opts |= {"pre": 0, "L": 64, "seed": 0, "warm": 0}
+    opts |= {"pre": 0, "L": 64, "seed": 0, "warm": 0, "init": ""}
     for arg in sys.argv[1:]:
         key, value = arg.split("=")
         opts[key] = type(opts[key])(value) if key != "name" else value
@@ -64,12 +65,20 @@ def main() -> None:
         vocab_size=266,
     )  # fmt: skip
     model = LlamaForCausalLM(config).to(device)
+    encode, pad = (lambda text: list(text.encode())), 256  # byte values as token ids
+    if opts["init"]:  # a saved model, e.g. a `tune run` stage's final/: its own byte tokenizer
+        from transformers import AutoTokenizer
+
+        model = LlamaForCausalLM.from_pretrained(opts["init"], dtype=torch.float32).to(device)
+        tok = AutoTokenizer.from_pretrained(opts["init"])
+        encode = lambda text: tok(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+        pad = tok.pad_token_id
     opt = torch.optim.AdamW(model.parameters(), lr=opts["lr"], weight_decay=0.01)
     warm = max(1, opts["warm"])
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm))
     rng, start, log = random.Random(opts["seed"]), time.time(), []
     for step in range(1, opts["steps"] + 1):
-        ids, labels, marks = batch(rng, step, opts, device)
+        ids, labels, marks = batch(rng, step, opts, device, encode, pad)
         with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
             logits = model(input_ids=ids).logits[:, :-1].float()
         nll = torch.nn.functional.cross_entropy(
