@@ -29,7 +29,6 @@ import math
 import os
 import platform
 import random
-import string
 import subprocess
 import sys
 import tempfile
@@ -39,7 +38,10 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 QUESTION = "What is the pass key? The pass key is "
-ALPHABET = string.ascii_letters + string.digits
+sys.path.insert(0, str(REPO / "recipes" / "data"))
+from make_passkey_docs import copy_text  # noqa: E402
+
+PASSKEY = {"lengths": [256, 512, 1024], "depths": [0.2, 0.5, 0.8], "trials": 4}
 
 BASE_RECIPE = """
 [model]
@@ -71,22 +73,13 @@ PASSKEY_EVAL = """
 metrics = ["passkey"]
 
 [eval.passkey]
-lengths = [256, 512, 1024]
-depths = [0.2, 0.5, 0.8]
-trials = 4
-"""
+""" + "".join(f"{key} = {json.dumps(value)}\n" for key, value in PASSKEY.items())
 
 
-def write_copy_rows(path: Path, count: int, rng: random.Random, longest: int = 64) -> None:
-    """Random strings of 8..`longest` characters written twice: only copying predicts the second.
-
-    Lengths vary so the copy sits at no fixed distance: a fixed offset teaches the model to copy
-    by position, which does not carry over to a key at an arbitrary depth.
-    """
+def write_copy_rows(path: Path, count: int, rng: random.Random) -> None:
     with path.open("w") as fh:
         for _ in range(count):
-            s = "".join(rng.choice(ALPHABET) for _ in range(rng.randint(8, longest)))
-            fh.write(json.dumps({"text": f"{s}|{s}."}) + "\n")
+            fh.write(json.dumps({"text": copy_text(rng)}) + "\n")
 
 
 def passkey_docs(out: Path, count: int, fillers: tuple[int, int], seed: int) -> Path:
@@ -106,6 +99,17 @@ def tune_run(recipe: Path, overrides: list[str], env: dict[str, str]) -> float:
     start = time.perf_counter()
     subprocess.run(command, check=True, cwd=REPO, env=env)
     return time.perf_counter() - start
+
+
+def record(steps: int, wall: float, summary: dict, **extra) -> dict:
+    """What the report keeps of one stage."""
+    first, last = summary["first_loss"], summary["last_loss"]
+    return {
+        "steps": steps,
+        "wall_s": round(wall, 1),
+        "first_loss": first,
+        "last_loss": last,
+    } | extra
 
 
 def summary_of(run_dir: Path) -> dict:
@@ -212,17 +216,14 @@ def main() -> None:
         final, summary, wall = base_stage(
             "copy", work, "tune:tiny-llama", work / "copy.jsonl", args.copy_steps, 160, env
         )
-        stages["copy"] = {"steps": args.copy_steps, "wall_s": round(wall, 1),
-                          "first_loss": summary["first_loss"], "last_loss": summary["last_loss"]}  # fmt: skip
+        stages["copy"] = record(args.copy_steps, wall, summary)
         short = passkey_docs(work / "short", 6000, (0, 1), seed=2) / "passkey-train.jsonl"
         write_copy_rows(work / "copy-mix.jsonl", 2000, rng)
         base, summary, wall = base_stage(
             "retrieve", work, final, short, args.retrieve_steps, 512, env,
             mix=work / "copy-mix.jsonl", eval_data=short.with_name("passkey-eval.jsonl"),
         )  # fmt: skip
-        stages["retrieve"] = {"steps": args.retrieve_steps, "wall_s": round(wall, 1),
-                              "first_loss": summary["first_loss"],
-                              "last_loss": summary["last_loss"], "eval": summary["eval"]}  # fmt: skip
+        stages["retrieve"] = record(args.retrieve_steps, wall, summary, eval=summary["eval"])
 
     docs = passkey_docs(work / "long", args.docs, tuple(args.fillers), seed=1)
     overrides = [
@@ -234,18 +235,16 @@ def main() -> None:
         'train.precision="auto"',
         f"adapt.0.ratios={json.dumps(args.ratios)}",
         f"adapt.0.inference_ratio={min(r for r in args.ratios if r > 0)}",
-        "eval.passkey.lengths=[256,512,1024]",
-        "eval.passkey.depths=[0.2,0.5,0.8]",
-        "eval.passkey.trials=4",
+        *[f"eval.passkey.{key}={json.dumps(value)}" for key, value in PASSKEY.items()],
         "train.log_every=50",
         *args.overrides,
     ]
     wall = tune_run(REPO / "recipes/longctx-tiny.toml", overrides, env)
     summary = summary_of(work / "beacon")
     losses = copy_losses(work / "beacon" / "final", docs / "passkey-train.jsonl")
-    stages["beacon"] = {"steps": args.steps, "wall_s": round(wall, 1),
-                        "first_loss": summary["first_loss"], "last_loss": summary["last_loss"],
-                        "eval": summary["eval"], "copy_losses_nats": losses}  # fmt: skip
+    stages["beacon"] = record(
+        args.steps, wall, summary, eval=summary["eval"], copy_losses_nats=losses
+    )
     report(args, stages, base)
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import random
-import string
 import sys
 import time
 from pathlib import Path
@@ -22,9 +21,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "recipes" / "data"))
-from make_passkey_docs import document  # noqa: E402
-
-ALPHABET = string.ascii_letters + string.digits
+from make_passkey_docs import copy_text, document  # noqa: E402
 
 
 def batch(rng: random.Random, step: int, opts: dict, device: str, encode, pad: int):
@@ -32,8 +29,8 @@ def batch(rng: random.Random, step: int, opts: dict, device: str, encode, pad: i
     rows, marks = [], []
     for _ in range(opts["B"]):
         if step <= opts["pre"] or rng.random() < opts["ind"]:
-            s = "".join(rng.choice(ALPHABET) for _ in range(rng.randint(8, opts["L"])))
-            text, mark = f"{s}|{s}.", -len(s) - 1
+            text = copy_text(rng, opts["L"])
+            mark = -(len(text) // 2)  # minus the start of the copied half
         else:
             text = document(rng, rng.randint(0, opts["fill"]))["text"]
             mark = len(text) - 6

@@ -26,7 +26,7 @@ from tune.train import checkpoint
 from tune.train.meter import Meter, human_bytes
 
 
-def upcast_trainable(trainable: list[tuple[str, Any]]) -> None:
+def upcast_trainable(params: list[Any]) -> None:
     """Keep trainable weights in float32; autocast still computes in 16 bits.
 
     An optimizer step on bf16 weights rounds away any update below 1/256 of the weight (an
@@ -35,7 +35,7 @@ def upcast_trainable(trainable: list[tuple[str, Any]]) -> None:
     """
     import torch
 
-    for _, param in trainable:
+    for param in params:
         if param.dtype in (torch.bfloat16, torch.float16):
             param.data = param.data.float()
 
@@ -198,7 +198,7 @@ class Trainer:
                 "full fine-tuning.",
             )
         if recipe.train.master_weights == "fp32":
-            upcast_trainable(trainable)
+            upcast_trainable([p for _, p in trainable])
         data, world = recipe.data, ctx.world
         self.reader = None
         if self.examples.stream is not None:

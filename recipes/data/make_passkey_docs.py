@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import string
 from pathlib import Path
 
 HERE = Path(__file__).parent
@@ -42,6 +43,18 @@ def document(rng: random.Random, n_fillers: int, asks: int = 1) -> dict:
     for _ in range(asks - 1):
         text += " " + FILLER * rng.randint(1, max(1, n_fillers)) + f"{QUESTION} {key}."
     return {"text": text}
+
+
+def copy_text(rng: random.Random, longest: int = 64) -> str:
+    """A random string of 8..`longest` letters and digits written twice: `abc|abc.`.
+
+    Only copying predicts the second half. Lengths vary so the copy sits at no fixed distance:
+    a fixed offset teaches copying by position, which does not carry over to a key at any depth.
+    """
+    s = "".join(
+        rng.choice(string.ascii_letters + string.digits) for _ in range(rng.randint(8, longest))
+    )
+    return f"{s}|{s}."
 
 
 def write(path: Path, rng: random.Random, count: int, fillers: tuple[int, int], asks: int) -> None:
