@@ -6,10 +6,13 @@ steps on copy-rich data, and never within a few hundred steps of passkey text, w
 tokens per document need copying. So, like the paper (whose base already retrieves in-context),
 the bench first makes a base that retrieves, then trains the beacon:
 
-1. copy      plain tiny Llama, full fine-tune on random strings written twice (`abc|abc.`):
-             forms induction heads.
+1. copy      plain tiny Llama, full fine-tune on random strings written twice after a random
+             stretch of filler (`...blue. Th=abc|=abc.`): forms induction heads. Without the
+             filler every string starts right after BOS, and the model learns to copy by
+             counting from the row start, which does not carry over to a key at any depth.
 2. retrieve  the same model on short passkey documents (1-2 windows) with copy rows mixed in
-             (`[[data.mix]]`): learns the passkey task within its native context.
+             (`[[data.mix]]`), every row fresh (one epoch): learns the passkey task within its
+             native context.
 3. beacon    `recipes/longctx-tiny.toml` on that base: a few hundred steps on long passkey
              documents, read in 128-token windows, so the key must cross windows through beacons.
 
@@ -41,6 +44,8 @@ QUESTION = "What is the pass key? The pass key is "
 sys.path.insert(0, str(REPO / "recipes" / "data"))
 from make_passkey_docs import copy_text  # noqa: E402
 
+LEAD = 64  # copy rows start after 0..LEAD characters of filler
+COPY_SHARE = 4  # stage 2: one row in COPY_SHARE is a copy row
 PASSKEY = {"lengths": [256, 512, 1024], "depths": [0.2, 0.5, 0.8], "trials": 4}
 
 BASE_RECIPE = """
@@ -76,10 +81,11 @@ metrics = ["passkey"]
 """ + "".join(f"{key} = {json.dumps(value)}\n" for key, value in PASSKEY.items())
 
 
-def write_copy_rows(path: Path, count: int, rng: random.Random) -> None:
+def write_copy_rows(path: Path, count: int, seed: int) -> None:
+    rng = random.Random(seed)
     with path.open("w") as fh:
         for _ in range(count):
-            fh.write(json.dumps({"text": copy_text(rng)}) + "\n")
+            fh.write(json.dumps({"text": copy_text(rng, lead=LEAD)}) + "\n")
 
 
 def passkey_docs(out: Path, count: int, fillers: tuple[int, int], seed: int) -> Path:
@@ -92,24 +98,17 @@ def passkey_docs(out: Path, count: int, fillers: tuple[int, int], seed: int) -> 
     return out
 
 
-def tune_run(recipe: Path, overrides: list[str], env: dict[str, str]) -> float:
+def tune_run(recipe: Path, overrides: list[str], env: dict[str, str]) -> None:
     command = [sys.executable, "-m", "tune", "run", str(recipe)]
     for item in overrides:
         command += ["-o", item]
-    start = time.perf_counter()
     subprocess.run(command, check=True, cwd=REPO, env=env)
-    return time.perf_counter() - start
 
 
-def record(steps: int, wall: float, summary: dict, **extra) -> dict:
-    """What the report keeps of one stage."""
-    first, last = summary["first_loss"], summary["last_loss"]
-    return {
-        "steps": steps,
-        "wall_s": round(wall, 1),
-        "first_loss": first,
-        "last_loss": last,
-    } | extra
+def record(steps: int, summary: dict, **extra) -> dict:
+    """What the report keeps of one stage (wall: the training loop, as the run measured it)."""
+    keys = ("first_loss", "last_loss", "wall_s", "tokens_per_s")
+    return {"steps": steps} | {key: summary[key] for key in keys} | extra
 
 
 def summary_of(run_dir: Path) -> dict:
@@ -126,8 +125,14 @@ def base_stage(
     env: dict[str, str],
     mix: Path | None = None,
     eval_data: Path | None = None,
-) -> tuple[Path, dict, float]:
-    """Full fine-tune of a plain model (no [[adapt]]); with `eval_data`, a passkey eval too."""
+) -> tuple[Path, dict]:
+    """Full fine-tune of a plain model (no [[adapt]]); with `eval_data`, a passkey eval too.
+
+    A stage that already finished in `work` (a `--work` dir of an earlier run) is reused.
+    """
+    if (work / name / "final").is_dir() and (work / name / "summary.json").is_file():
+        print(f"{name}: reusing {work / name}", flush=True)
+        return work / name / "final", summary_of(work / name)
     mix_toml = f'\n[[data.mix]]\nformat = "text"\ntrain = "{mix}"\n' if mix else ""
     recipe = work / f"{name}.toml"
     recipe.write_text(
@@ -143,8 +148,8 @@ def base_stage(
         )
         + (PASSKEY_EVAL if eval_data else "")
     )
-    wall = tune_run(recipe, [], env)
-    return work / name / "final", summary_of(work / name), wall
+    tune_run(recipe, [], env)
+    return work / name / "final", summary_of(work / name)
 
 
 def copy_losses(final: Path, docs: Path, n: int = 32) -> dict[str, float]:
@@ -208,22 +213,23 @@ def main() -> None:
     work = args.work or Path(tempfile.mkdtemp(prefix="beacon-passkey-"))
     work.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "TUNE_CACHE": str(work / "cache")}
-    rng = random.Random(0)
     stages: dict[str, dict] = {}
     base = args.base
     if base is None:
-        write_copy_rows(work / "copy.jsonl", 32_000, rng)
-        final, summary, wall = base_stage(
-            "copy", work, "tune:tiny-llama", work / "copy.jsonl", args.copy_steps, 160, env
+        write_copy_rows(work / "copy.jsonl", 32_000, seed=0)
+        final, summary = base_stage(
+            "copy", work, "tune:tiny-llama", work / "copy.jsonl", args.copy_steps, 256, env
         )
-        stages["copy"] = record(args.copy_steps, wall, summary)
-        short = passkey_docs(work / "short", 6000, (0, 1), seed=2) / "passkey-train.jsonl"
-        write_copy_rows(work / "copy-mix.jsonl", 2000, rng)
-        base, summary, wall = base_stage(
+        stages["copy"] = record(args.copy_steps, summary)
+        rows = args.retrieve_steps * 32  # one epoch: no document is seen twice
+        short = passkey_docs(work / "short", rows - rows // COPY_SHARE, (0, 1), seed=2)
+        short = short / "passkey-train.jsonl"
+        write_copy_rows(work / "copy-mix.jsonl", rows // COPY_SHARE, seed=1)
+        base, summary = base_stage(
             "retrieve", work, final, short, args.retrieve_steps, 512, env,
             mix=work / "copy-mix.jsonl", eval_data=short.with_name("passkey-eval.jsonl"),
         )  # fmt: skip
-        stages["retrieve"] = record(args.retrieve_steps, wall, summary, eval=summary["eval"])
+        stages["retrieve"] = record(args.retrieve_steps, summary, eval=summary["eval"])
 
     docs = passkey_docs(work / "long", args.docs, tuple(args.fillers), seed=1)
     overrides = [
@@ -239,12 +245,10 @@ def main() -> None:
         "train.log_every=50",
         *args.overrides,
     ]
-    wall = tune_run(REPO / "recipes/longctx-tiny.toml", overrides, env)
+    tune_run(REPO / "recipes/longctx-tiny.toml", overrides, env)
     summary = summary_of(work / "beacon")
     losses = copy_losses(work / "beacon" / "final", docs / "passkey-train.jsonl")
-    stages["beacon"] = record(
-        args.steps, wall, summary, eval=summary["eval"], copy_losses_nats=losses
-    )
+    stages["beacon"] = record(args.steps, summary, eval=summary["eval"], copy_losses_nats=losses)
     report(args, stages, base)
 
 
@@ -271,11 +275,11 @@ def report(args: argparse.Namespace, stages: dict[str, dict], base: Path) -> Non
         "",
         f"`{result['command']}` on {result['machine']}.",
         "",
-        "| stage | steps | loss first -> last | wall |",
-        "|---|---|---|---|",
+        "| stage | steps | loss first -> last | training wall | tokens/s |",
+        "|---|---|---|---|---|",
         *[
             f"| {name} | {s['steps']} | {s['first_loss']:.3f} -> {s['last_loss']:.3f} | "
-            f"{s['wall_s']:.0f} s |"
+            f"{s['wall_s']:.0f} s | {s['tokens_per_s']:,.0f} |"
             for name, s in stages.items()
         ],
         "",

@@ -45,16 +45,23 @@ def document(rng: random.Random, n_fillers: int, asks: int = 1) -> dict:
     return {"text": text}
 
 
-def copy_text(rng: random.Random, longest: int = 64) -> str:
+def copy_text(rng: random.Random, longest: int = 64, lead: int = 0) -> str:
     """A random string of 8..`longest` letters and digits written twice: `abc|abc.`.
 
     Only copying predicts the second half. Lengths vary so the copy sits at no fixed distance:
     a fixed offset teaches copying by position, which does not carry over to a key at any depth.
+    With `lead` > 0 the pair follows 0..`lead` characters of filler and each copy is cued by `=`
+    (`...blue. Th=abc|=abc.`): the string starts at no fixed position either, so a model cannot
+    copy by counting from the row start and must find the cue by content, as a passkey needs.
     """
     s = "".join(
         rng.choice(string.ascii_letters + string.digits) for _ in range(rng.randint(8, longest))
     )
-    return f"{s}|{s}."
+    if not lead:
+        return f"{s}|{s}."
+    start = rng.randrange(len(FILLER))
+    noise = (FILLER * 2)[start : start + rng.randint(0, lead)]
+    return f"{noise}={s}|={s}."
 
 
 def write(path: Path, rng: random.Random, count: int, fillers: tuple[int, int], asks: int) -> None:

@@ -355,54 +355,73 @@ def beacon_forward(
     beacon_ratios: list[int] | None = None,
     **_: Any,
 ):
-    """Logits for the raw tokens; loss on raw tokens only, summed over all windows."""
+    """Logits for the raw tokens; loss on raw tokens only, summed over all windows.
+
+    The rows of a batch share one ratio per window. A padded batch runs as one pass per group of
+    rows with the same number of windows (see `_by_window_count`).
+    """
     from transformers.modeling_outputs import CausalLMOutputWithPast
 
-    padded = attention_mask is not None and not bool(attention_mask.all())
-    if input_ids.shape[0] > 1 and (padded or (beacon_state is None and model.training)):
-        # Rows of different lengths (or drawing their own ratios) need their own windows:
-        # run each row alone and put its logits back into the batch.
-        return _per_row(model, input_ids, labels, num_items_in_batch, attention_mask, beacon_ratios)
-    if padded:
-        raise ValueError("a single padded row: remove the padding before the beacon forward")
+    if attention_mask is not None and not bool(attention_mask.all()):
+        if beacon_state is not None:
+            raise ValueError("a padded batch cannot continue a beacon state: decode rows alone")
+        return _by_window_count(
+            model, input_ids, labels, num_items_in_batch, attention_mask, beacon_ratios
+        )
     hidden, state = encode(model, input_ids, beacon_state, beacon_ratios)
     logits = model.lm_head(hidden)
     loss = None
     if labels is not None:
-        shift_logits = logits[:, :-1].float().reshape(-1, logits.shape[-1])
-        shift_labels = labels[:, 1:].reshape(-1).to(logits.device)
-        if num_items_in_batch is None:
-            loss = F.cross_entropy(shift_logits, shift_labels, ignore_index=-100)
-        else:
-            loss = F.cross_entropy(shift_logits, shift_labels, ignore_index=-100, reduction="sum")
-            loss = loss / num_items_in_batch
+        count = num_items_in_batch
+        if count is None:
+            count = max(1, int((labels[:, 1:] != -100).sum()))
+        loss = _summed_loss(logits, labels) / count
     out = CausalLMOutputWithPast(loss=loss, logits=logits)
     out.beacon_state = state
     return out
 
 
-def _per_row(model, input_ids, labels, num_items_in_batch, attention_mask, ratios):
+def _summed_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    shift_logits = logits[:, :-1].float().reshape(-1, logits.shape[-1])
+    shift_labels = labels[:, 1:].reshape(-1).to(logits.device)
+    return F.cross_entropy(shift_logits, shift_labels, ignore_index=-100, reduction="sum")
+
+
+def _by_window_count(model, input_ids, labels, num_items_in_batch, attention_mask, ratios):
+    """A right-padded batch, one pass per group of rows with the same number of windows.
+
+    Such rows share every window boundary, so padding sits only at the end of the last window,
+    where causal attention hides it from every real token, and nothing reads memory after it.
+    Each row's logits therefore equal the row run alone; padding columns get zero logits.
+    """
     from transformers.modeling_outputs import CausalLMOutputWithPast
 
-    if attention_mask is not None:
-        lengths = [int(n) for n in attention_mask.sum(dim=1).tolist()]
-    else:
-        lengths = [input_ids.shape[1]] * input_ids.shape[0]
+    lengths = attention_mask.sum(dim=1)
+    columns = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+    if not bool((attention_mask.bool() == (columns < lengths[:, None])).all()):
+        raise ValueError("the beacon forward needs right padding (padding_side = 'right')")
+    if labels is not None:
+        labels = labels.masked_fill(attention_mask == 0, -100)
     count = num_items_in_batch
     if count is None and labels is not None:
-        count = int((labels[:, 1:] != -100).sum())
+        count = max(1, int((labels[:, 1:] != -100).sum()))
+    groups: dict[int, list[int]] = {}
+    for row, n in enumerate(lengths.tolist()):
+        if n:
+            groups.setdefault(math.ceil(n / model.beacon_config.window), []).append(row)
     logits, loss = None, None
-    for row, n in enumerate(lengths):
-        ids = input_ids[row : row + 1, :n]
-        row_labels = labels[row : row + 1, :n] if labels is not None else None
-        out = beacon_forward(model, ids, row_labels, num_items_in_batch=count, beacon_ratios=ratios)
+    for rows in groups.values():
+        index = torch.tensor(rows, device=input_ids.device)
+        width = int(lengths[index].max())
+        hidden, _ = encode(model, input_ids[index, :width], None, ratios)
+        part = model.lm_head(hidden)
         if logits is None:
-            shape = (input_ids.shape[0], input_ids.shape[1], out.logits.shape[-1])
-            logits = out.logits.new_zeros(shape)
-        logits[row, :n] = out.logits[0]
-        if out.loss is not None:
-            loss = out.loss if loss is None else loss + out.loss
-    return CausalLMOutputWithPast(loss=loss, logits=logits)
+            logits = part.new_zeros(*input_ids.shape, part.shape[-1])
+        logits[index, :width] = part
+        if labels is not None:
+            summed = _summed_loss(part, labels[index, :width])
+            loss = summed if loss is None else loss + summed
+    return CausalLMOutputWithPast(loss=None if loss is None else loss / count, logits=logits)
 
 
 def max_position(cfg: BeaconConfig, n_raw: int, ratio: int) -> int:
