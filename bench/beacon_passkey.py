@@ -51,9 +51,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-QUESTION = "What is the pass key? The pass key is "
 sys.path.insert(0, str(REPO / "recipes" / "data"))
-from make_passkey_docs import copy_text  # noqa: E402
+from make_passkey_docs import QUESTION, copy_text  # noqa: E402
 
 LEAD = 64  # copy rows start after 0..LEAD characters of filler
 COPY_SHARE = 4  # stage 2: one row in COPY_SHARE is a copy row
@@ -105,7 +104,7 @@ def answer_only(text_rows: Path) -> Path:
     with out.open("w") as fh:
         for line in text_rows.read_text().splitlines():
             text = json.loads(line)["text"]
-            cut = text.rindex(QUESTION.rstrip()) + len(QUESTION.rstrip())
+            cut = text.rindex(QUESTION) + len(QUESTION)
             fh.write(json.dumps({"prompt": text[:cut], "completion": text[cut:]}) + "\n")
     return out
 
@@ -201,7 +200,7 @@ def copy_losses(final: Path, docs: Path, n: int = 32) -> dict[str, float]:
         key = text.split("The pass key is ")[1][:5]
         first = text.index(key)
         second = text.index(key, first + 5)
-        answer = text.index(QUESTION) + len(QUESTION)
+        answer = text.index(QUESTION) + len(QUESTION) + 1  # after the space
         # nll[i] scores token i + 1 = character i of the text
         sums["first_mention"] += float(nll[first : first + 5].mean())
         sums["second_mention_copy"] += float(nll[second + 1 : second + 5].mean())
