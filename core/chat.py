@@ -12,8 +12,6 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-CHAT_FORMATS = ("chat", "alpaca")
-
 
 class Session:
     """One conversation (or a series of raw continuations) with a loaded model."""
@@ -33,55 +31,57 @@ class Session:
         if system and use_template:
             self.messages.append({"role": "system", "content": system})
 
-    def prompt_ids(self, text: str) -> Any:
-        if self.use_template:
-            self.messages.append({"role": "user", "content": text})
-            rendered = self.tokenizer.apply_chat_template(
-                self.messages, tokenize=False, add_generation_prompt=True
-            )
-            return self.tokenizer(rendered, add_special_tokens=False, return_tensors="pt")
-        raw = (self.tokenizer.bos_token or "") + text  # as the text format starts a document
-        return self.tokenizer(raw, add_special_tokens=False, return_tensors="pt")
+    def prompt(self, text: str) -> str:
+        """The rendered prompt: the conversation so far through the template, or raw text."""
+        from tune.generation import text_prompt
+
+        if not self.use_template:
+            return text_prompt(self.tokenizer, text)  # as the text format starts a document
+        self.messages.append({"role": "user", "content": text})
+        return self.tokenizer.apply_chat_template(
+            self.messages, tokenize=False, add_generation_prompt=True
+        )
 
     def reply(self, text: str) -> str:
-        import torch
+        from tune.generation import greedy_generate
 
-        enc = self.prompt_ids(text)
-        device = next(self.model.parameters()).device
-        ids = enc["input_ids"].to(device)
-        pad = self.tokenizer.pad_token_id
-        with torch.no_grad():
-            out = self.model.generate(
-                input_ids=ids,
-                attention_mask=torch.ones_like(ids),
-                max_new_tokens=self.max_new_tokens,
-                do_sample=False,
-                pad_token_id=pad if pad is not None else self.tokenizer.eos_token_id,
-            )
-        answer = self.tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+        answer = greedy_generate(self.model, self.tokenizer, self.prompt(text), self.max_new_tokens)
         if self.use_template:
             self.messages.append({"role": "assistant", "content": answer})
         return answer
 
 
 def open_session(
-    source: Path, pm: Any, dtype: str, max_new_tokens: int, system: str | None, raw: bool
+    source: Path, pm: Any, precision: str, max_new_tokens: int, system: str | None, raw: bool
 ) -> Session:
-    import torch
     from transformers.utils import logging as hf_logging
+    from tune.devices import auto_device
     from tune.merge import load_trained, locate
 
     hf_logging.set_verbosity_error()  # a chat starts quietly: no load report, no progress bars
     hf_logging.disable_progress_bar()
-    adapter, _, recipe = locate(source, pm)
-    model, tokenizer = load_trained(adapter, recipe, pm, dtype)
-    if torch.cuda.is_available():
-        model.to("cuda")
-    chat_trained = recipe.data.format in CHAT_FORMATS and bool(
-        getattr(tokenizer, "chat_template", None)
-    )
+    artifact, _, recipe = locate(source, pm)
+    model, tokenizer = load_trained(artifact, recipe, pm, precision)
+    model.to(auto_device())
+    chat_trained = trained_on_chat(recipe, pm) and bool(getattr(tokenizer, "chat_template", None))
     system = system or recipe.raw.get("data", {}).get("system_prompt")  # as in training
     return Session(model, tokenizer, chat_trained and not raw, max_new_tokens, system)
+
+
+def trained_on_chat(recipe: Any, pm: Any) -> bool:
+    """Whether the run's data format renders conversations through the chat template."""
+    from tune.context import RunContext
+    from tune.errors import TuneError
+    from tune.recipe import select_backends
+
+    try:
+        select_backends(recipe, pm, roles=("data_format",))
+    except TuneError:  # the format's plugin is not installed here: talk raw
+        return False
+    ctx = RunContext(recipe=recipe, output_dir=recipe.path.parent)
+    return bool(
+        pm.call("tune_format_data", recipe.selected("data_format"), tokenizer=None, ctx=ctx).chat
+    )
 
 
 def repl(session: Session, lines: Iterable[str], write: Callable[[str], None]) -> None:

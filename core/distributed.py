@@ -12,8 +12,6 @@ import subprocess
 import sys
 from dataclasses import dataclass
 
-from pydantic import BaseModel, ConfigDict, Field
-
 
 @dataclass(frozen=True)
 class EnvWorld:
@@ -51,17 +49,7 @@ def env_world() -> EnvWorld | None:
     return None
 
 
-class MultiProcessSettings(BaseModel):
-    """Keys every multi-process strategy shares; strategy plugins extend this model."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    timeout_s: int = Field(
-        600, ge=10, description="collective timeout: a stuck rank fails instead of hanging"
-    )
-
-
-def join(ctx, strategy: str) -> tuple[EnvWorld, str]:
+def join_world(ctx, strategy: str) -> tuple[EnvWorld, str]:
     """For multi-process strategies: this process's world and device (cuda:LOCAL_RANK or cpu)."""
     from tune.errors import TuneError
 

@@ -1,123 +1,125 @@
-"""`tune merge`: a trained adapter becomes a plain model that transformers loads on its own.
+"""`tune merge`: a trained run becomes a plain model that transformers loads on its own.
 
-The base is always reloaded in 16-bit (or the requested dtype), never quantized, so an adapter
-trained on a 4-bit base merges instead of failing. Each `[[adapt]]` step's plugin applies its
-own weights through `tune_merge_adapter`, in recipe order.
+The base is always reloaded unquantized in the requested dtype (the loader's
+`tune_load_for_inference`), so an adapter trained on a 4-bit base merges instead of failing.
+Each `[[adapt]]` step's plugin applies its own weights through `tune_merge_adapter`, in recipe
+order. A directory tune did not write (a PEFT adapter) is described by the plugin that knows
+it (`tune_recipe_for_artifact`).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 from tune.context import RunContext
+from tune.devices import PRECISION_DTYPES
 from tune.errors import TuneError
 from tune.recipe import Recipe, load_recipe, recipe_from_dict, select_backends
 
 # Only what merging uses: a run trained with plugins not installed here still merges.
 MERGE_ROLES = ("loader", "adapt")
 
-DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
+def locate(source: Path, pm) -> tuple[Path, Path | None, Recipe]:
+    """(artifact dir, recipe file or None, recipe with loader and adapt chain selected).
 
-def find_adapter(source: Path) -> tuple[Path, Path | None]:
-    """(adapter dir, recipe file or None) for a run dir, its final/ dir, or a bare adapter dir."""
+    `source` is a run's output_dir, its final/ directory, or a directory another tool wrote
+    that an installed plugin recognizes (a PEFT adapter).
+    """
     if not source.exists():
         raise TuneError(
             "path not found.",
             where=str(source),
             fix="give a run directory or an adapter directory.",
         )
-    adapter = source / "final" if (source / "final").is_dir() else source
-    for candidate in (adapter / "recipe.toml", source / "recipe.toml"):
+    artifact = source / "final" if (source / "final").is_dir() else source
+    for candidate in (artifact / "recipe.toml", source / "recipe.toml"):
         if candidate.is_file():
-            return adapter, candidate
-    if (adapter / "adapter_config.json").is_file():
-        return adapter, None
-    raise TuneError(
-        "no adapter here: neither a tune run (recipe.toml) nor a PEFT adapter (adapter_config.json).",
-        where=str(source),
-        fix="point at a run's output_dir, its final/ directory, or a saved PEFT adapter.",
-    )
-
-
-def recipe_for(adapter: Path, recipe_file: Path | None, pm) -> Recipe:
-    if recipe_file is not None:
-        recipe = load_recipe(recipe_file)
-        select_backends(recipe, pm, roles=MERGE_ROLES)
-        return recipe
-    config = json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8"))
-    base = config.get("base_model_name_or_path")
-    if not base:
+            recipe = load_recipe(candidate)
+            select_backends(recipe, pm, roles=MERGE_ROLES)
+            return artifact, candidate, recipe
+    table = pm.hook.tune_recipe_for_artifact(path=artifact)
+    if table is None:
         raise TuneError(
-            "adapter_config.json has no base_model_name_or_path.",
-            where=str(adapter / "adapter_config.json"),
-            fix="merge from the tune run directory instead, which records the base.",
+            "neither a tune run (no recipe.toml) nor an artifact an installed plugin recognizes.",
+            where=str(source),
+            fix="point at a run's output_dir or its final/ directory, or install the plugin that "
+            "wrote this directory (a PEFT adapter needs tune-plugin-peft).",
         )
-    raw = {
-        "model": {"path": base},
-        "adapt": [{"method": str(config.get("peft_type", "lora")).lower()}],
-        "data": {"train": "(unused by merge)"},
-    }
-    recipe = recipe_from_dict(raw, adapter / "adapter_config.json")
+    table.setdefault("data", {"train": "(unused by merge)"})
+    recipe = recipe_from_dict(table, artifact)
     select_backends(recipe, pm, roles=MERGE_ROLES)
-    return recipe
+    return artifact, None, recipe
 
 
-def locate(source: Path, pm) -> tuple[Path, Path | None, Recipe]:
-    """(artifact dir, recipe file or None, recipe with loader and adapt chain selected)."""
-    adapter, recipe_file = find_adapter(source)
-    return adapter, recipe_file, recipe_for(adapter, recipe_file, pm)
+def load_trained(artifact: Path, recipe: Recipe, pm, precision: str) -> tuple[Any, Any]:
+    """(model, tokenizer): a run's trained model, adapters applied (see `locate`).
 
-
-def load_trained(adapter: Path, recipe: Recipe, pm, dtype: str) -> tuple[Any, Any]:
-    """(model, tokenizer): a run's trained model, adapters merged in (see `locate`).
-
-    The base is reloaded in `dtype` and never quantized. A run that saved a full model (no
-    PEFT adapter) is loaded from its final/ directory; every `[[adapt]]` step's plugin then
-    applies its own saved weights through `tune_merge_adapter`, in recipe order.
+    `precision` is bf16, fp16 or fp32. A run that saved a full model (no adapter) is loaded from
+    its final/ directory; every `[[adapt]]` step's plugin then applies its own saved weights.
     """
-    from tune.train.run import call_backend
-
+    dtype = PRECISION_DTYPES[precision]
     recipe.model.quantize = None
     recipe.train.gradient_checkpointing = False
-    if (adapter / "config.json").is_file() and not (adapter / "adapter_config.json").is_file():
-        recipe.model.path = str(adapter)  # full fine-tune: the trained weights are the base
+    if (artifact / "config.json").is_file() and not (artifact / "adapter_config.json").is_file():
+        recipe.model.path = str(artifact)  # full fine-tune: the trained weights are the base
     loader = recipe.selected("loader")
-    if "dtype" in type(loader.settings).model_fields:
-        loader.settings = loader.settings.model_copy(update={"dtype": DTYPES[dtype]})
-    ctx = RunContext(recipe=recipe, output_dir=adapter)
-    model, tokenizer = call_backend(pm, "tune_load_model", loader, ctx=ctx)
+    ctx = RunContext(recipe=recipe, output_dir=artifact)
+
+    def through_load_model():
+        if "dtype" in type(loader.settings).model_fields:
+            loader.settings = loader.settings.model_copy(update={"dtype": dtype})
+        return pm.call("tune_load_model", loader, ctx=ctx)
+
+    model, tokenizer = pm.call_optional(
+        "tune_load_for_inference", loader, through_load_model, dtype=dtype, ctx=ctx
+    )
     for selected in recipe.backends["adapt"]:
-        model = call_backend(
-            pm, "tune_merge_adapter", selected, model=model, adapter_dir=str(adapter), ctx=ctx
+
+        def unsupported(selected=selected):
+            backend = selected.backend
+            raise TuneError(
+                f"[[adapt]] method = '{backend.name}' (plugin '{backend.plugin}') cannot be "
+                "merged or loaded back: the plugin implements no tune_merge_adapter.",
+                where=str(artifact),
+                fix="load final/ with the library that trained it, or ask the plugin's authors "
+                "for merge support.",
+            )
+
+        model = pm.call_optional(
+            "tune_merge_adapter",
+            selected,
+            unsupported,
+            model=model,
+            adapter_dir=str(artifact),
+            ctx=ctx,
         )
-    if (adapter / "tokenizer_config.json").exists():
+    if (artifact / "tokenizer_config.json").exists():
         from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(str(adapter))  # keeps the trained chat template
+        tokenizer = AutoTokenizer.from_pretrained(str(artifact))  # keeps the trained template
     model.eval()
     return model, tokenizer
 
 
-def merge(source: Path, out: Path, dtype: str, pm) -> Path:
+def merge(source: Path, out: Path, precision: str, pm) -> Path:
     if out.exists() and any(out.iterdir()):
         raise TuneError(
             "the output directory already exists and is not empty.",
             where=str(out),
             fix="choose a new --out directory, or remove this one first.",
         )
-    adapter, recipe_file, recipe = locate(source, pm)
+    artifact, recipe_file, recipe = locate(source, pm)
     if not recipe.adapt:
         raise TuneError(
             "this run has no [[adapt]] steps: final/ already is a full model.",
-            where=str(recipe_file or adapter),
+            where=str(recipe_file or artifact),
             fix="load final/ directly with transformers; there is nothing to merge.",
         )
-    model, tokenizer = load_trained(adapter, recipe, pm, dtype)
+    model, tokenizer = load_trained(artifact, recipe, pm, precision)
     tmp = out.parent / f".tmp-{out.name}"
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(str(tmp))

@@ -3,22 +3,25 @@
 Built-in backends are modules registered exactly like third-party plugins; the only difference
 is where the module name comes from. Each plugin declares its backends in `tune_provide`; the
 core then calls the one declaring plugin for each backend through `subset_hook_caller`, so who
-answered is never a matter of registration order. Imports no torch.
+answered is never a matter of registration order. At registration a plugin is checked against
+the plugin API range it declares (`TUNE_API`) and against the hooks its backends require
+(`tune.kinds`). Imports no torch.
 """
 
 from __future__ import annotations
 
 import importlib
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
 
 import pluggy
-from pydantic import BaseModel, ConfigDict
-from tune import __version__, hookspecs
+from tune import PLUGIN_API, __version__, hookspecs
+from tune.backends import Backend, Provide, install_hint
 from tune.errors import TuneError, did_you_mean
+from tune.kinds import KINDS
 
 ENTRY_POINT_GROUP = "tune"
 AUTOLOAD_ENV = "TUNE_DISABLE_PLUGIN_AUTOLOAD"
@@ -26,65 +29,17 @@ AUTOLOAD_ENV = "TUNE_DISABLE_PLUGIN_AUTOLOAD"
 # (plugin name, module). Registered like any entry point, distribution "tune".
 BUILTIN_PLUGINS: tuple[tuple[str, str], ...] = (
     ("transformers", "tune.builtin.loader"),
+    ("files", "tune.builtin.files"),
     ("formats", "tune.builtin.formats"),
     ("adamw", "tune.builtin.optim"),
+    ("causal_lm", "tune.builtin.objective"),
     ("single", "tune.builtin.single"),
+    ("jsonl", "tune.builtin.jsonl"),
     ("perplexity", "tune.builtin.metrics"),
 )
 
-# Where each kind is chosen in a recipe: used in every message about a backend.
-KINDS: dict[str, str] = {
-    "loader": "[model] loader",
-    "quantization": "[model] quantize",
-    "adapter": "[[adapt]] method",
-    "data_format": "[data] format",
-    "optimizer": "[optimizer] name",
-    "strategy": "[strategy] name",
-    "metric": "[eval] metrics",
-}
-
-# Which distribution to install for a backend nobody serves yet.
-KNOWN_PROVIDERS: dict[tuple[str, str], str] = {
-    **{
-        ("adapter", m): "tune-plugin-peft"
-        for m in ("lora", "dora", "rslora", "ia3", "loha", "lokr")
-    },
-    ("adapter", "beacon"): "tune-plugin-beacon",
-    **{("quantization", q): "tune-plugin-bitsandbytes" for q in ("nf4", "fp4", "int8")},
-    **{
-        ("optimizer", o): "tune-plugin-bitsandbytes"
-        for o in ("adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "lion_8bit")
-    },
-    ("optimizer", "anyprecision_adamw"): "tune-plugin-anyprecision",
-    ("strategy", "ddp"): "tune-plugin-ddp",
-    ("strategy", "deepspeed"): "tune-plugin-deepspeed",
-    ("loader", "unsloth"): "tune-plugin-unsloth",
-    ("metric", "passkey"): "tune-plugin-beacon",
-    ("metric", "long_ppl"): "tune-plugin-beacon",
-}
-
-
-class NoSettings(BaseModel):
-    """Settings model for a backend that takes no keys."""
-
-    model_config = ConfigDict(extra="forbid")
-
-
-@dataclass(frozen=True)
-class Backend:
-    """One named backend, as declared by one plugin."""
-
-    kind: str
-    name: str
-    settings: type[BaseModel]
-    plugin: str
-    doc: str = ""
-    for_loader: str | None = None
-
-    @property
-    def label(self) -> str:
-        scope = f"@{self.for_loader}" if self.for_loader else ""
-        return f"{self.kind}:{self.name}{scope}"
+# Plugin objects registered for one test by `tune.testing` (in-process runs only).
+_test_plugins: list[tuple[str, Any]] = []
 
 
 @dataclass
@@ -99,42 +54,6 @@ class PluginInfo:
     hooks: list[str] = field(default_factory=list)
 
 
-class Provide:
-    """Handed to `tune_provide`: each call declares one backend of the calling plugin."""
-
-    def __init__(self, manager: PluginManager):
-        self._manager = manager
-
-    def _declare(self, kind, name, settings, doc, for_loader) -> None:
-        settings = settings or NoSettings
-        if not (isinstance(settings, type) and issubclass(settings, BaseModel)):
-            raise TypeError(f"settings for {kind} '{name}' must be a pydantic model class")
-        self._manager._declare(kind, name, settings, doc, for_loader)
-
-    def loader(self, name: str, settings: type[BaseModel] | None = None, doc: str = "") -> None:
-        self._declare("loader", name, settings, doc, None)
-
-    def quantization(
-        self, name: str, settings=None, doc: str = "", for_loader: str | None = None
-    ) -> None:
-        self._declare("quantization", name, settings, doc, for_loader)
-
-    def adapter(self, name: str, settings=None, doc: str = "", for_loader: str | None = None):
-        self._declare("adapter", name, settings, doc, for_loader)
-
-    def data_format(self, name: str, settings=None, doc: str = "") -> None:
-        self._declare("data_format", name, settings, doc, None)
-
-    def optimizer(self, name: str, settings=None, doc: str = "") -> None:
-        self._declare("optimizer", name, settings, doc, None)
-
-    def strategy(self, name: str, settings=None, doc: str = "") -> None:
-        self._declare("strategy", name, settings, doc, None)
-
-    def metric(self, name: str, settings=None, doc: str = "") -> None:
-        self._declare("metric", name, settings, doc, None)
-
-
 class PluginManager(pluggy.PluginManager):
     """pluggy's manager plus backend declarations, plugin status and selection."""
 
@@ -144,6 +63,7 @@ class PluginManager(pluggy.PluginManager):
         self.infos: dict[str, PluginInfo] = {}
         self.backends: dict[tuple[str, str, str | None], Backend] = {}
         self.conflicts: list[tuple[Backend, Backend]] = []
+        self.contract_errors: list[tuple[str, str]] = []  # (plugin, what is missing)
         self._declaring: str | None = None
         # Historic: every plugin registered from now on declares its backends as it arrives.
         self.hook.tune_provide.call_historic(kwargs={"provide": Provide(self)})
@@ -163,6 +83,10 @@ class PluginManager(pluggy.PluginManager):
         if self.is_blocked(name):
             info.status = "disabled"
             return
+        mismatch = api_mismatch(plugin)
+        if mismatch:
+            info.status = mismatch
+            return
         try:
             self.register(plugin, name)
         except Exception as exc:  # a broken plugin only breaks runs that need it
@@ -171,13 +95,15 @@ class PluginManager(pluggy.PluginManager):
                 self.unregister(plugin)
             info.status = f"error: {_one_line(exc)}"
             return
+        implemented = self.implemented(name)
         info.hooks = sorted(
-            h.name.removeprefix("tune_")
-            for h in self.get_hookcallers(plugin) or []
-            if h.name not in ("tune_provide", "tune_plugin_status")
+            h.removeprefix("tune_")
+            for h in implemented
+            if h not in ("tune_provide", "tune_plugin_status")
         )
+        self._check_contract(name, implemented)
         status_hook = getattr(plugin, "tune_plugin_status", None)
-        if callable(status_hook):
+        if callable(status_hook) and info.status == "ok":
             try:
                 note = status_hook()
             except Exception as exc:
@@ -240,33 +166,60 @@ class PluginManager(pluggy.PluginManager):
                     self.unregister(name=impl.plugin_name)
 
     def broken(self) -> list[PluginInfo]:
-        return [i for i in self.infos.values() if i.status.startswith("error")]
+        return [i for i in self.infos.values() if i.status.startswith(("error", "incompatible"))]
+
+    def implemented(self, plugin_name: str) -> set[str]:
+        """Names of the hooks a registered plugin implements."""
+        plugin = self.get_plugin(plugin_name)
+        return {h.name for h in self.get_hookcallers(plugin) or []} if plugin else set()
 
     # -- declarations ------------------------------------------------------------------------
-    def _declare(self, kind, name, settings, doc, for_loader) -> None:
-        plugin = self._declaring or "?"
-        backend = Backend(kind, name, settings, plugin, doc.strip(), for_loader)
-        key = (kind, name, for_loader)
-        if key in self.backends and self.backends[key].plugin != plugin:
+    def _declare(self, backend: Backend) -> None:
+        from dataclasses import replace
+
+        backend = replace(backend, plugin=self._declaring or "?")
+        key = (backend.kind, backend.name, backend.for_loader)
+        if key in self.backends and self.backends[key].plugin != backend.plugin:
             self.conflicts.append((self.backends[key], backend))
         else:
             self.backends[key] = backend
-        info = self.infos.get(plugin)
+        info = self.infos.get(backend.plugin)
         if info is not None:
             info.provides.append(backend.label)
+
+    def _check_contract(self, plugin_name: str, implemented: set[str]) -> None:
+        """Each backend the plugin declared needs its kind's required hooks."""
+        for backend in [b for b in self.backends.values() if b.plugin == plugin_name]:
+            missing = [h for h in KINDS[backend.kind].required if h not in implemented]
+            if missing:
+                text = (
+                    f"plugin '{plugin_name}' declares {backend.kind} '{backend.name}' but "
+                    f"implements no {', '.join(missing)}"
+                )
+                self.contract_errors.append((plugin_name, text))
+                self.infos[plugin_name].status = f"error: {text}"
 
     def _forget(self, plugin: str) -> None:
         for key in [k for k, b in self.backends.items() if b.plugin == plugin]:
             del self.backends[key]
 
-    def check_conflicts(self) -> None:
-        """A name served twice in one scope is a start-up error naming both distributions."""
+    def check_startup(self) -> None:
+        """Conflicts and broken contracts are start-up errors naming who is at fault."""
+        if self.contract_errors:
+            plugin_name, text = self.contract_errors[0]
+            info = self.infos[plugin_name]
+            raise TuneError(
+                f"{text} ({info.distribution} {info.version}), which that "
+                "kind of backend requires (see docs/writing-plugins.md).",
+                fix=f"implement the hook in the plugin, or disable it with -p no:{info.name} "
+                f"(pip uninstall {info.distribution}).",
+            )
         if not self.conflicts:
             return
         first, second = self.conflicts[0]
         a, b = self.infos[first.plugin], self.infos[second.plugin]
         raise TuneError(
-            f"{KINDS[first.kind]} '{first.name}' is provided by two plugins: "
+            f"{first.where} '{first.name}' is provided by two plugins: "
             f"'{a.name}' ({a.distribution} {a.version}) and '{b.name}' ({b.distribution} "
             f"{b.version}). tune will not guess which one you meant.",
             fix=f"uninstall one of them (pip uninstall {b.distribution}), or disable one for "
@@ -285,7 +238,7 @@ class PluginManager(pluggy.PluginManager):
         if (kind, name, None) in self.backends:
             return self.backends[(kind, name, None)]
         names = sorted({b.name for b in self.declared(kind) if b.for_loader in (None, loader)})
-        message = f"{KINDS[kind]} = '{name}' is not provided by any installed plugin."
+        message = f"{KINDS[kind].where} = '{name}' is not provided by any installed plugin."
         message += did_you_mean(name, names)
         message += f" Installed: {', '.join(names) or 'none'}."
         broken = self.broken()
@@ -294,11 +247,8 @@ class PluginManager(pluggy.PluginManager):
                 f"{i.name} ({i.status})" for i in broken
             )
             message += "."
-        hint = KNOWN_PROVIDERS.get((kind, name))
-        fix = (
-            f"pip install {hint} (or ./plugins/{hint.removeprefix('tune-plugin-')})."
-            if hint
-            else ("pick one of the installed names, or install the plugin that provides it.")
+        fix = install_hint(kind, name) or (
+            "pick one of the installed names, or install the plugin that provides it."
         )
         raise TuneError(message, where=where, fix=fix)
 
@@ -309,8 +259,16 @@ class PluginManager(pluggy.PluginManager):
         others = [p for _, p in self.list_name_plugin() if p is not plugin and p is not None]
         return self.subset_hook_caller(hook_name, remove_plugins=others)
 
-    def call(self, hook_name: str, backend: Backend, **kwargs: Any) -> Any:
-        result = self.caller(hook_name, backend)(**kwargs)
+    def call(self, hook_name: str, selected: Any, **kwargs: Any) -> Any:
+        """Call a backend hook on the plugin that declared the selected backend.
+
+        `selected` is a `Selected` (backend + validated settings): `name` and `settings` are
+        passed for it. A required hook that answers None is a plugin bug (traceback kept).
+        """
+        backend = selected.backend
+        result = self.caller(hook_name, backend)(
+            name=backend.name, settings=selected.settings, **kwargs
+        )
         if result is None:
             raise RuntimeError(
                 f"plugin '{backend.plugin}' declared {backend.label} but its {hook_name} "
@@ -318,16 +276,34 @@ class PluginManager(pluggy.PluginManager):
             )
         return result
 
-    def evaluate(self, names: list[str], model: Any, data: Any, ctx: Any) -> dict[str, float]:
-        """Every plugin serving a requested metric is asked; duplicate keys are an error."""
+    def call_optional(
+        self, hook_name: str, selected: Any, default: Callable[[], Any], **kwargs: Any
+    ) -> Any:
+        """Like `call` for an optional hook: `default()` when the plugin does not implement it."""
+        if hook_name not in self.implemented(selected.backend.plugin):
+            return default()
+        return self.call(hook_name, selected, **kwargs)
+
+    def evaluate(
+        self, metrics: dict[str, Any], model: Any, data: Any, ctx: Any
+    ) -> dict[str, float]:
+        """Every plugin serving a requested metric is asked; duplicate keys are an error.
+
+        `metrics` maps each requested metric name to its `Selected` (backend + settings).
+        """
         merged: dict[str, float] = {}
         owners: dict[str, str] = {}
-        plugins = {self.backend("metric", n).plugin for n in names}
-        for plugin_name in sorted(plugins):
-            backend = next(b for b in self.backends.values() if b.plugin == plugin_name)
-            mine = [n for n in names if self.backend("metric", n).plugin == plugin_name]
+        by_plugin: dict[str, list[str]] = {}
+        for name, selected in metrics.items():
+            by_plugin.setdefault(selected.backend.plugin, []).append(name)
+        for plugin_name, names in sorted(by_plugin.items()):
+            backend = metrics[names[0]].backend
             result = self.caller("tune_evaluate", backend)(
-                names=mine, model=model, data=data, ctx=ctx
+                names=names,
+                settings={n: metrics[n].settings for n in names},
+                model=model,
+                data=data,
+                ctx=ctx,
             )
             for part in result or []:
                 for key, value in (part or {}).items():
@@ -340,6 +316,25 @@ class PluginManager(pluggy.PluginManager):
         return merged
 
 
+def api_mismatch(plugin: Any) -> str | None:
+    """STATUS for a plugin built for another plugin API range (`TUNE_API = ">=1,<2"`), or None."""
+    wanted = getattr(plugin, "TUNE_API", None)
+    if not wanted:
+        return None
+    from packaging.specifiers import InvalidSpecifier, SpecifierSet
+
+    try:
+        ok = SpecifierSet(str(wanted)).contains(PLUGIN_API, prereleases=True)
+    except InvalidSpecifier:
+        return f"error: TUNE_API = {wanted!r} is not a version range like '>=1,<2'"
+    if ok:
+        return None
+    return (
+        f"incompatible: built for tune plugin API {wanted}, this tune has {PLUGIN_API}; "
+        "upgrade the plugin (or tune)"
+    )
+
+
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
@@ -350,8 +345,8 @@ def get_plugin_manager(
 ) -> PluginManager:
     """Build the manager: built-ins, then entry points unless autoload is off, then `-p` modules.
 
-    `disable` holds names from `-p no:NAME`. With `strict`, conflicts raise (start-up error);
-    `tune plugins list` passes strict=False to show them instead.
+    `disable` holds names from `-p no:NAME`. With `strict`, conflicts and plugins missing a
+    required hook raise (start-up error); `tune plugins list` passes strict=False to show them.
     """
     pm = PluginManager()
     for name in disable:
@@ -361,10 +356,12 @@ def get_plugin_manager(
         pm.load_entry_points()
     for module in extra_modules:
         pm.load_module(module)
+    for name, plugin in _test_plugins:
+        pm.add_plugin(name, plugin, "(test)", "?")
     pm.reject_unknown_hooks()
     pm.check_pending()
     if strict:
-        pm.check_conflicts()
+        pm.check_startup()
     return pm
 
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from tune.testing import chat_rows, run_cli, write_jsonl
 
-from tests.conftest import REPO, chat_rows, run_cli, write_jsonl
+from tests.conftest import REPO
 
 RECIPES = sorted((REPO / "recipes").glob("*.toml"))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+from tune.devices import resolve_dtype
 from tune.errors import TuneError
 from tune.hookspecs import hookimpl
 
@@ -50,16 +51,6 @@ def tiny_name(ctx) -> str:
             fix=f"use one of {', '.join(TINY_PREFIX + n for n in ARCHS)}.",
         )
     return name
-
-
-def resolve_dtype(name: str, device: str):
-    import torch
-
-    if name == "auto":
-        if device.startswith("cuda") and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return torch.float32
-    return getattr(torch, name)
 
 
 @hookimpl

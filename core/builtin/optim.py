@@ -2,24 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from tune.hookspecs import hookimpl
-
-
-class OptimizerSettings(BaseModel):
-    """Keys every optimizer shares; plugins extend this model with their own."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    lr: float = Field(2e-4, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-
-
-class AdamStyleSettings(OptimizerSettings):
-    """Adam-family keys, shared with the optimizers of other plugins (8-bit, AnyPrecision)."""
-
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = Field(1e-8, gt=0)
+from tune.settings import AdamStyleSettings
 
 
 class AdamWSettings(AdamStyleSettings):

@@ -1,4 +1,4 @@
-"""Files in, tokenized examples out: readers, chat templates, masking and batching."""
+"""Rows in, tokenized examples out: sources, formats, templates, masking, caching, batching."""
 
 from tune.data.examples import Examples
 

@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 def cache_root() -> Path:
@@ -69,19 +69,23 @@ def load(key: str) -> tuple[list, list, dict] | None:
 
 
 def store(key: str, train: list, evals: list, stats: dict) -> None:
-    """Write atomically; a failure to cache never fails the run."""
+    """Write atomically; a failure to cache never fails the run.
+
+    Any example layout is kept (the columns are those of the examples); integer lists are
+    stored as int32, which every token id and label fits.
+    """
     import pyarrow as pa
 
-    schema = pa.schema([("input_ids", pa.list_(pa.int32())), ("labels", pa.list_(pa.int32()))])
     folder = _dir(key)
+    tmp = None
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=folder.parent))
         for name, rows in (("train", train), ("eval", evals)):
-            table = pa.Table.from_pylist(rows, schema=schema)
+            table = _compact(pa.Table.from_pylist(rows))
             with (
                 pa.OSFile(str(tmp / f"{name}.arrow"), "wb") as sink,
-                pa.ipc.new_file(sink, schema) as writer,
+                pa.ipc.new_file(sink, table.schema) as writer,
             ):
                 writer.write_table(table)
         (tmp / "stats.json").write_text(json.dumps(stats))
@@ -90,4 +94,18 @@ def store(key: str, train: list, evals: list, stats: dict) -> None:
             return
         os.replace(tmp, folder)
     except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _compact(table):
+    """int64 list columns as int32: half the disk, and token ids never need more."""
+    import pyarrow as pa
+
+    fields = [
+        pa.field(f.name, pa.list_(pa.int32()))
+        if pa.types.is_list(f.type) and pa.types.is_int64(f.type.value_type)
+        else f
+        for f in table.schema
+    ]
+    return table.cast(pa.schema(fields))

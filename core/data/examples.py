@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,14 +11,18 @@ IGNORE = -100
 
 @dataclass
 class Examples:
-    """What a data format returns: token ids with labels (IGNORE = not trained)."""
+    """The run's tokenized data: every source's train examples, the eval examples, counts.
 
-    train: list[dict[str, list[int]]]
-    eval: list[dict[str, list[int]]] = field(default_factory=list)
+    An "lm" example is `{"input_ids": [...], "labels": [...]}` (labels IGNORE where nothing is
+    trained); other example kinds carry what their objective needs.
+    """
+
+    train: list[dict[str, Any]]
+    eval: list[dict[str, Any]] = field(default_factory=list)
     # How a user prompt is shown to the model for the closing sample generation.
     render_prompt: Callable[[str], str] | None = None
     stats: dict[str, Any] = field(default_factory=dict)
-    # Set instead of `train` when [data] streaming = true: files and a per-row encoder.
+    # Set instead of `train` when [data] streaming = true: a `tune.data.stream.RowStream`.
     stream: Any = None
 
 
@@ -38,20 +41,6 @@ def epoch_order(n: int, seed: int, epoch: int, shuffle: bool) -> list[int]:
     return torch.randperm(n, generator=generator).tolist()
 
 
-def shard(order: list[int], rank: int, world_size: int, micro_batch_size: int) -> list[int]:
-    """This rank's share; padded by wrapping so every rank runs the same number of micro-batches."""
-    if world_size == 1:
-        return order
-    per_rank = math.ceil(len(order) / (world_size * micro_batch_size)) * micro_batch_size
-    total = per_rank * world_size
-    padded = (order * math.ceil(total / max(len(order), 1)))[:total]
-    return padded[rank::world_size]
-
-
-def micro_batches(indices: list[int], micro_batch_size: int) -> list[list[int]]:
-    return [indices[i : i + micro_batch_size] for i in range(0, len(indices), micro_batch_size)]
-
-
 def collate(examples: list[dict[str, list[int]]], pad_id: int) -> dict[str, Any]:
     """Right-padded tensors; padding has attention 0 and label IGNORE."""
     import torch
@@ -66,10 +55,3 @@ def collate(examples: list[dict[str, list[int]]], pad_id: int) -> dict[str, Any]
         labels[row, :n] = torch.tensor(example["labels"])
         mask[row, :n] = 1
     return {"input_ids": ids, "labels": labels, "attention_mask": mask}
-
-
-def iterate_batches(
-    examples: list[dict[str, list[int]]], batch_size: int, pad_id: int
-) -> Iterator[dict[str, Any]]:
-    for start in range(0, len(examples), batch_size):
-        yield collate(examples[start : start + batch_size], pad_id)

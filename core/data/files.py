@@ -1,6 +1,7 @@
 """Read rows from jsonl/json/csv/parquet files or a saved `datasets` directory, without torch.
 
 Every row keeps where it came from (`file:line` or `file:row N`) so a bad row can be named.
+JSON-lines files also stream from a byte offset, for exact resume.
 """
 
 from __future__ import annotations
@@ -132,12 +133,37 @@ def _saved_dataset(path: Path):
         yield f"{path}: row {i}", row
 
 
-def read_rows(paths: list[Path]) -> list[tuple[str, dict[str, Any]]]:
-    rows = [item for path in paths for item in iter_rows(path)]
-    if not rows:
-        raise TuneError(
-            "no rows found.",
-            where=", ".join(str(p) for p in paths),
-            fix="the data file is empty; point [data] train at a file with examples.",
-        )
-    return rows
+def stream_jsonl(
+    paths: list[Path], start: dict[str, Any] | None
+) -> Iterator[tuple[dict[str, Any], str, dict[str, Any]]]:
+    """`(position, where, row)` for each row from `start` ({"file", "offset"}) to the end."""
+    first, offset = (start["file"], start["offset"]) if start else (0, 0)
+    for index in range(first, len(paths)):
+        path = paths[index]
+        with path.open("rb") as fh:
+            fh.seek(offset if index == first else 0)
+            while line := fh.readline():
+                at = fh.tell() - len(line)
+                if not line.strip():
+                    continue
+                where = f"{path}: byte {at}"
+                yield {"file": index, "offset": at}, where, parse_json_line(line, where)
+
+
+def resolve_input(path_text: str, recipe_path: Path, where: str) -> Path:
+    """Input paths resolve against the recipe's folder first, then the working directory."""
+    candidate = Path(path_text).expanduser()
+    if candidate.is_absolute():
+        tried = [candidate]
+    else:
+        tried = [recipe_path.parent / candidate, Path.cwd() / candidate]
+    for option in tried:
+        if option.exists():
+            return option
+    looked = ", ".join(str(t) for t in dict.fromkeys(tried))
+    raise TuneError(
+        f"file not found: '{path_text}' (looked in {looked}).",
+        where=where,
+        fix="check the path; relative paths are read from the recipe's folder, then from the "
+        "current directory.",
+    )

@@ -15,19 +15,11 @@ from tune.data.examples import IGNORE, target_count
 
 def tokenized(recipe, pm) -> tuple[Any, Any]:
     """(tokenizer, Examples) through the recipe's own loader and format plugins."""
-    from tune.data.sources import format_all
+    from tune.data.pipeline import load_examples
 
     ctx = RunContext(recipe=recipe, output_dir=recipe.path.parent)
-    loader = recipe.selected("loader")
-    tokenizer = pm.call(
-        "tune_load_tokenizer",
-        loader.backend,
-        name=loader.backend.name,
-        settings=loader.settings,
-        ctx=ctx,
-    )
-    examples = format_all(pm, tokenizer, ctx)
-    return tokenizer, examples
+    tokenizer = pm.call("tune_load_tokenizer", recipe.selected("loader"), ctx=ctx)
+    return tokenizer, load_examples(pm, tokenizer, ctx)
 
 
 def render_example(example: dict[str, list[int]], tokenizer: Any) -> Text:

@@ -1,39 +1,42 @@
-"""Streaming data: rows read lazily from JSONL files, tokenized and batched on the fly.
+"""Streaming data: rows read lazily from the data source, tokenized and batched on the fly.
 
-For data larger than memory. Each rank reads only its own rows (row i belongs to rank
+For data larger than memory. Each rank keeps only its own rows (row i belongs to rank
 i mod world size), so ranks never talk about data. Micro-batches are formed from consecutive
 examples (packed next-fit when `pack = true`), which makes the position exact and tiny: the
-file, the byte offset of the next row, and how many examples of that row were already used.
-`--resume` seeks there. The stream wraps around at the end (one more epoch), so it never runs
-dry: streaming runs are bounded by `[train] max_steps`.
+source's position of the next row, and how many examples of that row were already used.
+`--resume` starts the source there. The stream wraps around at the end (one more epoch), so it
+never runs dry: streaming runs are bounded by `[train] max_steps`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from tune.data.files import parse_json_line
 from tune.errors import TuneError
 
-Example = dict[str, list[int]]
+Example = dict[str, Any]
 
 
 @dataclass
 class RowStream:
-    """What a data format hands the core for streaming: files and how to encode one row."""
+    """What the pipeline hands the reader: how to read rows from a position, how to encode one.
 
-    files: list[Path]
+    `rows(start)` yields `(position, where, row)` from `start` (None: the beginning) to the end
+    of the data, once; `encode(where, row)` returns `(examples, counts)`.
+    """
+
+    rows: Callable[[dict[str, Any] | None], Iterator[tuple[dict[str, Any], str, dict]]]
     encode: Callable[[str, dict[str, Any]], tuple[list[Example], dict[str, int]]]
+    where: str = "streaming data"
+    length: Callable[[Example], int] = lambda example: len(example["input_ids"])
 
 
 @dataclass
 class Cursor:
-    file: int = 0
-    offset: int = 0  # byte offset of the next row to read
-    row: int = 0  # index of that row across all files (for rank ownership)
+    position: dict[str, Any] | None = None  # the source's position of the next row to read
+    row: int = 0  # index of that row across the whole data (for rank ownership)
     skip: int = 0  # examples of that row already used
     epoch: int = 0
 
@@ -73,37 +76,27 @@ class StreamReader:
         while True:
             owned = 0
             row = start.row
-            for file_index in range(start.file, len(self.source.files)):
-                path = self.source.files[file_index]
-                with path.open("rb") as fh:
-                    fh.seek(start.offset if file_index == start.file else 0)
-                    while line := fh.readline():
-                        offset = fh.tell() - len(line)
-                        if not line.strip():
-                            continue
-                        row += 1
-                        if (row - 1) % self.world_size != self.rank:
-                            continue
-                        owned += 1
-                        resuming = file_index == start.file and offset == start.offset
-                        here = Cursor(
-                            file_index, offset, row - 1, start.skip if resuming else 0, start.epoch
-                        )
-                        for i, example in enumerate(self._encode(path, line, here)):
-                            if i >= here.skip:
-                                yield Cursor(file_index, offset, row - 1, i, start.epoch), example
-            if owned == 0 and start.file == 0 and start.offset == 0:
+            for position, where, raw in self.source.rows(start.position):
+                row += 1
+                if (row - 1) % self.world_size != self.rank:
+                    continue
+                owned += 1
+                skip = start.skip if position == start.position else 0
+                examples = self._encode(where, raw, skip)
+                for i, example in enumerate(examples):
+                    if i >= skip:
+                        yield Cursor(position, row - 1, i, start.epoch), example
+            if owned == 0 and start.position is None:
                 raise TuneError(
                     "streaming found no rows for this process.",
-                    where=", ".join(map(str, self.source.files)),
+                    where=self.source.where,
                     fix="check the data files, or use fewer processes than rows.",
                 )
             start = Cursor(epoch=start.epoch + 1)
 
-    def _encode(self, path: Path, line: bytes, here: Cursor) -> list[Example]:
-        where = f"{path}: byte {here.offset}"
-        examples, counts = self.source.encode(where, parse_json_line(line, where))
-        if here.skip == 0:
+    def _encode(self, where: str, raw: dict, skip: int) -> list[Example]:
+        examples, counts = self.source.encode(where, raw)
+        if skip == 0:
             self.counts["rows"] += 1
             for key, value in counts.items():
                 self.counts[key] = self.counts.get(key, 0) + value
@@ -117,12 +110,13 @@ class StreamReader:
             self._pending.append(next(self._rows))
         if not self.pack:
             return [self._take() for _ in range(self.micro_batch_size)]
+        length = self.source.length
         rows = []
         for _ in range(self.micro_batch_size):
-            row, used = [self._take()], 0
-            used = len(row[0]["input_ids"])
-            while used + len(self._pending[0][1]["input_ids"]) <= self.max_seq_len:
-                used += len(self._pending[0][1]["input_ids"])
+            row = [self._take()]
+            used = length(row[0])
+            while used + length(self._pending[0][1]) <= self.max_seq_len:
+                used += length(self._pending[0][1])
                 row.append(self._take())
             rows.append(row)
         return rows

@@ -45,15 +45,6 @@ def tokenize_pair(
     return {"input_ids": p + c, "labels": labels}
 
 
-def fit(example: dict[str, list[int]], max_len: int, mode: str) -> dict[str, list[int]] | None:
-    """Apply the length policy: 'truncate' cuts the tail, 'drop' returns None."""
-    if len(example["input_ids"]) <= max_len:
-        return example
-    if mode == "drop":
-        return None
-    return {k: v[:max_len] for k, v in example.items()}
-
-
 def sliding_windows(ids: list[int], max_len: int, stride: int) -> list[dict[str, list[int]]]:
     """Overlapping windows over one long token list; every token is a target exactly once.
 

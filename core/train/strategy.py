@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from tune.context import RunContext, World
+from tune.devices import auto_device, resolve_precision
 
 
 class Strategy:
@@ -127,26 +128,6 @@ class Strategy:
 
     def teardown(self) -> None:
         return None
-
-
-def auto_device() -> str:
-    import torch
-
-    if torch.cuda.is_available():
-        return "cuda:0"
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
-
-
-def resolve_precision(precision: str, device: str) -> str:
-    if precision != "auto":
-        return precision
-    import torch
-
-    if device.startswith("cuda") and torch.cuda.is_bf16_supported():
-        return "bf16"
-    return "fp32"
 
 
 def _is_quantized(model: Any) -> bool:

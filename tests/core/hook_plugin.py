@@ -111,7 +111,14 @@ def tune_load_model(name, settings, ctx):
 
 
 @hookimpl
-def tune_evaluate(names, model, data, ctx):
+def tune_load_tokenizer(name, settings, ctx):
+    from tune.builtin import loader
+
+    return loader.tune_load_tokenizer(loader.TransformersLoaderSettings(), ctx)
+
+
+@hookimpl
+def tune_evaluate(names, settings, model, data, ctx):
     out = {}
     if "weight_norm" in names:
         out["weight_norm"] = float(

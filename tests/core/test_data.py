@@ -7,12 +7,12 @@ import json
 import pytest
 from tune.builtin.tiny import load_tokenizer
 from tune.context import RunContext
-from tune.data.examples import IGNORE, collate, epoch_order, shard
+from tune.data.batching import share
+from tune.data.examples import IGNORE, collate, epoch_order
+from tune.data.pipeline import load_examples
 from tune.plugins import get_plugin_manager
 from tune.recipe import load_recipe
-from tune.train.run import call_backend
-
-from tests.conftest import recipe_dict, write_jsonl, write_recipe
+from tune.testing import recipe_dict, write_jsonl, write_recipe
 
 CHAT = [{"role": "user", "content": "reverse hello"}, {"role": "assistant", "content": "olleh"}]
 
@@ -32,9 +32,7 @@ def examples_for(
     recipe = load_recipe(write_recipe(tmp_path, data), plugins=(pm := get_plugin_manager()))
     tokenizer = load_tokenizer(tokenizer_name)
     ctx = RunContext(recipe=recipe, output_dir=tmp_path)
-    return call_backend(
-        pm, "tune_format_data", recipe.selected("data_format"), tokenizer=tokenizer, ctx=ctx
-    ), tokenizer
+    return load_examples(pm, tokenizer, ctx), tokenizer
 
 
 def trained_text(example, tokenizer) -> str:
@@ -179,7 +177,7 @@ def test_collate_pads_right_with_ignored_labels():
 def test_epoch_order_and_sharding():
     assert epoch_order(10, 1, 0, True) == epoch_order(10, 1, 0, True)
     assert epoch_order(10, 1, 0, True) != epoch_order(10, 1, 1, True)
-    order = list(range(10))
-    shards = [shard(order, r, 2, 2) for r in range(2)]
-    assert len(shards[0]) == len(shards[1]) == 6  # padded to equal micro-batch counts
-    assert set(shards[0]) | set(shards[1]) == set(order)
+    batches = [[i, i + 1] for i in range(0, 10, 2)]  # 5 micro-batches for 2 ranks
+    shares = [share(batches, r, 2) for r in range(2)]
+    assert len(shares[0]) == len(shares[1]) == 3  # padded by wrapping to equal counts
+    assert {i for s in shares for b in s for i in b} == set(range(10))

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import tomllib
 from tune.builtin.tiny import load_tokenizer
 from tune.context import RunContext
 from tune.data.examples import IGNORE
-from tune.data.sources import format_all
+from tune.data.pipeline import load_examples
 from tune.plugins import get_plugin_manager
 from tune.recipe import load_recipe
-
-from tests.conftest import chat_rows, recipe_dict, run_cli, write_jsonl, write_recipe
+from tune.recipe.toml import tomllib
+from tune.testing import chat_rows, recipe_dict, run_cli, write_jsonl, write_recipe
 
 TEXTS = [{"text": f"plain text number {i}"} for i in range(6)]
 
@@ -33,7 +32,7 @@ def test_each_source_is_formatted_by_its_own_format(tmp_path):
     path = write_recipe(tmp_path, mixed_recipe(tmp_path))
     recipe = load_recipe(path, plugins=(pm := get_plugin_manager()))
     tokenizer = load_tokenizer("tiny-llama")
-    examples = format_all(pm, tokenizer, RunContext(recipe=recipe, output_dir=tmp_path))
+    examples = load_examples(pm, tokenizer, RunContext(recipe=recipe, output_dir=tmp_path))
 
     assert examples.stats["sources"] == [6, 10]
     assert examples.stats["train_examples"] == 16 and len(examples.train) == 16
@@ -44,9 +43,9 @@ def test_each_source_is_formatted_by_its_own_format(tmp_path):
     assert "<|im_start|>assistant" in tokenizer.decode(chats[0]["input_ids"])
 
 
-def test_a_mix_source_trains_and_the_saved_recipe_keeps_it(tmp_path, train_recipe):
+def test_a_mix_source_trains_and_the_saved_recipe_keeps_it(tmp_path, run_recipe):
     data = mixed_recipe(tmp_path)
-    summary, _ = train_recipe(data)
+    summary, _ = run_recipe(data)
     assert summary["data"]["sources"] == [6, 10]
     saved = tomllib.loads((tmp_path / "run" / "recipe.toml").read_text())
     assert saved["data"]["mix"][0]["format"] == "chat"

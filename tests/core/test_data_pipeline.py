@@ -6,8 +6,8 @@ import json
 
 from tune.data.examples import IGNORE, target_count
 from tune.data.tokenize import sliding_windows
+from tune.testing import recipe_dict, run_cli, write_jsonl, write_recipe
 
-from tests.conftest import recipe_dict, run_cli, write_jsonl, write_recipe
 from tests.core.test_data import examples_for
 
 
@@ -109,8 +109,8 @@ def test_data_preview_and_stats_cli():
     assert "packed (this recipe)" in out.stdout and "estimated steps" in out.stdout
 
 
-def test_summary_reports_efficiency(tmp_path, train_recipe):
-    summary, _ = train_recipe(
+def test_summary_reports_efficiency(tmp_path, run_recipe):
+    summary, _ = run_recipe(
         recipe_dict(tmp_path, data={"pack": True}, train={"micro_batch_size": 2, "max_steps": 2})
     )
     assert (

@@ -8,8 +8,8 @@ import pytest
 import torch
 from tune.data.batching import Batcher, collate_packed, pack_first_fit
 from tune.data.examples import IGNORE, collate
+from tune.testing import recipe_dict
 
-from tests.conftest import recipe_dict
 from tests.core import hook_plugin
 
 HOOKS = ["tests.core.hook_plugin"]
@@ -112,7 +112,7 @@ def test_first_fit_fills_bins_on_a_realistic_mix():
     assert grouped.efficiency() > padded.efficiency() + 0.2
 
 
-def test_packed_and_padded_steps_give_the_same_gradients(tmp_path, train_recipe):
+def test_packed_and_padded_steps_give_the_same_gradients(tmp_path, run_recipe):
     grads = {}
     for pack in (False, True):
         hook_plugin.GRADS.clear()
@@ -123,7 +123,7 @@ def test_packed_and_padded_steps_give_the_same_gradients(tmp_path, train_recipe)
             data={"pack": pack, "shuffle": False},
             train={"micro_batch_size": 4, "max_steps": 1, "max_grad_norm": 0.0},
         )
-        summary, _ = train_recipe(data, plugins=HOOKS, overwrite=True)
+        summary, _ = run_recipe(data, plugins=HOOKS, overwrite=True)
         grads[pack] = hook_plugin.GRADS[0]
         assert summary["packed"] is pack
     worst = max(float((grads[True][k] - grads[False][k]).abs().max()) for k in grads[True])

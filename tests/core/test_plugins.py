@@ -8,17 +8,15 @@ import uuid
 
 import pytest
 from tune.errors import TuneError
+from tune.kinds import KINDS
 from tune.plugins import get_plugin_manager
 from tune.recipe import load_recipe
-
-from tests.conftest import recipe_dict, run_cli, write_recipe
+from tune.testing import recipe_dict, run_cli, write_recipe
 
 PLUGIN_SRC = """
-from pydantic import BaseModel, ConfigDict
-from tune.hookspecs import hookimpl
+from tune.plugin import Settings, hookimpl
 
-class S(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class S(Settings):
     x: int = 1
 
 @hookimpl
@@ -46,8 +44,13 @@ def make_dist(tmp_path, monkeypatch):
     return _make
 
 
-def provider(kind: str, name: str, scope: str = "") -> str:
-    return PLUGIN_SRC.format(kind=kind, name=name, scope=f", for_loader={scope!r}" if scope else "")
+def provider(kind: str, name: str, scope: str = "", hooks: bool = True) -> str:
+    """A plugin declaring one backend, with stubs of the hooks its kind requires (or not)."""
+    src = PLUGIN_SRC.format(kind=kind, name=name, scope=f", for_loader={scope!r}" if scope else "")
+    if hooks:
+        for hook in KINDS[kind].required:
+            src += f"\n@hookimpl\ndef {hook}():\n    return None\n"
+    return src
 
 
 def test_builtins_are_registered_like_plugins():
@@ -157,3 +160,25 @@ def test_plugins_list_cli(make_dist):
     assert data["cliplug"]["provides"] == ["metric:cli_metric"]
     disabled = json.loads(run_cli("-p", "no:cliplug", "plugins", "list", "--json").stdout)
     assert {r["name"]: r["status"] for r in disabled}["cliplug"] == "disabled"
+
+
+def test_a_backend_without_its_required_hook_is_a_startup_error(make_dist):
+    name = make_dist("tune-plugin-half", "0.3", provider("loader", "halfload", hooks=False))
+    with pytest.raises(TuneError) as err:
+        get_plugin_manager()
+    text = str(err.value)
+    assert "declares loader 'halfload'" in text and "tune_load_model" in text
+    assert "tune-plugin-half 0.3" in text and f"-p no:{name}" in text
+    listing = {r["name"]: r for r in json.loads(run_cli("plugins", "list", "--json").stdout)}
+    assert listing[name]["status"].startswith("error: plugin")
+    assert get_plugin_manager(disable=[name])  # disabling it is the way out
+
+
+def test_plugin_api_range_is_checked(make_dist):
+    ok = make_dist("tune-plugin-fits", "1.0", 'TUNE_API = ">=1,<2"\n' + provider("metric", "m1"))
+    old = make_dist("tune-plugin-old", "1.0", 'TUNE_API = ">=0.1,<1"\n' + provider("metric", "m0"))
+    pm = get_plugin_manager()
+    assert pm.infos[ok].status == "ok"
+    assert pm.infos[old].status.startswith("incompatible: built for tune plugin API >=0.1,<1")
+    with pytest.raises(TuneError, match="Plugins that failed to load.*incompatible"):
+        pm.backend("metric", "m0")

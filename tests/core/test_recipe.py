@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
-import tomllib
 from tune.cli import main
 from tune.plugins import get_plugin_manager
 from tune.recipe import dump_toml, load_recipe, parse_override
-
-from tests.conftest import recipe_dict, run_cli, write_jsonl, write_recipe
+from tune.recipe.toml import tomllib
+from tune.testing import chat_rows, recipe_dict, run_cli, write_jsonl, write_recipe
 
 
 def cli_error(capsys, *argv: str) -> str:
@@ -64,7 +63,7 @@ BAD_CASES = {
     "toml syntax": (mutate_toml("\n[train\nseed = 1\n"), ["not valid TOML", "line", "Fix:"]),
     "unknown table": (
         set_key("trian", "seed", 1),
-        ["unknown key 'trian'", "Did you mean 'train'?"],
+        ["unknown table [trian]", "Did you mean 'train'?"],
     ),
     "unknown train key": (
         set_key("train", "epochz", 2),
@@ -96,7 +95,7 @@ BAD_CASES = {
         ["[data] train", "file not found: 'nope.jsonl'", "relative paths"],
     ),
     "malformed jsonl": (
-        data_file("bad.jsonl", '{"messages": []}\n\n{"messages": [oops]}\n'),
+        data_file("bad.jsonl", json.dumps(chat_rows(1)[0]) + '\n\n{"messages": [oops]}\n'),
         ["bad.jsonl:3", "malformed JSON", "one complete JSON object"],
     ),
     "alpaca fields": (

@@ -5,15 +5,15 @@ from __future__ import annotations
 import json
 
 import pytest
+from tune.data.files import stream_jsonl
 from tune.data.stream import RowStream, StreamReader
-
-from tests.conftest import (
+from tune.testing import (
     chat_rows,
     final_weights,
     max_weight_diff,
     recipe_dict,
+    run,
     run_cli,
-    run_resumed,
     write_jsonl,
     write_recipe,
 )
@@ -36,7 +36,7 @@ def text_source(tmp_path, sizes_per_file):
             )
         return examples, {}
 
-    return RowStream(files=files, encode=encode)
+    return RowStream(rows=lambda start: stream_jsonl(files, start), encode=encode)
 
 
 def ids(batch, packed):
@@ -94,7 +94,7 @@ def _stream_recipe(tmp_path, out, data_file, **train):
     return write_recipe(tmp_path, data, f"{out}.toml")
 
 
-def test_streaming_run_resumes_exactly(tmp_path, train_recipe):
+def test_streaming_run_resumes_exactly(tmp_path, run_recipe):
     from tune.plugins import get_plugin_manager
     from tune.recipe import load_recipe
     from tune.train.run import run_training
@@ -108,16 +108,16 @@ def test_streaming_run_resumes_exactly(tmp_path, train_recipe):
     resumed = _stream_recipe(
         tmp_path, "resumed", data_file, max_steps=10, save_every=5, keep_last=3
     )
-    run_resumed(resumed, tmp_path / "straight/checkpoints/step-5")
+    run(resumed, resume_from=tmp_path / "straight/checkpoints/step-5")
     a, b = final_weights(tmp_path / "straight"), final_weights(tmp_path / "resumed")
     assert max_weight_diff(a, b) <= 1e-6
     cursor = json.loads((tmp_path / "straight/checkpoints/step-5/state-rank0.json").read_text())[
         "stream"
     ]
-    assert cursor["offset"] > 0 and cursor["epoch"] >= 0
+    assert cursor["position"]["offset"] > 0 and cursor["epoch"] >= 0
 
 
-def test_streaming_reads_lazily(tmp_path, train_recipe):
+def test_streaming_reads_lazily(tmp_path, run_recipe):
     """A broken line far down the file is never reached by a short run: nothing is read up front."""
     rows = chat_rows(400)
     path = write_jsonl(tmp_path / "big.jsonl", rows)
@@ -128,7 +128,7 @@ def test_streaming_reads_lazily(tmp_path, train_recipe):
         data={"train": str(path), "streaming": True},
         train={"max_steps": 3, "micro_batch_size": 2},
     )
-    summary, _ = train_recipe(data)
+    summary, _ = run_recipe(data)
     assert summary["steps"] == 3 and summary["data"]["rows"] <= 7  # 6 used + 1 read ahead
 
 

@@ -10,8 +10,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from tune.errors import TuneError
+from tune.testing import final_weights, max_weight_diff, recipe_dict, run, run_cli
 
-from tests.conftest import REPO, final_weights, max_weight_diff, recipe_dict, run_cli
+from tests.conftest import REPO
 from tests.core import hook_plugin
 
 HOOKS = ["tests.core.hook_plugin"]
@@ -64,7 +65,7 @@ def test_quickstart_trains_and_final_loads_with_plain_transformers(tmp_path):
     assert json.loads(plain.stdout) == sample["reply"]
 
 
-def test_every_hook_is_called_in_order(tmp_path, train_recipe):
+def test_every_hook_is_called_in_order(tmp_path, run_recipe):
     hook_plugin.CALLS.clear()
     data = recipe_dict(
         tmp_path,
@@ -75,7 +76,7 @@ def test_every_hook_is_called_in_order(tmp_path, train_recipe):
         data={"eval_fraction": 0.25},
         eval={"metrics": ["perplexity", "weight_norm"]},
     )
-    summary, recipe = train_recipe(data, plugins=HOOKS)
+    summary, recipe = run_recipe(data, plugins=HOOKS)
     assert hook_plugin.CALLS == [
         ("strategy", "recording"),
         ("quantization", 3),
@@ -89,15 +90,15 @@ def test_every_hook_is_called_in_order(tmp_path, train_recipe):
     assert summary["trainable_params"] < summary["total_params"]
 
 
-def test_a_metric_key_returned_twice_is_an_error(tmp_path, train_recipe):
+def test_a_metric_key_returned_twice_is_an_error(tmp_path, run_recipe):
     data = recipe_dict(
         tmp_path, data={"eval_fraction": 0.25}, eval={"metrics": ["perplexity", "also_loss"]}
     )
     with pytest.raises(RuntimeError, match="eval_loss.*both"):
-        train_recipe(data, plugins=HOOKS)
+        run_recipe(data, plugins=HOOKS)
 
 
-def _grads(tmp_path, train_recipe, micro, accum):
+def _grads(tmp_path, run_recipe, micro, accum):
     hook_plugin.GRADS.clear()
     data = recipe_dict(
         tmp_path,
@@ -110,20 +111,20 @@ def _grads(tmp_path, train_recipe, micro, accum):
             "max_grad_norm": 0.0,
         },
     )
-    train_recipe(data, plugins=HOOKS, overwrite=True)
+    run_recipe(data, plugins=HOOKS, overwrite=True)
     return hook_plugin.GRADS[0]
 
 
-def test_grad_accumulation_matches_one_big_batch(tmp_path, train_recipe):
-    big = _grads(tmp_path, train_recipe, micro=4, accum=1)
-    small = _grads(tmp_path, train_recipe, micro=1, accum=4)
+def test_grad_accumulation_matches_one_big_batch(tmp_path, run_recipe):
+    big = _grads(tmp_path, run_recipe, micro=4, accum=1)
+    small = _grads(tmp_path, run_recipe, micro=1, accum=4)
     assert big.keys() == small.keys() and big
     worst = max(float((big[k] - small[k]).abs().max()) for k in big)
     scale = max(float(big[k].abs().max()) for k in big)
     assert worst <= 1e-5 * max(scale, 1.0), worst
 
 
-def test_resume_continues_exactly(tmp_path, train_recipe):
+def test_resume_continues_exactly(tmp_path, run_recipe):
     common = {
         "model": {
             "path": "tune:tiny-llama",
@@ -141,13 +142,13 @@ def test_resume_continues_exactly(tmp_path, train_recipe):
     }
     straight = recipe_dict(tmp_path, **common)
     straight["train"]["output_dir"] = str(tmp_path / "straight")
-    train_recipe(straight, name="a.toml")
+    run_recipe(straight, name="a.toml")
     resumed = recipe_dict(tmp_path, **common)
     resumed["train"]["output_dir"] = str(tmp_path / "resumed")
-    from tests.conftest import run_resumed, write_recipe
+    from tune.testing import write_recipe
 
     path = write_recipe(tmp_path, resumed, "b.toml")
-    run_resumed(path, tmp_path / "straight/checkpoints/step-6")
+    run(path, resume_from=tmp_path / "straight/checkpoints/step-6")
     a, b = final_weights(tmp_path / "straight"), final_weights(tmp_path / "resumed")
     assert a.keys() == b.keys()
     assert max_weight_diff(a, b) <= 1e-6
@@ -158,9 +159,9 @@ def test_resume_continues_exactly(tmp_path, train_recipe):
     assert tail_a == pytest.approx(tail_b, abs=1e-6)
 
 
-def test_checkpoints_are_whole_and_pruned(tmp_path, train_recipe):
+def test_checkpoints_are_whole_and_pruned(tmp_path, run_recipe):
     data = recipe_dict(tmp_path, train={"max_steps": 5, "save_every": 1, "keep_last": 2})
-    train_recipe(data)
+    run_recipe(data)
     out = tmp_path / "run"
     ckpts = sorted(p.name for p in (out / "checkpoints").iterdir())
     assert ckpts == ["step-4", "step-5"]
@@ -177,15 +178,15 @@ def test_checkpoints_are_whole_and_pruned(tmp_path, train_recipe):
     assert state["step"] == 5
     # A second run into the same directory must not clobber it by accident.
     with pytest.raises(TuneError, match="--resume"):
-        train_recipe(data)
+        run_recipe(data)
     # Resuming a finished run adds nothing and keeps the weights.
     before = load_file(str(out / "final/model.safetensors"))
-    summary, _ = train_recipe(data, resume=True)
+    summary, _ = run_recipe(data, resume=True)
     after = load_file(str(out / "final/model.safetensors"))
     assert summary["steps"] == 5 and all(torch.equal(before[k], after[k]) for k in before)
 
 
-def test_early_stopping(tmp_path, train_recipe):
+def test_early_stopping(tmp_path, run_recipe):
     data = recipe_dict(
         tmp_path,
         optimizer={"name": "sgd", "lr": 1e-12},
@@ -198,14 +199,14 @@ def test_early_stopping(tmp_path, train_recipe):
             "early_stopping_threshold": 0.1,
         },
     )
-    summary, _ = train_recipe(data, plugins=HOOKS)
+    summary, _ = run_recipe(data, plugins=HOOKS)
     assert summary["stopped_early"] and summary["steps"] == 3
 
 
 @pytest.mark.parametrize(
     ("arch", "template"), [("tiny-qwen2", "chatml"), ("tiny-mistral", "mistral")]
 )
-def test_other_architectures_train(tmp_path, train_recipe, arch, template):
+def test_other_architectures_train(tmp_path, run_recipe, arch, template):
     data = recipe_dict(
         tmp_path,
         model={"path": f"tune:{arch}"},
@@ -213,7 +214,7 @@ def test_other_architectures_train(tmp_path, train_recipe, arch, template):
         optimizer={"lr": 3e-3},
     )
     data["train"]["max_steps"] = 6
-    summary, _ = train_recipe(data)
+    summary, _ = run_recipe(data)
     assert summary["last_loss"] < summary["first_loss"]
     from transformers import AutoModelForCausalLM
 
@@ -221,17 +222,17 @@ def test_other_architectures_train(tmp_path, train_recipe, arch, template):
     assert model.config.model_type == arch.removeprefix("tiny-")
 
 
-def test_bf16_autocast_and_gradient_checkpointing_on_cpu(tmp_path, train_recipe):
+def test_bf16_autocast_and_gradient_checkpointing_on_cpu(tmp_path, run_recipe):
     data = recipe_dict(
         tmp_path, train={"precision": "bf16", "gradient_checkpointing": True, "max_steps": 2}
     )
-    summary, _ = train_recipe(data)
+    summary, _ = run_recipe(data)
     assert summary["steps"] == 2 and summary["last_loss"] == summary["last_loss"]
 
 
 @pytest.mark.parametrize("master_weights", ["fp32", "model"])
 def test_bf16_loaded_full_fine_tune_updates_fp32_master_weights(
-    tmp_path, train_recipe, master_weights
+    tmp_path, run_recipe, master_weights
 ):
     """An Adam step of 1e-4 on a bf16 norm weight of 1.0 rounds to nothing (bf16 spacing at 1.0
     is 2**-7): with fp32 master weights (the default) the update lands, with `model` it is lost."""
@@ -241,7 +242,7 @@ def test_bf16_loaded_full_fine_tune_updates_fp32_master_weights(
         optimizer={"name": "adamw", "lr": 1e-4},
         train={"precision": "bf16", "max_steps": 2, "master_weights": master_weights},
     )
-    train_recipe(data)
+    run_recipe(data)
     norm = final_weights(tmp_path / "run")["model.norm.weight"]
     moved = float((norm.float() - 1.0).abs().max())
     if master_weights == "fp32":
@@ -250,9 +251,9 @@ def test_bf16_loaded_full_fine_tune_updates_fp32_master_weights(
         assert norm.dtype == torch.bfloat16 and moved == 0.0
 
 
-def test_unknown_tiny_model_is_a_user_error(tmp_path, train_recipe):
+def test_unknown_tiny_model_is_a_user_error(tmp_path, run_recipe):
     with pytest.raises(TuneError, match="tune:tiny-llama"):
-        train_recipe(recipe_dict(tmp_path, model={"path": "tune:tiny-gpt"}))
+        run_recipe(recipe_dict(tmp_path, model={"path": "tune:tiny-gpt"}))
 
 
 def test_cli_help_and_plugins_list_import_no_torch():

@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import final_weights as weights  # noqa: F401 (re-exported for tests)
-from tests.conftest import max_weight_diff as max_diff  # noqa: F401
-from tests.conftest import recipe_dict, run_cli, write_recipe
+from tune.testing import final_weights as weights  # noqa: F401 (re-exported for tests)
+from tune.testing import max_weight_diff as max_diff  # noqa: F401
+from tune.testing import recipe_dict, run_cli, write_recipe
 
 
 def dist_recipe(

@@ -6,14 +6,12 @@ What a plugin needs: a module with `@hookimpl` functions, declared under the ent
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
-from tune.hookspecs import hookimpl
+from pydantic import Field
+from tune.plugin import Settings, hookimpl
 
 
-class TokenAccuracySettings(BaseModel):
+class TokenAccuracySettings(Settings):
     """Recipe keys of `[eval.token_accuracy]`; unknown keys are rejected by tune."""
-
-    model_config = ConfigDict(extra="forbid")
 
     top_k: int = Field(1, ge=1, description="count a hit when the target is in the top k")
 
@@ -26,12 +24,12 @@ def tune_provide(provide):
 
 
 @hookimpl
-def tune_evaluate(names, model, data, ctx):
+def tune_evaluate(names, settings, model, data, ctx):
     if "token_accuracy" not in names:
         return None
     import torch
 
-    settings = ctx.recipe.backends["metrics"]["token_accuracy"].settings
+    settings = settings["token_accuracy"]
     hits, total = 0, 0
     with torch.no_grad():
         for batch in data.batches():

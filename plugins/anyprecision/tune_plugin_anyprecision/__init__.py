@@ -10,8 +10,7 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import Field
-from tune.builtin.optim import AdamStyleSettings
-from tune.hookspecs import hookimpl
+from tune.plugin import AdamStyleSettings, hookimpl
 
 StateDType = Literal["bfloat16", "float16", "float32"]
 

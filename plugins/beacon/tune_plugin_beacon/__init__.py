@@ -8,15 +8,13 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-from tune.hookspecs import hookimpl
+from pydantic import Field, model_validator
+from tune.plugin import Settings, hookimpl
 
 BEACON_FILE, CONFIG_FILE = "beacon.safetensors", "beacon.json"
 
 
-class BeaconSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class BeaconSettings(Settings):
     window: int = Field(1024, ge=8, description="raw tokens per window")
     stride: int | None = Field(None, description="= window (other strides are not supported)")
     ratios: list[int] = Field(
@@ -43,9 +41,7 @@ class BeaconSettings(BaseModel):
         return self
 
 
-class PasskeySettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class PasskeySettings(Settings):
     lengths: list[int] = Field(
         default_factory=lambda: [1024, 2048, 4096], description="prompt tokens"
     )
@@ -54,9 +50,7 @@ class PasskeySettings(BaseModel):
     seed: int = 0
 
 
-class LongPplSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class LongPplSettings(Settings):
     buckets: list[int] = Field(
         default_factory=lambda: [1024, 4096, 16384, 65536], description="upper edges"
     )
@@ -166,14 +160,14 @@ def load_beacon(model, path):
 
 
 @hookimpl
-def tune_evaluate(names, model, data, ctx):
+def tune_evaluate(names, settings, model, data, ctx):
     out = {}
     if "passkey" in names:
         from tune_plugin_beacon.metrics import passkey
 
-        out.update(passkey(model, data, ctx.recipe.backends["metrics"]["passkey"].settings, ctx))
+        out.update(passkey(model, data, settings["passkey"], ctx))
     if "long_ppl" in names:
         from tune_plugin_beacon.metrics import long_ppl
 
-        out.update(long_ppl(model, data, ctx.recipe.backends["metrics"]["long_ppl"].settings))
+        out.update(long_ppl(model, data, settings["long_ppl"]))
     return out or None

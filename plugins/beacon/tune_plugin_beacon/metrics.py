@@ -7,6 +7,7 @@ import random
 from typing import Any
 
 import torch
+from tune.plugin import greedy_generate, text_prompt
 
 FILLER = (
     "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
@@ -42,17 +43,14 @@ def passkey(model: Any, data: Any, settings: Any, ctx: Any) -> dict[str, float]:
             for _ in range(settings.trials):
                 key = f"{rng.randrange(10**5):05d}"
                 prompt = passkey_prompt(tokenizer, length, depth, key)
-                enc = tokenizer(
-                    (tokenizer.bos_token or "") + prompt,
-                    add_special_tokens=False,
-                    return_tensors="pt",
-                )
-                ids = enc["input_ids"].to(data.device)
-                with torch.no_grad(), data.autocast():
-                    out = model.generate(
-                        input_ids=ids, max_new_tokens=8, do_sample=False, pad_token_id=data.pad_id
-                    )
-                text = tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()
+                text = greedy_generate(
+                    model,
+                    tokenizer,
+                    text_prompt(tokenizer, prompt),
+                    8,
+                    device=data.device,
+                    autocast=data.autocast(),
+                ).strip()
                 got = "".join(ch for ch in text if ch.isdigit())[:5]
                 exact += got == key
                 digits += sum(a == b for a, b in zip(got, key, strict=False))  # got may be short

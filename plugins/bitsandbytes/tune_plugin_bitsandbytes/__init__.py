@@ -9,16 +9,13 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
-from tune.builtin.optim import AdamStyleSettings
-from tune.hookspecs import hookimpl
+from pydantic import Field
+from tune.plugin import AdamStyleSettings, Settings, hookimpl, resolve_dtype
 
 DType = Literal["auto", "bfloat16", "float16", "float32"]
 
 
-class QuantSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class QuantSettings(Settings):
     compute_dtype: DType = Field(
         "auto", description="matmul dtype of 4-bit layers; auto = bf16 on a bf16 GPU, else fp32"
     )
@@ -61,15 +58,6 @@ def tune_provide(provide):
         provide.optimizer(name, settings, doc=doc)
 
 
-def _dtype(name: str, device: str):
-    import torch
-
-    if name == "auto":
-        bf16 = device.startswith("cuda") and torch.cuda.is_bf16_supported()
-        return torch.bfloat16 if bf16 else torch.float32
-    return getattr(torch, name)
-
-
 @hookimpl
 def tune_quantization_config(name, settings, ctx):
     from transformers import BitsAndBytesConfig
@@ -84,8 +72,8 @@ def tune_quantization_config(name, settings, ctx):
         load_in_4bit=True,
         bnb_4bit_quant_type=name,
         bnb_4bit_use_double_quant=settings.double_quant,
-        bnb_4bit_compute_dtype=_dtype(settings.compute_dtype, ctx.world.device),
-        bnb_4bit_quant_storage=_dtype(settings.quant_storage, ctx.world.device)
+        bnb_4bit_compute_dtype=resolve_dtype(settings.compute_dtype, ctx.world.device),
+        bnb_4bit_quant_storage=resolve_dtype(settings.quant_storage, ctx.world.device)
         if settings.quant_storage != "uint8"
         else "uint8",
         llm_int8_skip_modules=settings.skip_modules,
@@ -102,6 +90,14 @@ def tune_prepare_quantized_model(name, settings, model, ctx):
         use_gradient_checkpointing=checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False} if checkpointing else None,
     )
+
+
+@hookimpl
+def tune_logical_numel(name, settings, param):
+    """Packed 4-bit weights hold 8 / 4 = 2 values per byte of storage."""
+    if hasattr(param, "quant_state"):
+        return param.numel() * 2 * param.element_size()
+    return param.numel()
 
 
 @hookimpl

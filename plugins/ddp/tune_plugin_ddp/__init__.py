@@ -10,8 +10,7 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import Field
-from tune.distributed import MultiProcessSettings
-from tune.hookspecs import hookimpl
+from tune.plugin import MultiProcessSettings, hookimpl
 
 
 class DDPSettings(MultiProcessSettings):

@@ -7,9 +7,7 @@ import datetime
 
 import torch
 import torch.distributed as dist
-from tune.context import World
-from tune.distributed import join
-from tune.train.strategy import Strategy
+from tune.plugin import Strategy, World, join_world
 
 
 class DDPStrategy(Strategy):
@@ -20,7 +18,7 @@ class DDPStrategy(Strategy):
         self.settings = settings
 
     def setup(self, ctx) -> World:
-        started, device = join(ctx, "ddp")
+        started, device = join_world(ctx, "ddp")
         backend = self.settings.backend
         if backend == "auto":
             backend = "nccl" if device.startswith("cuda") else "gloo"

@@ -10,9 +10,7 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import Field
-from tune.distributed import MultiProcessSettings
-from tune.errors import TuneError
-from tune.hookspecs import hookimpl
+from tune.plugin import MultiProcessSettings, TuneError, hookimpl
 
 Offload = Literal["none", "cpu", "nvme"]
 
@@ -40,7 +38,7 @@ def tune_check_recipe(recipe):
     """Incompatible combinations, explained before any model loads."""
     if recipe.strategy.name != "deepspeed":
         return
-    settings = recipe.backends["strategy"].settings
+    settings = recipe.selected("strategy").settings
     where = f"{recipe.path}: [strategy]"
     if settings.offload_params != "none" and settings.zero_stage != 3:
         raise TuneError(

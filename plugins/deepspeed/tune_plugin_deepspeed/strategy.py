@@ -10,10 +10,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from tune.context import World
-from tune.distributed import join
-from tune.errors import TuneError
-from tune.train.strategy import Strategy, resolve_precision
+from tune.plugin import Strategy, TuneError, World, join_world, resolve_precision
 
 TAG = "deepspeed"
 # Keys tune fills from [train] and the world size; a raw JSON may not set them differently.
@@ -87,7 +84,7 @@ class DeepSpeedStrategy(Strategy):
     def setup(self, ctx) -> World:
         import deepspeed
 
-        started, device = join(ctx, "deepspeed")
+        started, device = join_world(ctx, "deepspeed")
         deepspeed.init_distributed(
             dist_backend="nccl" if device.startswith("cuda") else "gloo",
             timeout=datetime.timedelta(seconds=self.settings.timeout_s),

@@ -9,15 +9,13 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
-from tune.hookspecs import hookimpl
+from pydantic import BaseModel, Field
+from tune.plugin import Settings, TuneError, hookimpl
 
 Targets = Literal["all-linear"] | list[str] | None
 
 
-class _Settings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class _Settings(Settings):
     targets: Targets = Field(
         None,
         description='"all-linear", a list of module names, or None for the architecture default',
@@ -148,3 +146,27 @@ def tune_merge_adapter(name, settings, model, adapter_dir, ctx):
     import peft
 
     return peft.PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
+
+
+@hookimpl
+def tune_recipe_for_artifact(path):
+    """A PEFT adapter directory saved by any tool: its base model and method, from PEFT's own
+    adapter_config.json (so `tune merge` and `tune chat` open it)."""
+    import json
+    from pathlib import Path
+
+    config_file = Path(path) / "adapter_config.json"
+    if not config_file.is_file():
+        return None
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    base = config.get("base_model_name_or_path")
+    if not base:
+        raise TuneError(
+            "adapter_config.json has no base_model_name_or_path.",
+            where=str(config_file),
+            fix="merge from the tune run directory instead, which records the base.",
+        )
+    method = str(config.get("peft_type", "lora")).lower()
+    if method == "lora" and config.get("use_dora"):
+        method = "dora"
+    return {"model": {"path": base}, "adapt": [{"method": method}]}

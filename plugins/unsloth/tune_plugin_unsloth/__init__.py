@@ -15,17 +15,14 @@ import sys
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
-from tune.errors import TuneError
-from tune.hookspecs import hookimpl
+from pydantic import Field
+from tune.plugin import Settings, TuneError, hookimpl
 
 LOADER = "unsloth"
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
-class UnslothLoaderSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class UnslothLoaderSettings(Settings):
     dtype: Literal["auto", "bfloat16", "float16"] = Field(
         "auto", description="auto lets Unsloth pick"
     )
@@ -41,13 +38,11 @@ class UnslothLoaderSettings(BaseModel):
     random_state: int | None = Field(None, description="LoRA init seed; None = [train] seed")
 
 
-class UnslothQuantSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class UnslothQuantSettings(Settings):
+    """Unsloth quantizes while loading: no keys."""
 
 
-class UnslothLoraSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class UnslothLoraSettings(Settings):
     r: int = Field(16, ge=1)
     alpha: float | None = Field(None, description="lora_alpha; None = r")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="0 is Unsloth's optimized path")
@@ -185,34 +180,106 @@ def tune_prepare_quantized_model(name, settings, model, ctx):
     return model  # FastLanguageModel already prepared it for k-bit training
 
 
-@hookimpl
-def tune_load_model(name, settings, ctx):
+def _fast_language_model():
+    """Unsloth's FastLanguageModel, or a TuneError saying why it cannot be had here."""
+    reason = why_not_here()
+    if reason:
+        raise TuneError(
+            f"[model] loader = 'unsloth' cannot train here: {reason}.",
+            fix='use loader = "transformers" (tune-plugin-peft and tune-plugin-bitsandbytes '
+            "serve lora and nf4 for it), or run on a CUDA machine with unsloth installed.",
+        )
     from unsloth import FastLanguageModel
 
-    model, tokenizer = FastLanguageModel.from_pretrained(
+    return FastLanguageModel
+
+
+@hookimpl
+def tune_load_model(name, settings, ctx):
+    model, tokenizer = _fast_language_model().from_pretrained(
         **from_pretrained_kwargs(ctx.recipe, settings)
     )
-    if settings.chat_template:
-        from unsloth.chat_templates import get_chat_template
-
-        tokenizer = get_chat_template(tokenizer, chat_template=settings.chat_template)
+    tokenizer = _with_chat_template(tokenizer, settings)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
 
 
+def _with_chat_template(tokenizer, settings: UnslothLoaderSettings):
+    if not settings.chat_template:
+        return tokenizer
+    if not unsloth_installed():
+        raise TuneError(
+            f"chat_template = '{settings.chat_template}' is one of Unsloth's templates, and "
+            "unsloth is not installed here.",
+            where="[model] chat_template",
+            fix='pip install "tune-plugin-unsloth[unsloth]", or set [data] template instead.',
+        )
+    from unsloth.chat_templates import get_chat_template
+
+    return get_chat_template(tokenizer, chat_template=settings.chat_template)
+
+
+def _plain_tokenizer(settings: UnslothLoaderSettings, path: str):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(
+        path, trust_remote_code=settings.trust_remote_code, revision=settings.revision
+    )
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+@hookimpl
+def tune_load_tokenizer(name, settings, ctx):
+    """The model's own tokenizer (what FastLanguageModel returns), without loading weights or
+    needing a GPU: `tune data preview` works anywhere."""
+    path = ctx.recipe.model.path
+    try:
+        tokenizer = _plain_tokenizer(settings, path)
+    except OSError as exc:
+        raise TuneError(
+            f"cannot load the tokenizer of '{path}': {str(exc).splitlines()[0]}",
+            where=f"{ctx.recipe.path}: [model] path",
+            fix="check the hub id or local path (and HF_TOKEN for gated models).",
+        ) from None
+    return _with_chat_template(tokenizer, settings)
+
+
+@hookimpl
+def tune_load_for_inference(name, settings, dtype, ctx):
+    """For merge and chat: the 16-bit base through plain transformers. Merging a LoRA adapter
+    needs no Unsloth kernels, so a run trained on a GPU merges on any machine."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    path = ctx.recipe.model.path
+    model = AutoModelForCausalLM.from_pretrained(
+        path,
+        dtype=getattr(torch, dtype),
+        trust_remote_code=settings.trust_remote_code,
+        revision=settings.revision,
+    )
+    return model, _plain_tokenizer(settings, path)
+
+
+@hookimpl
+def tune_merge_adapter(name, settings, model, adapter_dir, ctx):
+    """Unsloth saves a standard PEFT LoRA adapter: PEFT merges it into the base."""
+    import peft
+
+    return peft.PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
+
+
 @hookimpl
 def tune_adapt_model(name, settings, model, ctx):
-    from unsloth import FastLanguageModel
-
     loader = ctx.recipe.selected("loader").settings
-    return FastLanguageModel.get_peft_model(
+    return _fast_language_model().get_peft_model(
         model, **get_peft_model_kwargs(ctx.recipe, loader, settings)
     )
 
 
 @hookimpl
 def tune_prepare_generation(name, settings, model, ctx):
-    from unsloth import FastLanguageModel
-
-    return FastLanguageModel.for_inference(model)
+    return _fast_language_model().for_inference(model)

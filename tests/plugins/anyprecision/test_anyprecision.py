@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import torch
+from tune.testing import recipe_dict
 from tune_plugin_anyprecision.optimizer import AnyPrecisionAdamW
-
-from tests.conftest import recipe_dict
 
 
 def _regression(steps: int, make_optimizer, dtype):
@@ -59,14 +58,14 @@ def test_fp32_states_without_kahan_equal_torch_adamw():
     assert torch.allclose(ours, ref, atol=1e-5)
 
 
-def test_state_dtypes_and_recipe_run(tmp_path, train_recipe):
+def test_state_dtypes_and_recipe_run(tmp_path, run_recipe):
     data = recipe_dict(
         tmp_path,
         model={"dtype": "bfloat16"},
         optimizer={"name": "anyprecision_adamw", "lr": 1e-3},
         train={"max_steps": 4, "precision": "bf16"},
     )
-    summary, _ = train_recipe(data)
+    summary, _ = run_recipe(data)
     assert summary["last_loss"] < summary["first_loss"]
     w = torch.nn.Parameter(torch.zeros(4, dtype=torch.bfloat16))
     opt = AnyPrecisionAdamW([w], use_kahan_summation=True)

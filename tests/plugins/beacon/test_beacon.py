@@ -6,9 +6,8 @@ import copy
 
 import pytest
 import torch
+from tune.testing import recipe_dict
 from tune_plugin_beacon.model import BeaconConfig, attach, beacon_parameters, encode, max_position
-
-from tests.conftest import recipe_dict
 
 
 def tiny(arch: str = "tiny-llama", **overrides):
@@ -111,9 +110,8 @@ def test_only_beacon_parameters_learn_and_gradients_cross_windows(tmp_path):
     from tune.context import RunContext
     from tune.plugins import get_plugin_manager
     from tune.recipe import load_recipe
+    from tune.testing import write_recipe
     from tune_plugin_beacon import BeaconSettings, tune_adapt_model
-
-    from tests.conftest import write_recipe
 
     recipe = load_recipe(
         write_recipe(tmp_path, recipe_dict(tmp_path)), plugins=get_plugin_manager()

@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 
 import torch
+from tune.testing import REPO, chat_rows, recipe_dict, run_cli, write_jsonl
 
-from tests.conftest import REPO, chat_rows, recipe_dict, run_cli, write_jsonl
 from tests.core import hook_plugin
 
 HOOKS = ["tests.core.hook_plugin"]
@@ -54,7 +54,7 @@ def test_tiny_longctx_recipe_trains(tmp_path):
     assert (out / "final/beacon.safetensors").exists() and (out / "final/beacon.json").exists()
 
 
-def test_saved_beacon_reloads_onto_the_base(tmp_path, train_recipe):
+def test_saved_beacon_reloads_onto_the_base(tmp_path, run_recipe):
     from transformers import AutoModelForCausalLM
     from tune.builtin.tiny import materialize
     from tune_plugin_beacon import load_beacon
@@ -62,7 +62,7 @@ def test_saved_beacon_reloads_onto_the_base(tmp_path, train_recipe):
     hook_plugin.PROBES.clear()
     data = longctx(tmp_path, eval={"metrics": ["probe"]})
     data["adapt"][0]["only_train_beacon"] = True
-    train_recipe(data, plugins=HOOKS)
+    run_recipe(data, plugins=HOOKS)
     base = AutoModelForCausalLM.from_pretrained(
         str(materialize("tiny-llama", {}, 0)), dtype=torch.float32
     ).eval()
@@ -72,12 +72,12 @@ def test_saved_beacon_reloads_onto_the_base(tmp_path, train_recipe):
     assert torch.allclose(logits, hook_plugin.PROBES[-1], atol=1e-5)
 
 
-def test_beacon_then_lora_trains_saves_and_merges(tmp_path, train_recipe):
+def test_beacon_then_lora_trains_saves_and_merges(tmp_path, run_recipe):
     hook_plugin.PROBES.clear()
     lora = {"method": "lora", "r": 4, "alpha": 8, "targets": ["q_proj", "v_proj"]}
     data = longctx(tmp_path, adapt_extra=[lora], eval={"metrics": ["probe"]})
     data["adapt"][0]["only_train_beacon"] = True
-    summary, _ = train_recipe(data, plugins=HOOKS)
+    summary, _ = run_recipe(data, plugins=HOOKS)
     assert summary["last_loss"] < summary["first_loss"]
     final = tmp_path / "run/final"
     assert (final / "adapter_config.json").exists() and (final / "beacon.safetensors").exists()
@@ -156,7 +156,7 @@ def test_llama_longctx_recipe_runs_on_cpu_with_a_tiny_model(tmp_path):
     assert (out / "final/beacon.safetensors").exists()
 
 
-def test_chat_reads_a_prompt_past_the_base_models_positions(tmp_path, train_recipe):
+def test_chat_reads_a_prompt_past_the_base_models_positions(tmp_path, run_recipe):
     """`tune chat` loads base + trained beacon and answers a prompt of 3x the base's positions,
     exactly as the beacon model in this process does."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -165,7 +165,7 @@ def test_chat_reads_a_prompt_past_the_base_models_positions(tmp_path, train_reci
     data = longctx(tmp_path)
     data["train"]["max_steps"] = 2
     data["adapt"][0]["inference_ratio"] = 8
-    train_recipe(data)
+    run_recipe(data)
     final = tmp_path / "run" / "final"
     prompt = "The grass is green. The sky is blue. " * 340  # ~12.6k tokens vs 4096 positions
     (tmp_path / "long.txt").write_text(prompt)

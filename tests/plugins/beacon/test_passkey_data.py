@@ -7,7 +7,7 @@ import random
 import subprocess
 import sys
 
-from tests.conftest import REPO
+from tune.testing import REPO
 
 GENERATOR = REPO / "recipes" / "data" / "make_passkey_docs.py"
 

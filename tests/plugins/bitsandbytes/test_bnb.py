@@ -6,8 +6,7 @@ import json
 
 import pytest
 import torch
-
-from tests.conftest import recipe_dict, run_cli
+from tune.testing import recipe_dict, run_cli
 
 
 def qlora(tmp_path, quantize="nf4", optimizer="adamw_8bit", **train):
@@ -21,8 +20,8 @@ def qlora(tmp_path, quantize="nf4", optimizer="adamw_8bit", **train):
 
 
 @pytest.mark.parametrize("quantize", ["nf4", "fp4", "int8"])
-def test_qlora_trains_on_a_quantized_base(tmp_path, train_recipe, quantize):
-    summary, _ = train_recipe(qlora(tmp_path, quantize, gradient_checkpointing=True))
+def test_qlora_trains_on_a_quantized_base(tmp_path, run_recipe, quantize):
+    summary, _ = run_recipe(qlora(tmp_path, quantize, gradient_checkpointing=True))
     assert summary["last_loss"] < summary["first_loss"]
     config = json.loads((tmp_path / "run/final/adapter_config.json").read_text())
     assert config["peft_type"] == "LORA"
@@ -33,9 +32,8 @@ def test_quantized_layers_are_really_4bit(tmp_path):
     from tune.context import RunContext
     from tune.plugins import get_plugin_manager
     from tune.recipe import load_recipe
+    from tune.testing import write_recipe
     from tune.train.run import call_backend
-
-    from tests.conftest import write_recipe
 
     pm = get_plugin_manager()
     recipe = load_recipe(write_recipe(tmp_path, qlora(tmp_path)), plugins=pm)
@@ -54,9 +52,9 @@ def test_quantized_layers_are_really_4bit(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["paged_adamw_8bit", "paged_adamw_32bit", "lion_8bit"])
-def test_other_bnb_optimizers_train(tmp_path, train_recipe, name):
+def test_other_bnb_optimizers_train(tmp_path, run_recipe, name):
     data = recipe_dict(tmp_path, optimizer={"name": name, "lr": 1e-3}, train={"max_steps": 3})
-    summary, _ = train_recipe(data)
+    summary, _ = run_recipe(data)
     assert summary["last_loss"] < summary["first_loss"]
 
 
@@ -107,8 +105,8 @@ def test_quickstart_qlora_recipe_runs(tmp_path):
     assert (out / "final/adapter_model.safetensors").exists()
 
 
-def test_merge_an_adapter_trained_on_a_4bit_base(tmp_path, train_recipe):
-    train_recipe(qlora(tmp_path))
+def test_merge_an_adapter_trained_on_a_4bit_base(tmp_path, run_recipe):
+    run_recipe(qlora(tmp_path))
     res = run_cli(
         "merge", str(tmp_path / "run"), "--out", str(tmp_path / "merged"), "--dtype", "bf16"
     )

@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 
 import pytest
+from tune.testing import recipe_dict, run_cli, write_recipe
 
-from tests.conftest import recipe_dict, run_cli, write_recipe
 from tests.plugins.distributed import dist_recipe, launch, losses, max_diff, weights
 
 

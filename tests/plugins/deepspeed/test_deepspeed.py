@@ -7,8 +7,8 @@ import subprocess
 import sys
 
 import pytest
+from tune.testing import recipe_dict, run_cli, write_recipe
 
-from tests.conftest import recipe_dict, run_cli, write_recipe
 from tests.plugins.ddp.test_ddp import check_parity, single_sgd  # noqa: F401 (fixture)
 from tests.plugins.distributed import dist_recipe, launch, losses, max_diff, weights
 

@@ -10,13 +10,12 @@ from __future__ import annotations
 import json
 
 import torch
-
-from tests.conftest import recipe_dict
+from tune.testing import recipe_dict
 
 STEPS, MICRO, ACCUM, LR, SEED = 8, 2, 2, 2e-3, 42
 
 
-def test_per_step_losses_match_transformers_trainer(tmp_path, train_recipe):
+def test_per_step_losses_match_transformers_trainer(tmp_path, run_recipe):
     data = recipe_dict(
         tmp_path,
         n_rows=40,
@@ -32,7 +31,7 @@ def test_per_step_losses_match_transformers_trainer(tmp_path, train_recipe):
             "max_grad_norm": 1.0,
         },
     )
-    _, recipe = train_recipe(data)
+    _, recipe = run_recipe(data)
     records = [json.loads(x) for x in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
     ours = [r["loss"] for r in records if r["kind"] == "train"]
 

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 import torch
+from tune.testing import recipe_dict, run_cli
 
-from tests.conftest import recipe_dict, run_cli
 from tests.core import hook_plugin
 
 HOOKS = ["tests.core.hook_plugin"]
@@ -51,14 +51,14 @@ def lora_recipe(tmp_path, method="lora", **adapt):
         ("lokr", {"r": 4}),
     ],
 )
-def test_method_trains_and_reloads_with_plain_peft(tmp_path, train_recipe, method, adapt):
+def test_method_trains_and_reloads_with_plain_peft(tmp_path, run_recipe, method, adapt):
     hook_plugin.PROBES.clear()
     if method == "ia3":
         adapt = {"targets": ["q_proj", "v_proj", "down_proj"], "feedforward_modules": ["down_proj"]}
     data = lora_recipe(tmp_path, method, **adapt)
     if method == "ia3":
         data["optimizer"]["lr"] = 5e-2
-    summary, _ = train_recipe(data, plugins=HOOKS)
+    summary, _ = run_recipe(data, plugins=HOOKS)
     assert summary["last_loss"] < summary["first_loss"]
     assert summary["trainable_params"] < 0.5 * summary["total_params"]
     final = tmp_path / "run" / "final"
@@ -76,11 +76,11 @@ def test_method_trains_and_reloads_with_plain_peft(tmp_path, train_recipe, metho
     assert torch.allclose(plain, trained, atol=1e-5), float((plain - trained).abs().max())
 
 
-def test_merge_gives_the_adapter_models_logits_and_chat_replies_as_trained(tmp_path, train_recipe):
+def test_merge_gives_the_adapter_models_logits_and_chat_replies_as_trained(tmp_path, run_recipe):
     hook_plugin.PROBES.clear()
     data = lora_recipe(tmp_path, r=8, alpha=16)
     data["generate"] = {"prompts": ["reverse hello"], "max_new_tokens": 6}
-    summary, _ = train_recipe(data, plugins=HOOKS)
+    summary, _ = run_recipe(data, plugins=HOOKS)
     # `tune chat` loads the run the merge way and speaks through the trained chat template
     res = run_cli(
         "chat", str(tmp_path / "run"), "--prompt", "reverse hello", "--max-new-tokens", "6"

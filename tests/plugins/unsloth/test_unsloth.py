@@ -9,14 +9,13 @@ import sys
 import pytest
 from tune.plugins import get_plugin_manager
 from tune.recipe import load_recipe
+from tune.testing import REPO, chat_rows, run_cli, write_jsonl
 from tune_plugin_unsloth import (
     ALL_LINEAR,
     from_pretrained_kwargs,
     get_peft_model_kwargs,
     gpu_present,
 )
-
-from tests.conftest import REPO, chat_rows, run_cli, write_jsonl
 
 RECIPE = REPO / "recipes" / "llama3.2-3b-unsloth.toml"
 no_gpu = pytest.mark.skipif(gpu_present(), reason="checks the no-GPU behaviour")

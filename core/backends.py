@@ -1,0 +1,124 @@
+"""Backend declarations: what `tune_provide` receives, and what the manager keeps of it.
+
+Imports no torch.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pydantic import BaseModel
+from tune.kinds import KINDS, LM_EXAMPLES
+from tune.settings import Settings
+
+if TYPE_CHECKING:  # pragma: no cover
+    from tune.plugins import PluginManager
+
+CATALOG = Path(__file__).parent / "assets" / "catalog.toml"
+
+
+class NoSettings(Settings):
+    """Settings model of a backend that takes no keys."""
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One named backend, as declared by one plugin."""
+
+    kind: str
+    name: str
+    settings: type[BaseModel]
+    plugin: str
+    doc: str = ""
+    for_loader: str | None = None
+    examples: str | None = None  # formats: the example kind produced; objectives: consumed
+
+    @property
+    def label(self) -> str:
+        scope = f"@{self.for_loader}" if self.for_loader else ""
+        return f"{self.kind}:{self.name}{scope}"
+
+    @property
+    def where(self) -> str:
+        return KINDS[self.kind].where
+
+
+class Provide:
+    """Handed to `tune_provide`: each call declares one backend of the calling plugin."""
+
+    def __init__(self, manager: PluginManager):
+        self._manager = manager
+
+    def _declare(self, kind, name, settings, doc, for_loader=None, examples=None) -> None:
+        settings = settings or NoSettings
+        if not (isinstance(settings, type) and issubclass(settings, BaseModel)):
+            raise TypeError(f"settings for {kind} '{name}' must be a pydantic model class")
+        if KINDS[kind].has_examples:
+            examples = examples or LM_EXAMPLES
+        backend = Backend(kind, name, settings, "?", doc.strip(), for_loader, examples)
+        self._manager._declare(backend)
+
+    def loader(self, name: str, settings: type[BaseModel] | None = None, doc: str = "") -> None:
+        """`[model] loader = name`: loads the model and tokenizer."""
+        self._declare("loader", name, settings, doc)
+
+    def quantization(
+        self, name: str, settings=None, doc: str = "", for_loader: str | None = None
+    ) -> None:
+        """`[model] quantize = name`, settings in `[model.quantization]`."""
+        self._declare("quantization", name, settings, doc, for_loader)
+
+    def adapter(
+        self, name: str, settings=None, doc: str = "", for_loader: str | None = None
+    ) -> None:
+        """`[[adapt]] method = name`: one step of the adapt chain."""
+        self._declare("adapter", name, settings, doc, for_loader)
+
+    def data_source(self, name: str, settings=None, doc: str = "") -> None:
+        """`[data.source] name = name`: where rows come from (default "files")."""
+        self._declare("data_source", name, settings, doc)
+
+    def data_format(self, name: str, settings=None, doc: str = "", examples: str = "") -> None:
+        """`[data] format = name`: rows to examples of kind `examples` (default "lm")."""
+        self._declare("data_format", name, settings, doc, examples=examples)
+
+    def optimizer(self, name: str, settings=None, doc: str = "") -> None:
+        """`[optimizer] name = name`."""
+        self._declare("optimizer", name, settings, doc)
+
+    def objective(self, name: str, settings=None, doc: str = "", examples: str = "") -> None:
+        """`[objective] name = name`: the loss of a step, over examples of kind `examples`."""
+        self._declare("objective", name, settings, doc, examples=examples)
+
+    def strategy(self, name: str, settings=None, doc: str = "") -> None:
+        """`[strategy] name = name`."""
+        self._declare("strategy", name, settings, doc)
+
+    def metric(self, name: str, settings=None, doc: str = "") -> None:
+        """A name in `[eval] metrics`, settings in `[eval.<name>]`."""
+        self._declare("metric", name, settings, doc)
+
+    def tracker(self, name: str, settings=None, doc: str = "") -> None:
+        """`[[track]] name = name`: receives the run's events (main process only)."""
+        self._declare("tracker", name, settings, doc)
+
+
+@functools.lru_cache(maxsize=1)
+def catalog() -> dict[str, dict]:
+    """Known distributions and the backends they serve (core/assets/catalog.toml)."""
+    from tune.recipe.toml import tomllib
+
+    return tomllib.loads(CATALOG.read_text(encoding="utf-8"))
+
+
+def install_hint(kind: str, name: str) -> str | None:
+    """`pip install ...` for the distribution the catalog says serves `kind` `name`, or None."""
+    for dist, entry in catalog().items():
+        if name in entry.get(kind, ()):
+            folder = entry.get("folder")
+            local = f" (or ./{folder} from a tune checkout)" if folder else ""
+            return f"pip install {dist}{local}."
+    return None

@@ -1,0 +1,100 @@
+"""`tune merge` and `tune chat`: a trained run loaded back."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+from tune.cli import (
+    CONTEXT_SETTINGS,
+    _console,
+    _plugin_manager,
+    cli,
+    plugin_option,
+)
+from tune.errors import TuneError
+
+
+@cli.command(context_settings=CONTEXT_SETTINGS)
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option(
+    "--out", required=True, type=click.Path(path_type=Path), help="Where to write the model."
+)
+@click.option(
+    "--dtype", type=click.Choice(["bf16", "fp16", "fp32"]), default="bf16", show_default=True
+)
+@plugin_option
+@click.pass_context
+def merge(ctx, source: Path, out: Path, dtype: str, plugin_opts: tuple[str, ...]) -> None:
+    """Merge a run's adapter (or a PEFT adapter dir) into its base: a plain transformers model."""
+    from tune.merge import merge as merge_adapter
+
+    pm = _plugin_manager(ctx, plugin_opts)
+    written = merge_adapter(source, out, dtype, pm)
+    _console().print(f"[green]merged[/green] {source} -> {written} ({dtype})")
+
+
+@cli.command(context_settings=CONTEXT_SETTINGS)
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option("--prompt", "prompts", multiple=True, help="Send this message and exit (repeatable).")
+@click.option(
+    "--prompt-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Send this file's whole text as one message (e.g. a long document) and exit.",
+)
+@click.option("--max-new-tokens", type=int, default=256, show_default=True)
+@click.option("--system", default=None, help="System prompt (chat-trained runs).")
+@click.option("--raw", is_flag=True, help="Continue text as written, without the chat template.")
+@click.option(
+    "--dtype",
+    type=click.Choice(["bf16", "fp16", "fp32"]),
+    default=None,
+    help="Weights dtype [default: bf16 on a GPU, fp32 on CPU].",
+)
+@plugin_option
+@click.pass_context
+def chat(
+    ctx,
+    source: Path,
+    prompts: tuple[str, ...],
+    prompt_file: Path | None,
+    max_new_tokens: int,
+    system: str | None,
+    raw: bool,
+    dtype: str | None,
+    plugin_opts: tuple[str, ...],
+) -> None:
+    """Talk to a trained run (its output_dir or final/): one message per line, /exit to stop."""
+    from tune.chat import open_session, repl
+
+    messages = list(prompts)
+    if prompt_file is not None:
+        if not prompt_file.is_file():
+            raise TuneError(
+                "file not found.", where=str(prompt_file), fix="give the path of a text file."
+            )
+        messages.append(prompt_file.read_text(encoding="utf-8"))
+    pm = _plugin_manager(ctx, plugin_opts)
+    if dtype is None:
+        from tune.devices import auto_device, resolve_precision
+
+        dtype = resolve_precision("auto", auto_device())
+    session = open_session(source, pm, dtype, max_new_tokens, system, raw)
+    if messages:
+        for message in messages:
+            click.echo(session.reply(message))
+        return
+    lines = sys.stdin
+    if sys.stdin.isatty():
+        click.echo(f"tune chat: {source} (one message per line; /reset, /exit)", err=True)
+        lines = _typed_lines()
+    repl(session, lines, click.echo)
+
+
+def _typed_lines():
+    while True:
+        try:
+            yield input(">>> ")
+        except (EOFError, KeyboardInterrupt):
+            return

@@ -1,0 +1,161 @@
+"""`tune validate`, `tune run`, `tune data preview|stats`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+from tune.cli import (
+    CONTEXT_SETTINGS,
+    _console,
+    _plugin_manager,
+    cli,
+    find_recipe,
+    override_option,
+    plugin_option,
+)
+
+
+# -- validate and run ---------------------------------------------------------------------------
+def _validated(ctx, recipe_text, overrides, plugin_opts):
+    from tune.context import RunContext
+    from tune.data.pipeline import validate_data
+    from tune.recipe import load_recipe
+
+    pm = _plugin_manager(ctx, plugin_opts)
+    recipe = load_recipe(find_recipe(recipe_text), list(overrides), plugins=pm)
+    run_ctx = RunContext(recipe=recipe, output_dir=Path(recipe.train.output_dir))
+    summary = validate_data(pm, run_ctx)
+    return pm, recipe, summary
+
+
+@cli.command(context_settings=CONTEXT_SETTINGS)
+@click.argument("recipe")
+@override_option
+@plugin_option
+@click.pass_context
+def validate(ctx, recipe: str, overrides: tuple[str, ...], plugin_opts: tuple[str, ...]) -> None:
+    """Check a recipe, its plugins and its data files without loading a model."""
+    from rich.table import Table
+
+    _, rec, data_summary = _validated(ctx, recipe, overrides, plugin_opts)
+    table = Table("CONCERN", "BACKEND", "PLUGIN", box=None)
+    b = rec.backends
+    rows = [("strategy", b["strategy"]), ("loader", b["loader"])]
+    rows += [("quantize", b["quantization"])] if "quantization" in b else []
+    rows += [("adapt", sel) for sel in b["adapt"]]
+    rows += [("data", b["data_format"]), ("data source", b["data_source"])]
+    for fmt, src in zip(b["data_mix"], b["data_mix_source"], strict=True):
+        rows += [("data mix", fmt), ("data mix source", src)]
+    rows += [("optimizer", b["optimizer"]), ("objective", b["objective"])]
+    rows += [("metric", sel) for sel in b["metrics"].values()]
+    rows += [("tracker", sel) for sel in b["track"]]
+    for label, sel in rows:
+        table.add_row(label, sel.backend.name, sel.backend.plugin)
+    console = _console()
+    console.print(f"[green]ok[/green] {rec.path}" + (f": {data_summary}" if data_summary else ""))
+    console.print(table)
+
+
+@cli.command(context_settings=CONTEXT_SETTINGS)
+@click.argument("recipe")
+@override_option
+@click.option("--resume", is_flag=True, help="Continue from the latest checkpoint in output_dir.")
+@click.option(
+    "--resume-from",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Continue from this checkpoint directory.",
+)
+@click.option("--overwrite", is_flag=True, help="Replace a previous run in output_dir.")
+@click.option(
+    "--nproc-per-node",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Processes per node (relaunches under torchrun).",
+)
+@click.option("--nnodes", type=int, default=1, show_default=True, help="Number of nodes.")
+@click.option("--node-rank", type=int, default=0, show_default=True, help="This node's rank.")
+@click.option("--master-addr", default=None, help="Address of the rank-0 node (multi-node).")
+@click.option("--master-port", type=int, default=None, help="Port of the rank-0 node (multi-node).")
+@plugin_option
+@click.pass_context
+def run(
+    ctx,
+    recipe,
+    overrides,
+    resume,
+    resume_from,
+    overwrite,
+    nproc_per_node,
+    nnodes,
+    node_rank,
+    master_addr,
+    master_port,
+    plugin_opts,
+) -> None:
+    """Train with RECIPE (a path, or the name of a shipped recipe such as quickstart).
+
+    With --nproc-per-node N (and --nnodes ...), tune validates once, then relaunches itself under
+    torch.distributed.run; a run started by torchrun, deepspeed or srun joins by itself.
+    """
+    from tune.distributed import env_world, relaunch
+
+    pm, rec, _ = _validated(ctx, recipe, overrides, plugin_opts)
+    if (nproc_per_node > 1 or nnodes > 1) and env_world() is None:
+        args = ["run", str(rec.path)]
+        for item in overrides:
+            args += ["-o", item]
+        for item in list((ctx.find_root().obj or {}).get("plugin_opts", ())) + list(plugin_opts):
+            args += ["-p", item]
+        if resume:
+            args.append("--resume")
+        if resume_from is not None:
+            args += ["--resume-from", str(resume_from)]
+        if overwrite:
+            args.append("--overwrite")
+        code = relaunch(args, nproc_per_node, nnodes, node_rank, master_addr, master_port)
+        sys.exit(code)
+    from tune.train.run import run_training
+
+    run_training(
+        rec,
+        pm,
+        resume=resume or resume_from is not None,
+        resume_from=resume_from,
+        overwrite=overwrite,
+    )
+
+
+@cli.group(context_settings=CONTEXT_SETTINGS)
+def data() -> None:
+    """See the data as the model will: rendered tokens, lengths, batching efficiency."""
+
+
+@data.command("preview")
+@click.argument("recipe")
+@click.option("-n", "count", type=int, default=3, show_default=True, help="How many examples.")
+@override_option
+@plugin_option
+@click.pass_context
+def data_preview(ctx, recipe: str, count: int, overrides, plugin_opts) -> None:
+    """Render examples exactly as trained: trained tokens green, masked tokens dim."""
+    from tune.data.inspect import preview
+
+    pm, rec, _ = _validated(ctx, recipe, overrides, plugin_opts)
+    preview(rec, pm, count, _console())
+
+
+@data.command("stats")
+@click.argument("recipe")
+@override_option
+@plugin_option
+@click.pass_context
+def data_stats(ctx, recipe: str, overrides, plugin_opts) -> None:
+    """Length histogram, packing/padding efficiency and the estimated number of steps."""
+    from tune.data.inspect import stats
+
+    pm, rec, _ = _validated(ctx, recipe, overrides, plugin_opts)
+    stats(rec, pm, _console())

@@ -1,0 +1,77 @@
+"""`DataFormat`: what a format plugin returns from `tune_format_data`. Rows in, examples out.
+
+The core reads the rows (through the data source), splits off eval rows, caches the examples,
+tokenizes in parallel and streams; a format only says how one row is checked (`check`, no
+tokenizer, no torch: `tune validate` runs it on every row) and how one checked row becomes
+examples (`encode`). The object is pickled to tokenization workers, so keep it plain data.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from tune.data.examples import IGNORE
+
+Example = dict[str, Any]
+
+
+class DataFormat:
+    """Base class of data formats. Subclasses implement `check` and `encode`."""
+
+    # True when conversations are rendered through the tokenizer's chat template: `tune chat`
+    # then talks to the trained model through that template, as it was trained.
+    chat: bool = False
+
+    def __init__(self, settings: Any, tokenizer: Any = None, *, max_seq_len: int, where: str):
+        self.settings = settings
+        self.tokenizer = tokenizer  # None at validation time
+        self.max_seq_len = max_seq_len
+        self.where = where  # the recipe table, for messages: "recipe.toml: [data]"
+        self.counts: Counter[str] = Counter()  # events for the run summary (truncated, ...)
+
+    def check(self, row: dict[str, Any], where: str) -> Any:
+        """Validate and normalize one row; raise `TuneError(where=where)` naming what is wrong.
+
+        Runs without a tokenizer and without torch. The return value (any picklable record) is
+        what `encode` receives.
+        """
+        raise NotImplementedError
+
+    def encode(self, record: Any, where: str) -> list[Example]:
+        """Tokenize one checked record into zero or more examples (`self.tokenizer` is set).
+
+        Add what happened to `self.counts` ("truncated", "dropped", ...): the core sums the
+        counts of all rows (and workers) into the run summary.
+        """
+        raise NotImplementedError
+
+    def render_prompt(self, text: str) -> str:
+        """How a `[generate]` prompt is shown to the trained model (default: BOS + text)."""
+        from tune.generation import text_prompt
+
+        return text_prompt(self.tokenizer, text)
+
+    def cache_key(self) -> Any:
+        """What decides the examples besides the rows, tokenizer and max_seq_len."""
+        return self.settings.model_dump(mode="json")
+
+    # -- helpers for "lm" examples ({"input_ids", "labels"}) ------------------------------------
+    def fit(self, examples: list[Example], mode: str = "truncate") -> list[Example]:
+        """Apply the length policy and drop examples with nothing to train, counting both.
+
+        `mode` "truncate" cuts an example's tail to max_seq_len, "drop" drops the example.
+        """
+        kept = []
+        for example in examples:
+            if len(example["input_ids"]) > self.max_seq_len:
+                if mode == "drop":
+                    self.counts["dropped"] += 1
+                    continue
+                example = {k: v[: self.max_seq_len] for k, v in example.items()}
+                self.counts["truncated"] += 1
+            if any(label != IGNORE for label in example["labels"][1:]):
+                kept.append(example)
+            else:
+                self.counts["dropped"] += 1
+        return kept

@@ -1,0 +1,258 @@
+"""From the recipe's data entries to tokenized examples: what every format and source gets free.
+
+An entry is `[data]` or one `[[data.mix]]` table: a source (where rows come from) and a format
+(rows to examples). For each, the core checks rows, splits off the eval rows, looks up the
+tokenization cache, tokenizes (in `num_proc` processes) and counts; with streaming it wires the
+source and format into a lazy reader instead. Training examples of all entries are
+concatenated, and the batcher's shuffle mixes them; eval comes from `[data]` only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import random
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from tune.context import RunContext
+from tune.data.examples import Examples, target_count
+from tune.errors import TuneError
+from tune.recipe import Selected
+
+VALIDATE_STREAM_ROWS = 100  # streaming validation checks only the first rows
+
+
+@dataclass
+class Entry:
+    """One data entry: its recipe table, format, source and specs."""
+
+    label: str  # "[data]" or "[[data.mix]] #1"
+    format: Selected
+    source: Selected
+    train: list[str]
+    eval: list[str]
+
+    def where(self, ctx: RunContext, key: str) -> str:
+        return f"{ctx.recipe.path}: {self.label} {key}"
+
+
+def entries(ctx: RunContext) -> list[Entry]:
+    recipe = ctx.recipe
+    data, b = recipe.data, recipe.backends
+    found = [Entry("[data]", b["data_format"], b["data_source"], data.train_files, data.eval_files)]
+    for i, (mix, fmt, src) in enumerate(
+        zip(data.mix, b["data_mix"], b["data_mix_source"], strict=True)
+    ):
+        found.append(Entry(f"[[data.mix]] #{i + 1}", fmt, src, mix.train_files, []))
+    return found
+
+
+def open_format(pm: Any, entry: Entry, tokenizer: Any, ctx: RunContext) -> Any:
+    return pm.call("tune_format_data", entry.format, tokenizer=tokenizer, ctx=ctx)
+
+
+def open_source(pm: Any, entry: Entry, ctx: RunContext) -> Any:
+    return pm.call("tune_open_data_source", entry.source, ctx=ctx)
+
+
+# -- validation (no tokenizer, no torch) ----------------------------------------------------------
+def validate_data(pm: Any, ctx: RunContext) -> str:
+    """Every entry's rows checked by its format; a one-line summary per entry, joined."""
+    lines = []
+    for entry in entries(ctx):
+        fmt, source = open_format(pm, entry, None, ctx), open_source(pm, entry, ctx)
+        where = entry.where(ctx, "train")
+        described = source.check(entry.train, where)
+        if ctx.recipe.data.streaming:
+            first = source.stream(entry.train, where, None)
+            for _, row_where, row in itertools.islice(first, VALIDATE_STREAM_ROWS):
+                fmt.check(row, row_where)
+            line = f"streaming {described} (first rows checked)"
+        else:
+            n_train, n_eval = _split_sizes(fmt, source, entry, ctx)
+            line = f"{n_train} train rows" + (f", {n_eval} eval rows" if n_eval else "")
+        lines.append((entry.format.backend.name, line))
+    if len(lines) == 1:
+        return lines[0][1]
+    return "; ".join(f"{name}: {line}" for name, line in lines)
+
+
+def _split_sizes(fmt, source, entry: Entry, ctx: RunContext) -> tuple[int, int]:
+    train, evals = read_split(fmt, source, entry, ctx)
+    return len(train), len(evals)
+
+
+# -- reading and splitting ------------------------------------------------------------------------
+def read_checked(fmt, source, specs: list[str], where: str) -> list[tuple[str, Any]]:
+    rows = [(w, fmt.check(row, w)) for w, row in source.rows(specs, where)]
+    if not rows:
+        raise TuneError(
+            "no rows found.",
+            where=where,
+            fix="the data is empty; point it at data with examples.",
+        )
+    return rows
+
+
+def read_split(fmt, source, entry: Entry, ctx: RunContext) -> tuple[list, list]:
+    """Checked (where, record) lists for train and eval: an eval spec, or a seeded fraction."""
+    data = ctx.recipe.data
+    train = read_checked(fmt, source, entry.train, entry.where(ctx, "train"))
+    if entry.eval:
+        return train, read_checked(fmt, source, entry.eval, entry.where(ctx, "eval"))
+    if data.eval_fraction and entry.label == "[data]":
+        order = list(range(len(train)))
+        random.Random(ctx.recipe.train.seed).shuffle(order)
+        held = set(order[: max(1, round(len(train) * data.eval_fraction))])
+        return [t for i, t in enumerate(train) if i not in held], [train[i] for i in sorted(held)]
+    return train, []
+
+
+# -- tokenization ---------------------------------------------------------------------------------
+def encode_records(fmt, records: list) -> tuple[list, dict[str, int]]:
+    """Encode checked records in order; returns (examples, counts the format noted)."""
+    fmt.counts = Counter()
+    out: list = []
+    for where, record in records:
+        out += fmt.encode(record, where)
+    return out, dict(fmt.counts)
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(fmt) -> None:
+    _WORKER["format"] = fmt
+
+
+def _encode_chunk(records: list) -> tuple[list, dict[str, int]]:
+    return encode_records(_WORKER["format"], records)
+
+
+def encode_parallel(fmt, records: list, num_proc: int) -> tuple[list, dict[str, int]]:
+    """`num_proc` processes over chunks of records; the result keeps the input order."""
+    if num_proc <= 1 or len(records) < 2 * num_proc:
+        return encode_records(fmt, records)
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    size = max(1, -(-len(records) // (num_proc * 4)))
+    chunks = [records[i : i + size] for i in range(0, len(records), size)]
+    out: list = []
+    counts: Counter[str] = Counter()
+    with ProcessPoolExecutor(
+        num_proc,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_init_worker,
+        initargs=(fmt,),
+    ) as pool:
+        for examples, part in pool.map(_encode_chunk, chunks):
+            out += examples
+            counts.update(part)
+    return out, dict(counts)
+
+
+def _cache_key(fmt, source, entry: Entry, tokenizer, ctx: RunContext) -> str:
+    from tune.data import cache
+
+    data = ctx.recipe.data
+    split = bool(data.eval_fraction and entry.label == "[data]" and not entry.eval)
+    return cache.make_key(
+        {
+            "format": entry.format.backend.name,
+            "format_key": fmt.cache_key(),
+            "source": entry.source.backend.name,
+            "source_settings": entry.source.settings.model_dump(mode="json"),
+            "train": source.fingerprint(entry.train, entry.where(ctx, "train")),
+            "eval": source.fingerprint(entry.eval, entry.where(ctx, "eval")) if entry.eval else "",
+            "eval_fraction": data.eval_fraction if split else 0.0,
+            "seed": ctx.recipe.train.seed if split else None,
+            "max_seq_len": ctx.recipe.model.max_seq_len,
+            "tokenizer": cache.tokenizer_digest(tokenizer),
+        }
+    )
+
+
+def tokenize_entry(pm: Any, entry: Entry, tokenizer: Any, ctx: RunContext) -> Examples:
+    """One entry's examples, from the cache when nothing that decides them changed."""
+    from tune.data import cache
+
+    fmt, source = open_format(pm, entry, tokenizer, ctx), open_source(pm, entry, ctx)
+    data = ctx.recipe.data
+    if data.streaming:
+        return _streaming(fmt, source, entry, ctx)
+    key = _cache_key(fmt, source, entry, tokenizer, ctx) if data.cache else None
+    cached = cache.load(key) if key else None
+    if cached is not None:
+        train, evals, stats = cached
+        stats["cache"] = "hit"
+        return Examples(train=train, eval=evals, render_prompt=fmt.render_prompt, stats=stats)
+    train_rows, eval_rows = read_split(fmt, source, entry, ctx)
+    train, counts = encode_parallel(fmt, train_rows, data.num_proc)
+    evals, eval_counts = encode_parallel(fmt, eval_rows, data.num_proc)
+    stats: dict[str, Any] = {"rows": len(train_rows) + len(eval_rows)}
+    stats.update({"truncated": 0, "dropped": 0, "windows": 0})
+    stats.update(Counter(counts) + Counter(eval_counts))
+    if not train:
+        raise TuneError(
+            f"no trainable examples left after tokenization ({stats['dropped']} dropped, "
+            f"max_seq_len = {ctx.recipe.model.max_seq_len}).",
+            where=f"{ctx.recipe.path}: {entry.label}",
+            fix='raise [model] max_seq_len, set truncation = "truncate", or check that the '
+            "examples have target tokens.",
+        )
+    stats["train_examples"], stats["eval_examples"] = len(train), len(evals)
+    if "input_ids" in train[0]:
+        stats["train_tokens"] = sum(len(e["input_ids"]) for e in train)
+    if "labels" in train[0]:
+        stats["train_target_tokens"] = sum(target_count(e) for e in train)
+    if key:
+        cache.store(key, train, evals, stats)
+    stats["cache"] = "miss" if key else "off"
+    return Examples(train=train, eval=evals, render_prompt=fmt.render_prompt, stats=stats)
+
+
+def _streaming(fmt, source, entry: Entry, ctx: RunContext) -> Examples:
+    """Examples whose train part is a lazy stream; eval (separate specs) is read as usual."""
+    from tune.data.stream import RowStream
+
+    where = entry.where(ctx, "train")
+
+    def encode(row_where: str, row: dict) -> tuple[list, dict[str, int]]:
+        return encode_records(fmt, [(row_where, fmt.check(row, row_where))])
+
+    evals: list = []
+    if entry.eval:
+        rows = read_checked(fmt, source, entry.eval, entry.where(ctx, "eval"))
+        evals, _ = encode_records(fmt, rows)
+    return Examples(
+        train=[],
+        eval=evals,
+        render_prompt=fmt.render_prompt,
+        stats={"streaming": True, "eval_examples": len(evals), "cache": "off"},
+        stream=RowStream(
+            rows=lambda start: source.stream(entry.train, where, start),
+            encode=encode,
+            where=where,
+        ),
+    )
+
+
+def load_examples(pm: Any, tokenizer: Any, ctx: RunContext) -> Examples:
+    """Tokenized examples of every entry; stats add up, per-entry counts under `sources`."""
+    parts = [tokenize_entry(pm, entry, tokenizer, ctx) for entry in entries(ctx)]
+    if len(parts) == 1:
+        return parts[0]
+    main = parts[0]
+    stats: dict[str, Any] = dict(main.stats)
+    for part in parts[1:]:
+        for key, value in part.stats.items():
+            if isinstance(value, int) and isinstance(stats.get(key), int):
+                stats[key] += value
+    caches = {part.stats.get("cache", "off") for part in parts}
+    stats["cache"] = caches.pop() if len(caches) == 1 else "partial"
+    stats["sources"] = [len(part.train) for part in parts]
+    train = [example for part in parts for example in part.train]
+    return dataclasses.replace(main, train=train, stats=stats)

@@ -1,0 +1,42 @@
+"""Devices and dtypes: the one place "auto" is decided (bf16 on a bf16 GPU, else fp32).
+
+Imports torch only inside the functions.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# Precision names used by recipes and commands, and the torch dtype names they mean.
+PRECISION_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+
+
+def auto_device() -> str:
+    """cuda:0 > mps > cpu."""
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda:0"
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    """`[train] precision`: "auto" is bf16 on a CUDA device that supports it, else fp32."""
+    if precision != "auto":
+        return precision
+    import torch
+
+    if device.startswith("cuda") and torch.cuda.is_bf16_supported():
+        return "bf16"
+    return "fp32"
+
+
+def resolve_dtype(name: str, device: str) -> Any:
+    """A torch dtype from "auto" | "bfloat16" | "float16" | "float32" (auto as above)."""
+    import torch
+
+    if name == "auto":
+        name = PRECISION_DTYPES[resolve_precision("auto", device)]
+    return getattr(torch, name)

@@ -1,0 +1,82 @@
+"""The public plugin API of tune: everything a plugin may import, in one place.
+
+    from tune.plugin import hookimpl, Settings, TuneError, ...
+
+Only this module and `tune.testing` are public. Every other `tune.*` module is private: it may
+change in any release. What is here follows the plugin API version `API_VERSION` (semver: a
+minor version adds, a major version may break); a plugin may declare the range it was built
+for with a module attribute `TUNE_API = ">=1,<2"`, and is not loaded outside it.
+Importing this module imports no torch.
+"""
+
+from __future__ import annotations
+
+from tune import PLUGIN_API as API_VERSION
+from tune import __version__
+from tune.context import RunContext, World
+from tune.data.batching import collate_packed
+from tune.data.examples import IGNORE, Examples, collate, target_count
+from tune.data.files import resolve_input
+from tune.data.format import DataFormat
+from tune.data.source import DataSource
+from tune.devices import auto_device, resolve_dtype, resolve_precision
+from tune.distributed import EnvWorld, env_world, join_world
+from tune.errors import TuneError, did_you_mean
+from tune.generation import greedy_generate, text_prompt
+from tune.hookspecs import hookimpl
+from tune.kinds import KINDS, LM_EXAMPLES
+from tune.recipe import Recipe, Selected
+from tune.settings import AdamStyleSettings, MultiProcessSettings, OptimizerSettings, Settings
+from tune.train.evaluation import EvalData
+from tune.train.objective import LossOutput, Objective
+from tune.train.strategy import Strategy, load_trainable, trainable_state
+from tune.train.tracker import RunInfo, Tracker
+
+__all__ = [
+    # the plugin API version, and tune's
+    "API_VERSION",
+    "__version__",
+    # declaring and implementing hooks
+    "hookimpl",
+    "KINDS",
+    "Settings",
+    "OptimizerSettings",
+    "AdamStyleSettings",
+    "MultiProcessSettings",
+    # what hooks receive
+    "RunContext",
+    "World",
+    "Recipe",
+    "Selected",
+    "EvalData",
+    # user mistakes
+    "TuneError",
+    "did_you_mean",
+    # data: sources and formats
+    "DataSource",
+    "DataFormat",
+    "Examples",
+    "LM_EXAMPLES",
+    "IGNORE",
+    "target_count",
+    "collate",
+    "collate_packed",
+    "resolve_input",
+    # training: objectives, strategies, trackers
+    "Objective",
+    "LossOutput",
+    "Strategy",
+    "trainable_state",
+    "load_trainable",
+    "Tracker",
+    "RunInfo",
+    # devices, processes, generation
+    "auto_device",
+    "resolve_precision",
+    "resolve_dtype",
+    "EnvWorld",
+    "env_world",
+    "join_world",
+    "greedy_generate",
+    "text_prompt",
+]

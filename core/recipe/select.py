@@ -1,0 +1,170 @@
+"""Choosing each backend a recipe names and validating its settings with the plugin's own model."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError
+from tune.errors import TuneError, did_you_mean
+from tune.recipe import Recipe, Selected
+from tune.recipe.messages import as_tune_error
+from tune.recipe.schema import CORE_KEYS
+
+ALL_ROLES = (
+    "strategy",
+    "loader",
+    "quantization",
+    "adapt",
+    "data_source",
+    "data_format",
+    "optimizer",
+    "objective",
+    "metrics",
+    "track",
+)
+
+
+def select_backends(recipe: Recipe, plugins: Any, roles: tuple[str, ...] = ALL_ROLES) -> None:
+    """Pick each backend the recipe names and validate its settings with its own model.
+
+    `roles` limits the choice (e.g. `tune merge` needs only the loader and the adapt chain, so
+    a run trained with a metric plugin that is not installed here still merges).
+    """
+    path, raw, b = recipe.path, recipe.raw, recipe.backends
+    loader = recipe.model.loader
+
+    def pick(kind, name, table, core, where, scope_loader=None) -> Selected:
+        backend = plugins.backend(kind, name, loader=scope_loader, where=str(path))
+        extra = {k: v for k, v in table.items() if k not in core}
+        try:
+            settings = backend.settings.model_validate(extra)
+        except ValidationError as exc:
+            raise as_tune_error(
+                exc, path, backend.settings, table_label=where, also=core, backend=backend
+            ) from None
+        return Selected(backend, settings)
+
+    if "strategy" in roles:
+        b["strategy"] = pick(
+            "strategy",
+            recipe.strategy.name,
+            raw.get("strategy", {}),
+            CORE_KEYS["strategy"],
+            "[strategy]",
+        )
+    if "loader" in roles:
+        b["loader"] = pick("loader", loader, raw["model"], CORE_KEYS["model"], "[model]")
+    if recipe.model.quantization and not recipe.model.quantize:
+        raise TuneError(
+            "[model.quantization] is set but [model] quantize is not.",
+            where=str(path),
+            fix='add quantize = "nf4" (or int8, fp4) to [model], or remove the table.',
+        )
+    if "quantization" in roles and recipe.model.quantize:
+        b["quantization"] = pick(
+            "quantization",
+            recipe.model.quantize,
+            recipe.model.quantization,
+            set(),
+            "[model.quantization]",
+            scope_loader=loader,
+        )
+    if "adapt" in roles:
+        b["adapt"] = [
+            pick(
+                "adapter",
+                step.method,
+                raw["adapt"][i],
+                CORE_KEYS["adapt"],
+                f"[[adapt]] #{i + 1}",
+                loader,
+            )
+            for i, step in enumerate(recipe.adapt)
+        ]
+    mixes = raw["data"].get("mix", [])
+    if "data_source" in roles:
+        b["data_source"] = _pick_source(pick, recipe.data.source, raw["data"], "[data.source]")
+        b["data_mix_source"] = [
+            _pick_source(pick, src.source, mixes[i], f"[[data.mix]] #{i + 1} source")
+            for i, src in enumerate(recipe.data.mix)
+        ]
+    if "data_format" in roles:
+        b["data_format"] = pick(
+            "data_format", recipe.data.format, raw["data"], CORE_KEYS["data"], "[data]"
+        )
+        b["data_mix"] = [
+            pick("data_format", src.format, mixes[i], CORE_KEYS["mix"], f"[[data.mix]] #{i + 1}")
+            for i, src in enumerate(recipe.data.mix)
+        ]
+    if "optimizer" in roles:
+        b["optimizer"] = pick(
+            "optimizer",
+            recipe.optimizer.name,
+            raw.get("optimizer", {}),
+            CORE_KEYS["optimizer"],
+            "[optimizer]",
+        )
+    if "objective" in roles:
+        b["objective"] = pick(
+            "objective",
+            recipe.objective.name,
+            raw.get("objective", {}),
+            CORE_KEYS["objective"],
+            "[objective]",
+        )
+    if "metrics" in roles:
+        b["metrics"] = _select_metrics(recipe, pick)
+    if "track" in roles:
+        b["track"] = [
+            pick("tracker", entry.name, raw["track"][i], CORE_KEYS["track"], f"[[track]] #{i + 1}")
+            for i, entry in enumerate(recipe.track)
+        ]
+    if "objective" in roles and "data_format" in roles:
+        _check_examples(recipe)
+    if roles == ALL_ROLES:
+        plugins.hook.tune_check_recipe(recipe=recipe)
+
+
+def _pick_source(pick, source, entry_raw: dict, where: str) -> Selected:
+    table = entry_raw.get("source", {})
+    table = {"name": table} if isinstance(table, str) else table
+    return pick("data_source", source.name, table, CORE_KEYS["source"], where)
+
+
+def _check_examples(recipe: Recipe) -> None:
+    """The objective must train on the kind of examples every data format produces."""
+    objective = recipe.selected("objective").backend
+    formats = [recipe.selected("data_format")] + recipe.backends["data_mix"]
+    for i, sel in enumerate(formats):
+        if sel.backend.examples == objective.examples:
+            continue
+        table = "[data]" if i == 0 else f"[[data.mix]] #{i}"
+        raise TuneError(
+            f"{table} format = '{sel.backend.name}' gives '{sel.backend.examples}' examples, "
+            f"but [objective] name = '{objective.name}' trains on '{objective.examples}' "
+            "examples.",
+            where=str(recipe.path),
+            fix="use an objective made for this data (e.g. a preference objective for preference "
+            "pairs) or a format that gives what the objective needs.",
+        )
+
+
+def _select_metrics(recipe: Recipe, pick) -> dict[str, Selected]:
+    """Each listed metric with the settings of its `[eval.<metric>]` table; stray tables rejected."""
+    eval_raw = recipe.raw.get("eval", {})
+    stray = set(eval_raw) - CORE_KEYS["eval"] - set(recipe.eval.metrics)
+    if stray:
+        key = sorted(stray)[0]
+        options = CORE_KEYS["eval"] | set(recipe.eval.metrics)
+        raise TuneError(
+            f"unknown key '{key}' in [eval].{did_you_mean(key, options)}",
+            where=str(recipe.path),
+            fix=f"[eval] accepts {', '.join(sorted(CORE_KEYS['eval']))}, and one table per metric "
+            "listed in metrics.",
+        )
+    metrics = {}
+    for name in recipe.eval.metrics:
+        table = eval_raw.get(name, {})
+        table = table if isinstance(table, dict) else {}
+        metrics[name] = pick("metric", name, table, set(), f"[eval.{name}]")
+    return metrics

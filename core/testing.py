@@ -1,0 +1,320 @@
+"""tune.testing: a pytest plugin for testing tune plugins with real, tiny runs.
+
+Installed with tune and active wherever it is (entry point `pytest11`); nothing here runs unless
+a test asks for it, except that tune's cache (tiny models, tokenized data) points at a temporary
+folder for the session, so tests never touch `~/.cache/tune`.
+
+Fixtures:
+    tune_plugin(obj, name=None)   register a plugin object (module, class instance) for one
+                                  test: in-process runs and plugin managers of that test see it
+    make_recipe(**sections)       a small recipe (tiny Llama, chat data, 4 steps) in tmp_path;
+                                  returns its path
+    run_recipe(recipe, ...)       run a recipe (dict or path) in-process; (summary, Recipe)
+
+Helpers (plain functions): `chat_rows`, `write_jsonl`, `recipe_dict`, `write_recipe`,
+`load_recipe`, `run`, `run_cli`, `launch`, `build_model`, `tiny_model`, `tiny_tokenizer`,
+`tokenize`, `train_losses`, `final_weights`, `max_weight_diff`, `registered`.
+Markers: `slow` (seconds or more), `gpu` (skipped without a CUDA GPU).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+CHAT_DATA = Path(__file__).parent / "assets" / "testing" / "chat.jsonl"
+
+__all__ = [
+    "build_model",
+    "chat_rows",
+    "final_weights",
+    "launch",
+    "load_recipe",
+    "max_weight_diff",
+    "recipe_dict",
+    "registered",
+    "run",
+    "run_cli",
+    "tiny_model",
+    "tiny_tokenizer",
+    "tokenize",
+    "train_losses",
+    "write_jsonl",
+    "write_recipe",
+]
+
+
+# -- pytest hooks ---------------------------------------------------------------------------------
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "slow: takes more than a few seconds")
+    config.addinivalue_line("markers", "gpu: needs a CUDA GPU; skipped without one")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """`gpu` tests skip cleanly where no CUDA device is visible (torch is asked only if needed)."""
+    gpu_items = [item for item in items if "gpu" in item.keywords]
+    if not gpu_items:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in gpu_items:
+        item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _tune_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Tiny models and tokenized data go to a session folder, never the user's cache."""
+    previous = os.environ.get("TUNE_CACHE")
+    os.environ["TUNE_CACHE"] = str(tmp_path_factory.mktemp("tune-cache"))
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    yield
+    if previous is None:
+        os.environ.pop("TUNE_CACHE", None)
+    else:
+        os.environ["TUNE_CACHE"] = previous
+
+
+# -- fixtures -------------------------------------------------------------------------------------
+@pytest.fixture
+def tune_plugin():
+    """`tune_plugin(obj, name=None)`: obj is a plugin for the rest of this test (in-process)."""
+    from tune import plugins
+
+    added: list[tuple[str, Any]] = []
+
+    def register(plugin: Any, name: str | None = None) -> str:
+        name = name or getattr(plugin, "__name__", None) or type(plugin).__name__
+        plugins._test_plugins.append((name, plugin))
+        added.append((name, plugin))
+        return name
+
+    yield register
+    for item in added:
+        plugins._test_plugins.remove(item)
+
+
+@pytest.fixture
+def make_recipe(tmp_path: Path):
+    """`make_recipe(name="recipe.toml", n_rows=64, **sections)`: a recipe file in tmp_path."""
+
+    def make(name: str = "recipe.toml", n_rows: int = 64, **sections: Any) -> Path:
+        return write_recipe(tmp_path, recipe_dict(tmp_path, n_rows, **sections), name)
+
+    return make
+
+
+@pytest.fixture
+def run_recipe(tmp_path: Path):
+    """`run_recipe(recipe, plugins=(), resume=False, overwrite=False)`: train in-process.
+
+    `recipe` is a dict (written to tmp_path first) or a path. Returns (summary, Recipe).
+    """
+
+    def _run(recipe: dict | Path, *, name: str = "recipe.toml", **kwargs: Any):
+        path = write_recipe(tmp_path, recipe, name) if isinstance(recipe, dict) else Path(recipe)
+        return run(path, **kwargs)
+
+    return _run
+
+
+# -- data and recipes -----------------------------------------------------------------------------
+def chat_rows(n: int) -> list[dict[str, Any]]:
+    """The first `n` (<= 512) of the quickstart's conversations ("reverse word" -> "drow")."""
+    rows = []
+    with CHAT_DATA.open(encoding="utf-8") as fh:
+        for line in fh:
+            if len(rows) == n:
+                break
+            rows.append(json.loads(line))
+    return rows
+
+
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def recipe_dict(tmp_path: Path, n_rows: int = 64, **sections: Any) -> dict[str, Any]:
+    """A small full-fine-tune recipe (tiny Llama, chat rows, fp32, 4 steps of 4); each keyword
+    is a table whose keys update the default table (a list or scalar replaces it)."""
+    train = write_jsonl(tmp_path / "train.jsonl", chat_rows(n_rows))
+    base: dict[str, Any] = {
+        "model": {"path": "tune:tiny-llama", "max_seq_len": 64},
+        "data": {"format": "chat", "train": str(train), "template": "llama-3.1"},
+        "optimizer": {"name": "adamw", "lr": 1e-3},
+        "scheduler": {"name": "constant"},
+        "train": {
+            "output_dir": str(tmp_path / "run"),
+            "max_steps": 4,
+            "micro_batch_size": 4,
+            "precision": "fp32",
+            "log_every": 1,
+        },
+        "eval": {"metrics": []},
+    }
+    for name, values in sections.items():
+        if isinstance(values, dict) and isinstance(base.get(name), dict):
+            base[name] = {**base[name], **values}
+        else:
+            base[name] = values
+    return base
+
+
+def write_recipe(tmp_path: Path, data: dict[str, Any], name: str = "recipe.toml") -> Path:
+    from tune.recipe import dump_toml
+
+    path = tmp_path / name
+    path.write_text(dump_toml(data), encoding="utf-8")
+    return path
+
+
+@contextlib.contextmanager
+def registered(*plugins: Any) -> Iterator[None]:
+    """Within the block, these plugin objects are registered in every in-process manager."""
+    from tune import plugins as manager
+
+    added = [(getattr(p, "__name__", None) or type(p).__name__, p) for p in plugins]
+    manager._test_plugins.extend(added)
+    try:
+        yield
+    finally:
+        for item in added:
+            manager._test_plugins.remove(item)
+
+
+def load_recipe(path: Path, plugins: tuple[str, ...] = (), overrides: list[str] | None = None):
+    """A validated `Recipe` with its backends chosen (`plugins`: extra plugin modules, as -p)."""
+    from tune.plugins import get_plugin_manager
+    from tune.recipe import load_recipe as load
+
+    return load(path, overrides, plugins=get_plugin_manager(extra_modules=plugins))
+
+
+# -- running --------------------------------------------------------------------------------------
+def run(
+    path: Path,
+    *,
+    plugins: tuple[str, ...] = (),
+    resume: bool = False,
+    resume_from: Path | None = None,
+    overwrite: bool = False,
+) -> tuple[dict[str, Any], Any]:
+    """Validate and train a recipe file in this process; returns (summary, Recipe)."""
+    from tune.data.pipeline import validate_data
+    from tune.plugins import get_plugin_manager
+    from tune.recipe import load_recipe as load
+    from tune.train.run import run_training
+
+    pm = get_plugin_manager(extra_modules=plugins)
+    recipe = load(path, plugins=pm)
+    from tune.context import RunContext
+
+    validate_data(pm, RunContext(recipe=recipe, output_dir=Path(recipe.train.output_dir)))
+    summary = run_training(
+        recipe,
+        pm,
+        resume=resume or resume_from is not None,
+        resume_from=resume_from,
+        overwrite=overwrite,
+    )
+    return summary, recipe
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None):
+    """`python -m tune ARGS` in a subprocess: the real entry point, real exit codes.
+
+    The child sees this process's sys.path, so plugins importable here are importable there.
+    """
+    full_env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
+        **(env or {}),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "tune", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=cwd,
+        timeout=900,
+    )
+
+
+def launch(recipe: Path, nproc: int = 2, *extra: str):
+    """`tune run --nproc-per-node N RECIPE` (torchrun, gloo on CPU), as a user would."""
+    args = ["run", str(recipe), *extra]
+    if nproc > 1:
+        args = ["run", "--nproc-per-node", str(nproc), str(recipe), *extra]
+    return run_cli(*args)
+
+
+# -- models and results ---------------------------------------------------------------------------
+def tiny_model(name: str = "tiny-llama", overrides: dict | None = None, seed: int = 0) -> Path:
+    """The offline tiny model `tune:<name>` written to a local folder (as from_pretrained reads)."""
+    from tune.builtin.tiny import materialize
+
+    return materialize(name, overrides or {}, seed)
+
+
+def tiny_tokenizer(name: str = "tiny-llama"):
+    """The byte-level tokenizer of `tune:<name>`, with that model's chat template."""
+    from tune.builtin.tiny import load_tokenizer
+
+    return load_tokenizer(name)
+
+
+def build_model(recipe: Any, tmp_path: Path | None = None) -> tuple[Any, Any]:
+    """(model, tokenizer) as `tune run` builds them for `recipe` (from `load_recipe`): the
+    loader, quantization and every adapt step, on CPU, before the strategy wraps anything."""
+    from tune.context import RunContext
+    from tune.plugins import get_plugin_manager
+    from tune.train.setup import build_model as build
+
+    ctx = RunContext(recipe=recipe, output_dir=tmp_path or Path(recipe.train.output_dir))
+    return build(get_plugin_manager(), recipe, ctx)
+
+
+def tokenize(recipe: Any):
+    """The recipe's data as training sees it: `tune.plugin.Examples` (recipe from `load_recipe`)."""
+    from tune.context import RunContext
+    from tune.data.pipeline import load_examples
+    from tune.plugins import get_plugin_manager
+
+    pm = get_plugin_manager()
+    ctx = RunContext(recipe=recipe, output_dir=Path(recipe.train.output_dir))
+    tokenizer = pm.call("tune_load_tokenizer", recipe.selected("loader"), ctx=ctx)
+    return load_examples(pm, tokenizer, ctx)
+
+
+def train_losses(run_dir: Path) -> list[float]:
+    """Per-step train losses from a run's metrics.jsonl."""
+    lines = (Path(run_dir) / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    return [r["loss"] for r in map(json.loads, lines) if r["kind"] == "train"]
+
+
+def final_weights(run_dir: Path) -> dict[str, Any]:
+    """The tensors of a run's final/ artifact (PEFT adapter or full model)."""
+    from safetensors.torch import load_file
+
+    final = Path(run_dir) / "final"
+    name = "adapter_model.safetensors"
+    if not (final / name).exists():
+        name = "model.safetensors"
+    return load_file(str(final / name))
+
+
+def max_weight_diff(a: dict[str, Any], b: dict[str, Any]) -> float:
+    """The largest absolute difference between two state dicts with the same keys."""
+    assert a.keys() == b.keys(), sorted(set(a) ^ set(b))[:5]
+    return max(float((a[k].float() - b[k].float()).abs().max()) for k in a)

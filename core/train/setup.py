@@ -1,0 +1,123 @@
+"""Setting up a run: the model chain, parameter groups, scheduler, trackers.
+
+strategy (already set up) -> quantization config -> load -> k-bit preparation -> adapt chain ->
+trainable weights -> optimizer -> scheduler. Every backend is called through its own plugin.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tune.context import RunContext
+from tune.errors import TuneError
+from tune.recipe import Recipe
+from tune.train.tracker import Trackers
+
+
+def upcast_trainable(params: list[Any]) -> None:
+    """Keep trainable weights in float32; autocast still computes in 16 bits.
+
+    An optimizer step on bf16 weights rounds away any update below 1/256 of the weight (an
+    Adam step of 1e-3 never moves a norm weight of 1.0), so a full fine-tune of a bf16-loaded
+    model learns only the coarse part of what it should. Frozen weights stay as loaded.
+    """
+    import torch
+
+    for param in params:
+        if param.dtype in (torch.bfloat16, torch.float16):
+            param.data = param.data.float()
+
+
+def build_model(pm: Any, recipe: Recipe, ctx: RunContext) -> tuple[Any, Any]:
+    """(model, tokenizer): loaded, quantized and adapted as the recipe says."""
+    quantization = recipe.backends.get("quantization")
+    if quantization is not None:
+        ctx.quantization_config = pm.call("tune_quantization_config", quantization, ctx=ctx)
+    model, tokenizer = pm.call("tune_load_model", recipe.selected("loader"), ctx=ctx)
+    if quantization is not None:
+        model = pm.call_optional(
+            "tune_prepare_quantized_model", quantization, lambda: model, model=model, ctx=ctx
+        )
+    for selected in recipe.backends["adapt"]:
+        model = pm.call("tune_adapt_model", selected, model=model, ctx=ctx)
+    if ctx.keep_trainable:
+        for name, param in model.named_parameters():
+            if any(fragment in name for fragment in ctx.keep_trainable):
+                param.requires_grad_(True)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if not trainable:
+        raise TuneError(
+            "the model has no trainable parameters after the [[adapt]] steps.",
+            where=str(recipe.path),
+            fix="check the adapt chain (e.g. only_train_* options) or remove quantize for "
+            "full fine-tuning.",
+        )
+    if recipe.train.master_weights == "fp32":
+        upcast_trainable(trainable)
+    return model, tokenizer
+
+
+def count_parameters(pm: Any, recipe: Recipe, model: Any) -> tuple[int, int]:
+    """(trainable, total) values held, asking the quantization plugin about packed storage."""
+    quantization = recipe.backends.get("quantization")
+    implemented = quantization is not None and "tune_logical_numel" in pm.implemented(
+        quantization.backend.plugin
+    )
+
+    def numel(param: Any) -> int:
+        if implemented:
+            return pm.call("tune_logical_numel", quantization, param=param)
+        return param.numel()
+
+    trainable = total = 0
+    for param in model.parameters():
+        n = numel(param)
+        total += n
+        trainable += n if param.requires_grad else 0
+    return trainable, total
+
+
+def param_groups(model: Any, weight_decay: float) -> list[dict[str, Any]]:
+    """Trainable weights in two groups: decay on matrices, none on biases and norms."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in trainable if p.ndim >= 2]
+    no_decay = [p for p in trainable if p.ndim < 2]
+    groups = (
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    )
+    return [g for g in groups if g["params"]]
+
+
+def build_scheduler(recipe: Recipe, optimizer: Any, total_steps: int) -> Any:
+    from transformers import get_scheduler
+
+    sch = recipe.scheduler
+    warmup = sch.warmup_steps or int(round(sch.warmup_ratio * total_steps))
+    extra = {"power": sch.power, "lr_end": sch.lr_end} if sch.name == "polynomial" else None
+    return get_scheduler(
+        sch.name,
+        optimizer,
+        num_warmup_steps=warmup,
+        num_training_steps=total_steps,
+        scheduler_specific_kwargs=extra,
+    )
+
+
+def build_trackers(pm: Any, recipe: Recipe, ctx: RunContext) -> Trackers:
+    """metrics.jsonl plus every `[[track]]`, on the main process; none elsewhere."""
+    if not ctx.world.is_main:
+        return Trackers({}, ctx.console)
+    trackers = {"jsonl": pm.call("tune_build_tracker", _jsonl(pm), ctx=ctx)}
+    for selected in recipe.backends.get("track", []):
+        name = selected.backend.name
+        if name not in trackers:
+            trackers[name] = pm.call("tune_build_tracker", selected, ctx=ctx)
+    return Trackers(trackers, ctx.console)
+
+
+def _jsonl(pm: Any) -> Any:
+    from tune.recipe import Selected
+
+    backend = pm.backend("tracker", "jsonl")
+    return Selected(backend, backend.settings())
