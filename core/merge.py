@@ -46,8 +46,8 @@ def locate(source: Path, pm) -> tuple[Path, Path | None, Recipe]:
         raise TuneError(
             "neither a tune run (no recipe.toml) nor an artifact an installed plugin recognizes.",
             where=str(source),
-            fix="point at a run's output_dir or its final/ directory, or install the plugin that "
-            "wrote this directory (a PEFT adapter needs tune-plugin-peft).",
+            fix="point at a run's output_dir or its final/ directory, or install the plugin "
+            "that reads what wrote this directory (`tune plugins list` shows what is installed).",
         )
     table.setdefault("data", {"train": "(unused by merge)"})
     recipe = recipe_from_dict(table, artifact)

@@ -88,3 +88,35 @@ def plugins_list(ctx: click.Context, as_json: bool, plugin_opts: tuple[str, ...]
             f"[{style}]{info.status}[/{style}]" if style else info.status,
         )
     _console().print(table)
+
+
+@plugins.command("new")
+@click.argument("name")
+@click.option(
+    "--kind",
+    required=True,
+    type=click.Choice(
+        ["metric", "optimizer", "data_source", "data_format", "objective", "tracker", "adapter"]
+    ),
+    help="What the plugin provides.",
+)
+@click.option("--backend", default=None, help="The name recipes use [default: NAME].")
+@click.option(
+    "--dir",
+    "dest",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("."),
+    show_default=True,
+    help="Where to create the tune-plugin-NAME folder.",
+)
+def plugins_new(name: str, kind: str, backend: str | None, dest: Path) -> None:
+    """Create tune-plugin-NAME: a working plugin of KIND with tests, ready to pip install."""
+    from rich.markup import escape
+    from tune.scaffold import new_plugin
+
+    root = new_plugin(name, kind, dest, backend)
+    _console().print(
+        f"[green]created[/green] {root}\n"
+        + escape(f"  pip install -e '{root}[test]'   (then: tune plugins list)\n")
+        + f"  pytest {root / 'tests'}   (a tiny real run through the plugin)"
+    )

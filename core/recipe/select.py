@@ -44,14 +44,10 @@ def select_backends(recipe: Recipe, plugins: Any, roles: tuple[str, ...] = ALL_R
             ) from None
         return Selected(backend, settings)
 
-    if "strategy" in roles:
-        b["strategy"] = pick(
-            "strategy",
-            recipe.strategy.name,
-            raw.get("strategy", {}),
-            CORE_KEYS["strategy"],
-            "[strategy]",
-        )
+    for role in ("strategy", "optimizer", "objective"):  # tables whose selector is `name`
+        if role in roles:
+            name = getattr(recipe, role).name
+            b[role] = pick(role, name, raw.get(role, {}), CORE_KEYS[role], f"[{role}]")
     if "loader" in roles:
         b["loader"] = pick("loader", loader, raw["model"], CORE_KEYS["model"], "[model]")
     if recipe.model.quantization and not recipe.model.quantize:
@@ -96,22 +92,6 @@ def select_backends(recipe: Recipe, plugins: Any, roles: tuple[str, ...] = ALL_R
             pick("data_format", src.format, mixes[i], CORE_KEYS["mix"], f"[[data.mix]] #{i + 1}")
             for i, src in enumerate(recipe.data.mix)
         ]
-    if "optimizer" in roles:
-        b["optimizer"] = pick(
-            "optimizer",
-            recipe.optimizer.name,
-            raw.get("optimizer", {}),
-            CORE_KEYS["optimizer"],
-            "[optimizer]",
-        )
-    if "objective" in roles:
-        b["objective"] = pick(
-            "objective",
-            recipe.objective.name,
-            raw.get("objective", {}),
-            CORE_KEYS["objective"],
-            "[objective]",
-        )
     if "metrics" in roles:
         b["metrics"] = _select_metrics(recipe, pick)
     if "track" in roles:

@@ -31,7 +31,7 @@ def run_training(
     ctx = RunContext(recipe=recipe, output_dir=output_dir)
     strategy = pm.call("tune_choose_strategy", recipe.selected("strategy"), ctx=ctx)
     ctx.world = strategy.setup(ctx)
-    _check_world(ctx)
+    _check_world(ctx, pm)
     if not ctx.world.is_main:
         _quiet_libraries()
     try:
@@ -43,16 +43,17 @@ def run_training(
         strategy.teardown()
 
 
-def _check_world(ctx: RunContext) -> None:
+def _check_world(ctx: RunContext, pm) -> None:
     from tune.distributed import env_world
 
     started = env_world()
     if started is not None and started.world_size > 1 and ctx.world.world_size == 1:
+        others = [b.name for b in pm.declared("strategy") if b.name != ctx.recipe.strategy.name]
         raise TuneError(
             f"this process was started as one of {started.world_size}, but [strategy] name = "
             f"'{ctx.recipe.strategy.name}' runs a single process.",
             where=f"{ctx.recipe.path}: [strategy] name",
-            fix='use name = "ddp" or "deepspeed" for multi-process runs.',
+            fix=f"use a multi-process strategy (installed: {', '.join(others) or 'none'}).",
         )
 
 

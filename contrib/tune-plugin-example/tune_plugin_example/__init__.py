@@ -1,7 +1,6 @@
-"""Example plugin: the metric `token_accuracy` (greedy next-token accuracy on eval targets).
+"""Metric `token_accuracy`: the share of eval target tokens the model predicts (top-k).
 
-What a plugin needs: a module with `@hookimpl` functions, declared under the entry point group
-`tune`. Keep the module import light (no torch at the top): `tune plugins list` imports it.
+A tune plugin (`tune-plugin-example`). Import nothing heavy at the top: `tune plugins list` imports it.
 """
 
 from __future__ import annotations
@@ -9,9 +8,11 @@ from __future__ import annotations
 from pydantic import Field
 from tune.plugin import Settings, hookimpl
 
+TUNE_API = ">=1,<2"  # the tune plugin API versions this plugin was built for
+
 
 class TokenAccuracySettings(Settings):
-    """Recipe keys of `[eval.token_accuracy]`; unknown keys are rejected by tune."""
+    """Keys of `[eval.token_accuracy]`; unknown keys are rejected by tune."""
 
     top_k: int = Field(1, ge=1, description="count a hit when the target is in the top k")
 
@@ -19,29 +20,32 @@ class TokenAccuracySettings(Settings):
 @hookimpl
 def tune_provide(provide):
     provide.metric(
-        "token_accuracy", TokenAccuracySettings, doc="share of eval target tokens predicted (top-k)"
+        "token_accuracy",
+        TokenAccuracySettings,
+        doc="share of eval target tokens predicted (top-k)",
     )
 
 
 @hookimpl
 def tune_evaluate(names, settings, model, data, ctx):
+    """At each eval point: this rank's batches, summed over ranks with data.reduce_sum."""
     if "token_accuracy" not in names:
         return None
     import torch
 
-    settings = settings["token_accuracy"]
+    top_k = settings["token_accuracy"].top_k
     hits, total = 0, 0
     with torch.no_grad():
         for batch in data.batches():
             with data.autocast():
                 logits = model(
-                    input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+                    input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask")
                 ).logits
             targets = batch["labels"][:, 1:]
             mask = targets != -100
-            top = logits[:, :-1].topk(settings.top_k, dim=-1).indices
+            top = logits[:, :-1].topk(top_k, dim=-1).indices
             hit = (top == targets.unsqueeze(-1)).any(-1) & mask
             hits += int(hit.sum())
             total += int(mask.sum())
     hits, total = data.reduce_sum(hits), data.reduce_sum(total)
-    return {f"token_accuracy@{settings.top_k}": hits / total} if total else {}
+    return {f"token_accuracy@{top_k}": hits / total} if total else {}
