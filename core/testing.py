@@ -13,7 +13,7 @@ Fixtures:
 
 Helpers (plain functions): `chat_rows`, `write_jsonl`, `recipe_dict`, `write_recipe`,
 `load_recipe`, `run`, `run_cli`, `launch`, `build_model`, `tiny_model`, `tiny_tokenizer`,
-`tokenize`, `train_losses`, `final_weights`, `max_weight_diff`, `registered`.
+`tokenize`, `train_losses`, `final_weights`, `max_weight_diff`, `registered`, `write_plugin`.
 Markers: `slow` (seconds or more), `gpu` (skipped without a CUDA GPU).
 """
 
@@ -48,6 +48,7 @@ __all__ = [
     "tokenize",
     "train_losses",
     "write_jsonl",
+    "write_plugin",
     "write_recipe",
 ]
 
@@ -249,6 +250,15 @@ def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = No
         cwd=cwd,
         timeout=900,
     )
+
+
+def write_plugin(folder: Path, name: str, source: str) -> dict[str, str]:
+    """A plugin for runs in a subprocess, which `tune_plugin` cannot reach: `source` is saved as
+    module `name` in `folder`; returns the `env` for `run_cli` under which `-p name` imports it."""
+    import textwrap
+
+    (Path(folder) / f"{name}.py").write_text(textwrap.dedent(source), encoding="utf-8")
+    return {"PYTHONPATH": os.pathsep.join([str(folder), *(p for p in sys.path if p)])}
 
 
 def launch(recipe: Path, nproc: int = 2, *extra: str):

@@ -1,4 +1,4 @@
-"""Tracker `jsonl`: metrics.jsonl in the run directory, one JSON object per event.
+"""Tracker `jsonl`: metrics.jsonl (and samples.jsonl) in the run directory, a JSON object a line.
 
 Always on (the core adds it to every run): it is the record `--resume`, the loss plot and the
 tests read, and the one that survives when another tracker fails.
@@ -17,22 +17,25 @@ from tune.train.tracker import RunInfo, Tracker
 
 class JsonlTracker(Tracker):
     def start(self, run: RunInfo) -> None:
-        self.path: Path = run.output_dir / "metrics.jsonl"
+        self.dir: Path = run.output_dir
 
-    def _write(self, kind: str, step: int, values: dict[str, Any]) -> None:
-        record = {"kind": kind, "step": step, "time": round(time.time(), 3), **values}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a", encoding="utf-8") as fh:
-            fh.write(json.dumps(record) + "\n")
+    def _write(self, name: str, records: list[dict[str, Any]]) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with (self.dir / name).open("a", encoding="utf-8") as fh:
+            fh.writelines(json.dumps(record) + "\n" for record in records)
+
+    def _event(self, kind: str, step: int, values: dict[str, Any]) -> dict[str, Any]:
+        return {"kind": kind, "step": step, "time": round(time.time(), 3), **values}
 
     def log(self, kind, step, values):
-        self._write(kind, step, values)
+        self._write("metrics.jsonl", [self._event(kind, step, values)])
 
     def checkpoint(self, step, path):
-        self._write("checkpoint", step, {"path": str(path)})
+        self._write("metrics.jsonl", [self._event("checkpoint", step, {"path": str(path)})])
 
     def samples(self, step, samples):
-        self._write("samples", step, {"samples": samples})
+        """samples.jsonl: one line per prompt and step, so a user sees the model change."""
+        self._write("samples.jsonl", [{"step": step, **sample} for sample in samples])
 
 
 @hookimpl

@@ -152,6 +152,9 @@ class EvalSection(Open):
 class GenerateSection(Strict):
     prompts: list[str] = Field(default_factory=list)
     max_new_tokens: int = Field(48, ge=1)
+    every: int = Field(
+        0, ge=0, description="also generate every N steps during training; 0 = only at the end"
+    )
 
 
 class RecipeModel(Strict):

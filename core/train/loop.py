@@ -154,6 +154,9 @@ class Trainer:
                 if cfg.eval_every and step % cfg.eval_every == 0 and step < self.total_steps:
                     results = evaluation.evaluate(self, step)
                     stopped_early = evaluation.should_stop(self, state, results)
+                every = self.recipe.generate.every
+                if every and step % every == 0 and step < self.total_steps:
+                    self._sample(step, final=False)
                 if cfg.save_every and step % cfg.save_every == 0:
                     self._save(state)
                     last_saved = step
@@ -288,8 +291,12 @@ class Trainer:
             os.replace(tmp, final)
         strategy.barrier()
 
-    def _sample(self, step: int) -> list[dict[str, str]]:
-        """Greedy generations for [generate] prompts, so the user sees what training did."""
+    def _sample(self, step: int, final: bool = True) -> list[dict[str, str]]:
+        """Greedy generations for [generate] prompts, so the user sees what training did.
+
+        At the end (`final`) the loader may switch the model to a fast inference mode first;
+        during training the model is used as it is, and goes back to training mode after.
+        """
         from tune.generation import greedy_generate
 
         prompts = self.recipe.generate.prompts
@@ -297,11 +304,13 @@ class Trainer:
         if not prompts or not (self.ctx.world.is_main or lockstep):
             return []
         model = self.strategy.unwrap(self.model)
+        was_training = model.training
         model.eval()
-        loader = self.recipe.selected("loader")
-        model = self.pm.call_optional(
-            "tune_prepare_generation", loader, lambda: model, model=model, ctx=self.ctx
-        )
+        if final:
+            loader = self.recipe.selected("loader")
+            model = self.pm.call_optional(
+                "tune_prepare_generation", loader, lambda: model, model=model, ctx=self.ctx
+            )
         render = self.examples.render_prompt or (lambda p: p)
         samples = [
             {
@@ -318,6 +327,9 @@ class Trainer:
             }
             for prompt in prompts
         ]
+        model.train(was_training and not final)
+        if not final:
+            self.ctx.print(f"samples @ step {step}:")
         for s in samples:
             self.ctx.print(
                 f"[bold]>>>[/bold] {s['prompt']}\n[green]{s['reply']}[/green]", markup=True

@@ -275,3 +275,26 @@ def test_cli_help_and_plugins_list_import_no_torch():
 def test_version_and_module_entry_point():
     res = run_cli("--version")
     assert res.returncode == 0 and "tune, version" in res.stdout
+
+
+def test_samples_during_training_go_to_samples_jsonl(tmp_path, run_recipe):
+    data = recipe_dict(
+        tmp_path,
+        model={"config_overrides": {"attention_dropout": 0.1}},
+        generate={"prompts": ["reverse hi", "reverse ok"], "max_new_tokens": 3, "every": 2},
+        train={"max_steps": 5},
+    )
+    summary, _ = run_recipe(data)
+    lines = (tmp_path / "run/samples.jsonl").read_text().splitlines()
+    records = [json.loads(x) for x in lines]
+    assert [(r["step"], r["prompt"]) for r in records] == [
+        (2, "reverse hi"), (2, "reverse ok"),
+        (4, "reverse hi"), (4, "reverse ok"),
+        (5, "reverse hi"), (5, "reverse ok"),
+    ]  # fmt: skip
+    assert [r["reply"] for r in records[-2:]] == [s["reply"] for s in summary["samples"]]
+    # sampling mid-run does not perturb training (dropout on: train mode must be back)
+    data["generate"]["every"] = 0
+    data["train"]["output_dir"] = str(tmp_path / "plain")
+    run_recipe(data, name="plain.toml")
+    assert max_weight_diff(final_weights(tmp_path / "run"), final_weights(tmp_path / "plain")) == 0
