@@ -23,11 +23,14 @@ from tune.recipe import Recipe, load_recipe, recipe_from_dict, select_backends
 MERGE_ROLES = ("loader", "adapt")
 
 
-def locate(source: Path, pm) -> tuple[Path, Path | None, Recipe]:
+def locate(
+    source: Path, pm, overrides: list[str] | None = None
+) -> tuple[Path, Path | None, Recipe]:
     """(artifact dir, recipe file or None, recipe with loader and adapt chain selected).
 
-    `source` is a run's output_dir, its final/ directory, or a directory another tool wrote
-    that an installed plugin recognizes (a PEFT adapter).
+    `source` is a run's output_dir, its final/ directory, a directory another tool wrote that
+    an installed plugin recognizes (a PEFT adapter), or a plain transformers model directory.
+    `overrides` (`-o key=value`) apply to the run's recipe.
     """
     if not source.exists():
         raise TuneError(
@@ -38,10 +41,12 @@ def locate(source: Path, pm) -> tuple[Path, Path | None, Recipe]:
     artifact = source / "final" if (source / "final").is_dir() else source
     for candidate in (artifact / "recipe.toml", source / "recipe.toml"):
         if candidate.is_file():
-            recipe = load_recipe(candidate)
+            recipe = load_recipe(candidate, overrides)
             select_backends(recipe, pm, roles=MERGE_ROLES)
             return artifact, candidate, recipe
     table = pm.hook.tune_recipe_for_artifact(path=artifact)
+    if table is None and (artifact / "config.json").is_file():
+        table = {"model": {"path": str(artifact)}}  # a model transformers saved: the base
     if table is None:
         raise TuneError(
             "neither a tune run (no recipe.toml) nor an artifact an installed plugin recognizes.",
@@ -50,7 +55,9 @@ def locate(source: Path, pm) -> tuple[Path, Path | None, Recipe]:
             "that reads what wrote this directory (`tune plugins list` shows what is installed).",
         )
     table.setdefault("data", {"train": "(unused by merge)"})
-    recipe = recipe_from_dict(table, artifact)
+    from tune.recipe.overrides import apply_overrides
+
+    recipe = recipe_from_dict(apply_overrides(table, overrides or []), artifact, overrides)
     select_backends(recipe, pm, roles=MERGE_ROLES)
     return artifact, None, recipe
 

@@ -1,4 +1,4 @@
-"""`tune merge` and `tune chat`: a trained run loaded back."""
+"""`tune merge`, `tune chat` and `tune eval`: a trained run loaded back."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from tune.cli import (
     _console,
     _plugin_manager,
     cli,
+    override_option,
     plugin_option,
 )
 from tune.errors import TuneError
@@ -98,3 +99,40 @@ def _typed_lines():
             yield input(">>> ")
         except (EOFError, KeyboardInterrupt):
             return
+
+
+@cli.command("eval", context_settings=CONTEXT_SETTINGS)
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option(
+    "--metric",
+    "metrics",
+    multiple=True,
+    help="A metric to compute (repeatable) [default: the recipe's].",
+)
+@override_option
+@click.option(
+    "--dtype",
+    type=click.Choice(["bf16", "fp16", "fp32"]),
+    default=None,
+    help="Weights dtype [default: bf16 on a GPU, fp32 on CPU].",
+)
+@plugin_option
+@click.pass_context
+def evaluate(ctx, source: Path, metrics, overrides, dtype, plugin_opts) -> None:
+    """Compute metrics on a trained run (or a model directory): e.g. lm-eval-harness tasks.
+
+    tune eval runs/qs --metric lm_eval -o eval.lm_eval.tasks='["hellaswag"]'
+    """
+    from rich.table import Table
+    from tune.devices import auto_device, resolve_precision
+    from tune.evaluate import evaluate_run
+
+    pm = _plugin_manager(ctx, plugin_opts)
+    console = _console()
+    precision = dtype or resolve_precision("auto", auto_device())
+    results, written = evaluate_run(source, list(metrics), list(overrides), precision, pm, console)
+    table = Table("METRIC", "VALUE", box=None)
+    for key, value in results.items():
+        table.add_row(key, f"{value:.4f}")
+    console.print(table)
+    console.print(f"[green]written[/green] {written}")
