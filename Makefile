@@ -7,8 +7,13 @@ STAMP := $(VENV)/.installed
 # The CPU build here; on a GPU machine install your torch build first, or: make TORCH=torch
 TORCH ?= torch==2.13.0
 
-# Every bundled plugin but unsloth, whose dependency pins conflict with the others.
-GENERAL_PLUGINS := $(filter-out unsloth,$(notdir $(patsubst %/,%,$(dir $(wildcard plugins/*/pyproject.toml)))))
+ALL_PLUGINS := $(notdir $(patsubst %/,%,$(dir $(wildcard plugins/*/pyproject.toml))))
+# Plugins with heavy dependencies (trackers, harnesses, TRL): `make test` installs them,
+# `make quickstart` does not.
+HEAVY_PLUGINS := $(filter lm-eval mlflow wandb tensorboard rouge preference,$(ALL_PLUGINS))
+# Every other bundled plugin but unsloth, whose dependency pins conflict with the others.
+GENERAL_PLUGINS := $(filter-out unsloth $(HEAVY_PLUGINS),$(ALL_PLUGINS))
+TEST_STAMP := $(VENV)/.installed-test
 
 .PHONY: quickstart test test-unsloth lint format clean
 
@@ -21,10 +26,14 @@ $(STAMP): pyproject.toml $(wildcard plugins/*/pyproject.toml) contrib/tune-plugi
 	$(PIP) install -q --no-deps -e plugins/unsloth
 	touch $(STAMP)
 
+$(TEST_STAMP): $(STAMP)
+	$(if $(HEAVY_PLUGINS),$(PIP) install -q $(foreach p,$(HEAVY_PLUGINS),-e "plugins/$(p)[test]"))
+	touch $(TEST_STAMP)
+
 quickstart: $(STAMP)
 	$(VENV)/bin/tune run recipes/quickstart.toml --overwrite
 
-test: $(STAMP)
+test: $(TEST_STAMP)
 	$(PY) -m pytest -n 2 -q
 
 # Unsloth in its own environment (GPU machines; its tests skip cleanly without a GPU).
@@ -32,7 +41,7 @@ test-unsloth:
 	test -x .venv-unsloth/bin/python || $(PYTHON) -m venv .venv-unsloth
 	.venv-unsloth/bin/pip install -q "$(TORCH)"
 	.venv-unsloth/bin/pip install -q -e ".[test]" -e "plugins/unsloth[unsloth]"
-	.venv-unsloth/bin/python -m pytest -q tests/plugins/unsloth
+	.venv-unsloth/bin/python -m pytest -q plugins/unsloth/tests
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .

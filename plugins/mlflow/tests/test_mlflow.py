@@ -1,0 +1,97 @@
+"""The mlflow tracker, read back with MlflowClient over the run's SQLite store."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from mlflow.tracking import MlflowClient
+from tune.testing import recipe_dict
+from tune_plugin_mlflow import MAX_PARAM_VALUE, flatten
+
+
+def _recipe(tmp_path, **train):
+    return recipe_dict(
+        tmp_path,
+        data={"eval_fraction": 0.25},
+        eval={"metrics": ["perplexity"]},
+        train={"max_steps": 4, "save_every": 2, "eval_every": 2, **train},
+        generate={"prompts": ["reverse hello"], "max_new_tokens": 4},
+        track=[{"name": "mlflow", "experiment": "tests"}],
+    )
+
+
+def _history(client, run_id, key):
+    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+
+
+@pytest.mark.slow
+def test_params_metrics_artifacts_and_resume_same_run(tmp_path, run_recipe):
+    run_dir = tmp_path / "run"
+    run_recipe(_recipe(tmp_path))
+    client = MlflowClient(tracking_uri=f"sqlite:///{run_dir / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("tests").experiment_id])
+    assert run.info.status == "FINISHED" and run.info.run_name == "run"
+    params = run.data.params
+    assert params["optimizer.lr"] == "0.001" and params["model.path"] == "tune:tiny-llama"
+    jsonl = [json.loads(line) for line in (run_dir / "metrics.jsonl").open()]
+    expected = [(r["step"], r["loss"]) for r in jsonl if r["kind"] == "train"]
+    history = _history(client, run.info.run_id, "loss")
+    assert [s for s, _ in history] == [1, 2, 3, 4]
+    assert [v for _, v in history] == pytest.approx([v for _, v in expected])
+    assert [s for s, _ in _history(client, run.info.run_id, "eval_loss")] == [2, 4]
+    assert [s for s, _ in _history(client, run.info.run_id, "eval_perplexity")] == [2, 4]
+    top = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"final", "summary.json", "samples"} <= top
+    final = {a.path for a in client.list_artifacts(run.info.run_id, "final")}
+    assert "final/model.safetensors" in final and "final/recipe.toml" in final
+    local = client.download_artifacts(run.info.run_id, "summary.json", str(tmp_path))
+    with open(local) as fh:
+        assert json.load(fh)["steps"] == 4
+
+    # --resume from step 2 to step 6: the same run id, metrics going on from step 3.
+    run_recipe(
+        _recipe(tmp_path, max_steps=6),
+        resume_from=run_dir / "checkpoints" / "step-2",
+    )
+    (again,) = client.search_runs([run.info.experiment_id])
+    assert again.info.run_id == run.info.run_id and again.info.status == "FINISHED"
+    steps = [s for s, _ in _history(client, run.info.run_id, "loss")]
+    assert steps == [1, 2, 3, 3, 4, 4, 5, 6]  # MLflow keeps both sessions' points after 2
+    changed = json.loads(again.data.tags["tune.resumed_with"])
+    assert changed["train.max_steps"] == "6" and again.data.params["train.max_steps"] == "4"
+
+
+def test_flatten_keys_and_limits():
+    flat = flatten({"optimizer": {"lr": 0.001}, "adapt": [{"method": "lora"}], "x": "a" * 9000})
+    assert flat == {"optimizer.lr": "0.001", "adapt.0.method": "lora", "x": "a" * MAX_PARAM_VALUE}
+
+
+@pytest.mark.slow
+def test_missing_library_listed_and_only_breaks_runs_using_it(tmp_path):
+    """Simulated uninstall: find_spec says no mlflow in a real `tune` subprocess."""
+    import os
+    import sys
+
+    from tune.testing import run_cli, write_recipe
+
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    (shim / "sitecustomize.py").write_text(
+        "import importlib.util as u\n"
+        "_find = u.find_spec\n"
+        "u.find_spec = lambda name, *a, **k: None if name == 'mlflow' else _find(name, *a, **k)\n"
+    )
+    env = {"PYTHONPATH": os.pathsep.join([str(shim), *(p for p in sys.path if p)])}
+    listed = run_cli("plugins", "list", env=env)
+    assert listed.returncode == 0, listed.stderr
+    line = next(ln for ln in listed.stdout.splitlines() if ln.strip().startswith("mlflow "))
+    assert "mlflow not installed" in line
+    refused = run_cli(
+        "validate", str(write_recipe(tmp_path, _recipe(tmp_path), "uses.toml")), env=env
+    )
+    assert refused.returncode == 2
+    assert "pip install tune-plugin-mlflow" in refused.stdout + refused.stderr
+    plain = write_recipe(tmp_path, recipe_dict(tmp_path), "plain.toml")
+    ok = run_cli("validate", str(plain), env=env)
+    assert ok.returncode == 0, ok.stdout + ok.stderr

@@ -1,0 +1,41 @@
+"""DPO across 2 CPU processes (gloo): DDP and DeepSpeed ZeRO-2 give the per-step losses and
+rewards of one process over the same global batch."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from tune.testing import final_weights, launch, max_weight_diff, run, write_recipe
+
+STEPS = 3
+
+
+def _records(run_dir) -> list[dict]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["kind"] == "train"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "strategy", [{"name": "ddp"}, {"name": "deepspeed", "zero_stage": 2}], ids=["ddp", "zero2"]
+)
+def test_two_processes_equal_one(tmp_path, pairs, dpo_recipe_of, strategy):
+    rows = pairs(STEPS * 4)
+    single = tmp_path / "single"
+    recipe = dpo_recipe_of(rows, train={"max_steps": STEPS, "output_dir": str(single)})
+    run(write_recipe(tmp_path, recipe, "single.toml"))
+    dist = tmp_path / "dist"
+    recipe = dpo_recipe_of(
+        rows,
+        strategy=strategy,
+        train={"max_steps": STEPS, "micro_batch_size": 2, "output_dir": str(dist)},
+    )
+    result = launch(write_recipe(tmp_path, recipe, "dist.toml"), 2)
+    assert result.returncode == 0, result.stderr[-3000:]
+    a, b = _records(single), _records(dist)
+    assert len(a) == len(b) == STEPS
+    for one, two in zip(a, b, strict=True):
+        for key in ("loss", "rewards/accuracies", "rewards/margins", "logps/chosen"):
+            assert one[key] == pytest.approx(two[key], abs=1e-5), (key, one, two)
+    assert max_weight_diff(final_weights(single), final_weights(dist)) < 1e-5

@@ -1,0 +1,364 @@
+"""Objective `dpo`: pairs in, the summed per-pair loss out (the core normalizes by pairs).
+
+A micro-batch stacks the chosen rows over the rejected rows and runs one forward of the policy
+and one of the reference, as TRL does. Packed micro-batches hold whole pairs end to end in a
+row; each token carries the index of its sequence, so log-probs are summed per sequence.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+from tune.plugin import IGNORE, LossOutput, Objective, Settings
+
+from .losses import dpo_loss, kto_loss, orpo_odds_term, simpo_loss
+from .reference import Reference
+
+METRICS = (
+    "rewards/chosen",
+    "rewards/rejected",
+    "rewards/accuracies",
+    "rewards/margins",
+    "logps/chosen",
+    "logps/rejected",
+)
+
+
+class DPOSettings(Settings):
+    """Keys of [objective] for `dpo`."""
+
+    beta: float = Field(0.1, gt=0, description="strength of the pull towards the reference")
+    loss_type: Literal["sigmoid", "ipo", "hinge", "robust"] = Field(
+        "sigmoid", description="sigmoid (DPO), ipo, hinge (SLiC) or robust (noisy labels)"
+    )
+    label_smoothing: float = Field(
+        0.0, ge=0, lt=0.5, description="assumed share of flipped labels (cDPO, robust)"
+    )
+    sft_weight: float = Field(
+        0.0,
+        ge=0,
+        description="add this times the chosen reply's per-token NLL (RPO); lets DPO start "
+        "from a model that cannot yet write the replies",
+    )
+
+    @model_validator(mode="after")
+    def _smoothing_applies(self):
+        if self.label_smoothing and self.loss_type not in ("sigmoid", "robust"):
+            raise ValueError(
+                f"label_smoothing applies to loss_type sigmoid or robust, not {self.loss_type}"
+            )
+        return self
+
+
+def sequence_logps(logits: Any, labels: Any, segments: Any = None, n_segments: int = 0):
+    """Sum of log p(label) over each sequence's target tokens, and how many there are.
+
+    Padded: one sequence per row (returns [rows]). Packed: `segments` [rows, width] names each
+    token's sequence (-1 for padding), and the sums are per segment (returns [n_segments]).
+    """
+    import torch
+
+    logits, targets = logits[:, :-1].float(), labels[:, 1:]
+    mask = targets != IGNORE
+    picked = logits.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    per_token = (picked - torch.logsumexp(logits, dim=-1)) * mask
+    if segments is None:
+        return per_token.sum(-1), mask.sum(-1)
+    seg = segments[:, 1:].clamp(min=0).reshape(-1)
+    keep = (segments[:, 1:] >= 0) & mask
+    sums = torch.zeros(n_segments, dtype=per_token.dtype, device=logits.device)
+    sums = sums.index_add(0, seg, (per_token * keep).reshape(-1))
+    counts = torch.zeros(n_segments, dtype=torch.long, device=logits.device)
+    counts = counts.index_add(0, seg, keep.reshape(-1).long())
+    return sums, counts
+
+
+class PairObjective(Objective):
+    """What all pair objectives share: batch layout, counting, and log-probs of both replies."""
+
+    unit = "pairs"
+    needs_reference = False
+
+    def __init__(self, settings: Any = None, ctx: Any = None):
+        super().__init__(settings, ctx)
+        self.reference = Reference() if self.needs_reference else None
+
+    def setup(self, model: Any, ctx: Any) -> None:
+        if self.reference is not None:
+            self.reference.setup(model)
+
+    def length(self, example: dict[str, Any]) -> int:
+        return len(example["chosen_ids"]) + len(example["rejected_ids"])
+
+    def empty_like(self, example: dict[str, Any]) -> dict[str, Any]:
+        return {**example, "weight": 0.0}
+
+    def collate(self, examples: list[dict[str, Any]], pad_id: int) -> dict[str, Any]:
+        import torch
+
+        rows = [(e["chosen_ids"], e["chosen_labels"]) for e in examples]
+        rows += [(e["rejected_ids"], e["rejected_labels"]) for e in examples]
+        width = max(len(ids) for ids, _ in rows)
+        ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+        labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, (row_ids, row_labels) in enumerate(rows):
+            ids[i, : len(row_ids)] = torch.tensor(row_ids)
+            labels[i, : len(row_ids)] = torch.tensor(row_labels)
+            mask[i, : len(row_ids)] = 1
+        weight = torch.tensor([float(e.get("weight", 1.0)) for e in examples])
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels, "weight": weight}
+
+    def collate_packed(self, rows: list[list[dict[str, Any]]], pad_id: int) -> dict[str, Any]:
+        """Whole pairs end to end (chosen then rejected), position ids restarting per sequence;
+        `segments` gives each token's sequence: 2 k for pair k's chosen, 2 k + 1 its rejected."""
+        import torch
+
+        width = max(sum(self.length(e) for e in row) for row in rows)
+        ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+        labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+        positions = torch.zeros((len(rows), width), dtype=torch.long)
+        segments = torch.full((len(rows), width), -1, dtype=torch.long)
+        weights = []
+        for r, row in enumerate(rows):
+            at = 0
+            for example in row:
+                k = len(weights)
+                weights.append(float(example.get("weight", 1.0)))
+                for j, side in enumerate(("chosen", "rejected")):
+                    seq, lab = example[f"{side}_ids"], example[f"{side}_labels"]
+                    n = len(seq)
+                    ids[r, at : at + n] = torch.tensor(seq)
+                    labels[r, at + 1 : at + n] = torch.tensor(lab[1:])
+                    positions[r, at : at + n] = torch.arange(n)
+                    segments[r, at : at + n] = 2 * k + j
+                    at += n
+            positions[r, at:] = torch.arange(width - at)
+        return {
+            "input_ids": ids,
+            "labels": labels,
+            "position_ids": positions,
+            "segments": segments,
+            "weight": torch.tensor(weights),
+        }
+
+    def count(self, batch: dict[str, Any]) -> int:
+        return int(round(float(batch["weight"].sum())))
+
+    def _inputs(self, batch: dict[str, Any]) -> dict[str, Any]:
+        keys = ("input_ids", "attention_mask", "position_ids")
+        return {k: batch[k] for k in keys if k in batch}
+
+    def _split(self, logits: Any, batch: dict[str, Any]):
+        """(chosen logps, rejected logps, chosen lengths, rejected lengths), one per pair."""
+        if "segments" in batch:
+            n = 2 * batch["weight"].numel()
+            sums, counts = sequence_logps(logits, batch["labels"], batch["segments"], n)
+            return sums[0::2], sums[1::2], counts[0::2], counts[1::2]
+        sums, counts = sequence_logps(logits, batch["labels"])
+        half = sums.shape[0] // 2
+        return sums[:half], sums[half:], counts[:half], counts[half:]
+
+    def policy(self, model: Any, batch: dict[str, Any]):
+        """The policy forward, through the strategy's wrapper so its hooks fire."""
+        return model(**self._inputs(batch), use_cache=False)
+
+
+class DPOObjective(PairObjective):
+    """Direct preference optimization against a reference policy (see `losses.dpo_loss`)."""
+
+    needs_reference = True
+
+    def loss(self, model: Any, batch: dict[str, Any]) -> LossOutput:
+        s = self.settings
+        out = self.policy(model, batch)
+        chosen, rejected, c_len, r_len = self._split(out.logits, batch)
+        ref_logits = self.reference.forward(model, **self._inputs(batch))
+        ref_chosen, ref_rejected, _, _ = self._split(ref_logits, batch)
+        per_pair = dpo_loss(
+            chosen,
+            rejected,
+            ref_chosen,
+            ref_rejected,
+            beta=s.beta,
+            loss_type=s.loss_type,
+            label_smoothing=s.label_smoothing,
+            chosen_len=c_len,
+            rejected_len=r_len,
+        )
+        if s.sft_weight:
+            per_pair = per_pair - s.sft_weight * chosen / c_len.clamp(min=1)
+        weight = batch["weight"].to(per_pair.dtype)
+        reward_c = s.beta * (chosen - ref_chosen).detach()
+        reward_r = s.beta * (rejected - ref_rejected).detach()
+        values = {
+            "rewards/chosen": reward_c,
+            "rewards/rejected": reward_r,
+            "rewards/accuracies": (reward_c > reward_r).float(),
+            "rewards/margins": reward_c - reward_r,
+            "logps/chosen": chosen.detach(),
+            "logps/rejected": rejected.detach(),
+        }
+        metrics = {k: float((v * weight).sum()) for k, v in values.items()}
+        return LossOutput((per_pair * weight).sum(), metrics)
+
+
+class SimPOSettings(Settings):
+    """Keys of [objective] for `simpo`."""
+
+    beta: float = Field(2.0, gt=0, description="scale of the length-normalized reward")
+    gamma: float = Field(0.5, ge=0, description="target reward margin (the paper's gamma)")
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="assumed flip rate")
+    sft_weight: float = Field(0.0, ge=0, description="add this times the chosen per-token NLL")
+
+
+class ORPOSettings(Settings):
+    """Keys of [objective] for `orpo`."""
+
+    beta: float = Field(0.1, gt=0, description="weight of the odds-ratio term (the paper's lambda)")
+
+
+def _reward_metrics(reward_c: Any, reward_r: Any, chosen: Any, rejected: Any) -> dict:
+    return {
+        "rewards/chosen": reward_c,
+        "rewards/rejected": reward_r,
+        "rewards/accuracies": (reward_c > reward_r).float(),
+        "rewards/margins": reward_c - reward_r,
+        "logps/chosen": chosen.detach(),
+        "logps/rejected": rejected.detach(),
+    }
+
+
+class SimPOObjective(PairObjective):
+    """SimPO: no reference model; rewards are beta times the per-token average log-prob."""
+
+    def loss(self, model: Any, batch: dict[str, Any]) -> LossOutput:
+        s = self.settings
+        chosen, rejected, c_len, r_len = self._split(self.policy(model, batch).logits, batch)
+        chosen_avg, rejected_avg = chosen / c_len.clamp(min=1), rejected / r_len.clamp(min=1)
+        per_pair = simpo_loss(
+            chosen_avg, rejected_avg, beta=s.beta, gamma=s.gamma, label_smoothing=s.label_smoothing
+        )
+        if s.sft_weight:
+            per_pair = per_pair - s.sft_weight * chosen_avg
+        weight = batch["weight"].to(per_pair.dtype)
+        values = _reward_metrics(
+            s.beta * chosen_avg.detach(), s.beta * rejected_avg.detach(), chosen, rejected
+        )
+        metrics = {k: float((v * weight).sum()) for k, v in values.items()}
+        return LossOutput((per_pair * weight).sum(), metrics)
+
+
+class ORPOObjective(PairObjective):
+    """ORPO: the chosen reply's per-token NLL minus beta times the odds-ratio term; no
+    reference model. Rewards are beta times the per-token average log-probs (TRL's)."""
+
+    def loss(self, model: Any, batch: dict[str, Any]) -> LossOutput:
+        s = self.settings
+        chosen, rejected, c_len, r_len = self._split(self.policy(model, batch).logits, batch)
+        chosen_avg, rejected_avg = chosen / c_len.clamp(min=1), rejected / r_len.clamp(min=1)
+        term, log_odds = orpo_odds_term(chosen_avg, rejected_avg)
+        per_pair = -chosen_avg - s.beta * term
+        weight = batch["weight"].to(per_pair.dtype)
+        values = _reward_metrics(
+            s.beta * chosen_avg.detach(), s.beta * rejected_avg.detach(), chosen, rejected
+        )
+        values["nll_loss"] = -chosen_avg.detach()
+        values["log_odds_ratio"] = log_odds.detach()
+        metrics = {k: float((v * weight).sum()) for k, v in values.items()}
+        return LossOutput((per_pair * weight).sum(), metrics)
+
+
+class KTOSettings(Settings):
+    """Keys of [objective] for `kto`."""
+
+    beta: float = Field(0.1, gt=0, description="strength of the pull towards the reference")
+    desirable_weight: float = Field(1.0, gt=0, description="lambda_D: weight of desirable replies")
+    undesirable_weight: float = Field(
+        1.0, gt=0, description="lambda_U: weight of undesirable replies"
+    )
+
+
+class KTOObjective(Objective):
+    """KTO on single labelled replies. A micro-batch holds each example's sequence and a
+    mismatched one (its prompt with the previous example's completion, as TRL cycles them):
+    the KL reference point z0 is the mean policy/reference log ratio of the mismatched ones."""
+
+    unit = "examples"
+    needs_reference = True
+
+    def __init__(self, settings: Any = None, ctx: Any = None):
+        super().__init__(settings, ctx)
+        self.reference = Reference()
+
+    def setup(self, model: Any, ctx: Any) -> None:
+        self.reference.setup(model)
+
+    def length(self, example: dict[str, Any]) -> int:
+        return len(example["prompt_ids"]) + len(example["completion_ids"])
+
+    def empty_like(self, example: dict[str, Any]) -> dict[str, Any]:
+        return {**example, "weight": 0.0}
+
+    def collate(self, examples: list[dict[str, Any]], pad_id: int) -> dict[str, Any]:
+        import torch
+
+        completions = [e["completion_ids"] for e in examples]
+        mismatched = completions[-1:] + completions[:-1]
+        rows = [e["prompt_ids"] + e["completion_ids"] for e in examples]
+        rows += [e["prompt_ids"] + c for e, c in zip(examples, mismatched, strict=True)]
+        prompts = [len(e["prompt_ids"]) for e in examples] * 2
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+        labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, (row, n_prompt) in enumerate(zip(rows, prompts, strict=True)):
+            ids[i, : len(row)] = torch.tensor(row)
+            labels[i, n_prompt : len(row)] = torch.tensor(row[n_prompt:])
+            mask[i, : len(row)] = 1
+        return {
+            "input_ids": ids,
+            "attention_mask": mask,
+            "labels": labels,
+            "desirable": torch.tensor([bool(e["desirable"]) for e in examples]),
+            "weight": torch.tensor([float(e.get("weight", 1.0)) for e in examples]),
+        }
+
+    def collate_packed(self, rows, pad_id):
+        raise RuntimeError("kto does not pack: tune_check_recipe refuses [data] pack = true")
+
+    def count(self, batch: dict[str, Any]) -> int:
+        return int(round(float(batch["weight"].sum())))
+
+    def positions(self, batch: dict[str, Any]) -> int:
+        return batch["input_ids"].numel()
+
+    def loss(self, model: Any, batch: dict[str, Any]) -> LossOutput:
+        s = self.settings
+        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+        logps, _ = sequence_logps(model(**inputs, use_cache=False).logits, batch["labels"])
+        ref_logps, _ = sequence_logps(self.reference.forward(model, **inputs), batch["labels"])
+        n = batch["weight"].numel()
+        weight = batch["weight"].to(logps.dtype)
+        ratio, kl_ratio = (logps - ref_logps)[:n], (logps - ref_logps).detach()[n:]
+        kl = ((kl_ratio * weight).sum() / weight.sum().clamp(min=1)).clamp(min=0)
+        per_example = kto_loss(
+            ratio,
+            batch["desirable"],
+            kl,
+            beta=s.beta,
+            desirable_weight=s.desirable_weight,
+            undesirable_weight=s.undesirable_weight,
+        )
+        good = batch["desirable"].to(weight.dtype) * weight
+        bad = (1 - batch["desirable"].to(weight.dtype)) * weight
+        rewards = s.beta * ratio.detach()
+        metrics = {
+            "rewards/chosen": (float((rewards * good).sum()), float(good.sum())),
+            "rewards/rejected": (float((rewards * bad).sum()), float(bad.sum())),
+            "logps/chosen": (float((logps[:n].detach() * good).sum()), float(good.sum())),
+            "logps/rejected": (float((logps[:n].detach() * bad).sum()), float(bad.sum())),
+            "kl": (float(kl), 1.0),
+        }
+        return LossOutput((per_example * weight).sum(), metrics)

@@ -1,0 +1,85 @@
+"""The tensorboard tracker, read back with TensorBoard's own event reader."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tune.testing import recipe_dict, run_cli, write_recipe
+from tune_plugin_tensorboard import samples_markdown
+
+
+def _events(log_dir):
+    acc = EventAccumulator(str(log_dir), size_guidance={"scalars": 0, "tensors": 0})
+    acc.Reload()
+    return acc
+
+
+def _recipe(tmp_path, **train):
+    return recipe_dict(
+        tmp_path,
+        data={"eval_fraction": 0.25},
+        eval={"metrics": ["perplexity"]},
+        train={"max_steps": 4, "save_every": 2, "eval_every": 2, **train},
+        generate={"prompts": ["reverse hello"], "max_new_tokens": 4},
+        track=[{"name": "tensorboard"}],
+    )
+
+
+@pytest.mark.slow
+def test_scalars_text_and_resume_without_duplicates(tmp_path, run_recipe):
+    run_recipe(_recipe(tmp_path))
+    log_dir = tmp_path / "run" / "tensorboard"
+    acc = _events(log_dir)
+    losses = [(e.step, e.value) for e in acc.Scalars("train/loss")]
+    jsonl = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    expected = [(r["step"], r["loss"]) for r in jsonl if r["kind"] == "train"]
+    assert [s for s, _ in losses] == [1, 2, 3, 4]
+    assert [v for _, v in losses] == pytest.approx([v for _, v in expected], rel=1e-6)
+    assert [e.step for e in acc.Scalars("eval/eval_loss")] == [2, 4]
+    tags = acc.Tags()["tensors"]  # text summaries are tensors to the reader
+    assert {"recipe/text_summary", "samples/text_summary", "summary/text_summary"} <= set(tags)
+
+    # Resume from the step-2 checkpoint and train to step 6: steps 3.. are written again once.
+    run_recipe(
+        _recipe(tmp_path, max_steps=6),
+        resume_from=tmp_path / "run" / "checkpoints" / "step-2",
+    )
+    acc = _events(log_dir)
+    steps = [e.step for e in acc.Scalars("train/loss")]
+    assert steps == [1, 2, 3, 4, 5, 6]
+    assert [e.step for e in acc.Scalars("eval/eval_loss")] == [2, 4, 6]
+
+
+def test_samples_markdown_escapes_cells():
+    text = samples_markdown([{"prompt": "a|b", "reply": "x\ny"}])
+    assert text.splitlines()[-1] == "| a\\|b | x<br>y |"
+
+
+@pytest.mark.slow
+def test_missing_library_listed_and_only_breaks_runs_using_it(tmp_path):
+    """Simulated uninstall: find_spec says no tensorboard in a real `tune` subprocess."""
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    (shim / "sitecustomize.py").write_text(
+        "import importlib.util as u\n"
+        "_find = u.find_spec\n"
+        "u.find_spec = lambda name, *a, **k: None if name == 'tensorboard' else _find(name, *a, **k)\n"
+    )
+    import os
+    import sys
+
+    env = {"PYTHONPATH": os.pathsep.join([str(shim), *(p for p in sys.path if p)])}
+    listed = run_cli("plugins", "list", env=env)
+    assert listed.returncode == 0, listed.stderr
+    line = next(ln for ln in listed.stdout.splitlines() if ln.strip().startswith("tensorboard"))
+    assert "tensorboard not installed" in line
+
+    uses = write_recipe(tmp_path, _recipe(tmp_path), "uses.toml")
+    refused = run_cli("validate", str(uses), env=env)
+    assert refused.returncode == 2
+    assert "pip install tune-plugin-tensorboard" in refused.stdout + refused.stderr
+    plain = recipe_dict(tmp_path)
+    ok = run_cli("validate", str(write_recipe(tmp_path, plain, "plain.toml")), env=env)
+    assert ok.returncode == 0, ok.stdout + ok.stderr

@@ -1,0 +1,154 @@
+"""Tracker `wandb`: the run as a Weights & Biases run (online, offline or disabled).
+
+The resolved recipe is the run's config; train and eval metrics are logged by step
+("train/loss", "eval/eval_loss"); samples are a `wandb.Table`; `log_artifact = true` logs
+final/ as a model artifact at the end. `--resume` continues the same W&B run: its id is saved in
+`state()` and handed to `wandb.init(id=..., resume="allow")`. The API key comes only from the
+environment (WANDB_API_KEY) or wandb's own login; tune never reads or writes it.
+Imports nothing heavy at the top: `tune plugins list` imports this module.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+from tune.plugin import RunInfo, Settings, Tracker, TuneError, hookimpl
+
+TUNE_API = ">=1,<2"
+
+INSTALL = "pip install tune-plugin-wandb"
+
+
+class WandbSettings(Settings):
+    """Keys of a `[[track]] name = "wandb"` table."""
+
+    project: str = Field("tune", description="W&B project")
+    entity: str | None = Field(None, description="W&B entity (user or team); default yours")
+    run_name: str | None = Field(None, description="run name; default the run dir's name")
+    tags: list[str] = Field(default_factory=list, description="run tags")
+    group: str | None = Field(None, description="run group")
+    notes: str | None = Field(None, description="run notes")
+    mode: Literal["online", "offline", "disabled"] = Field(
+        "online", description="offline writes local files only (`wandb sync` later)"
+    )
+    dir: str | None = Field(None, description="where wandb/ goes; default the run dir")
+    log_artifact: bool = Field(False, description="log final/ as a model artifact at the end")
+    artifact_name: str | None = Field(None, description="artifact name; default '<run>-final'")
+
+
+def _missing() -> str | None:
+    """Why the tracker cannot work here (cheap: wandb is not imported)."""
+    if importlib.util.find_spec("wandb") is None:
+        return f"wandb not installed: {INSTALL}"
+    return None
+
+
+def _scalars(values: dict[str, Any]) -> dict[str, float]:
+    return {
+        k: float(v)
+        for k, v in values.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
+
+
+class WandbTracker(Tracker):
+    """One wandb run per tune run; the same run (same id) across --resume."""
+
+    run: Any = None
+
+    def start(self, run: RunInfo) -> None:
+        import wandb
+
+        s = self.settings
+        self.output_dir = Path(run.output_dir)
+        self.name = s.run_name or run.name
+        folder = Path(s.dir) if s.dir else self.output_dir
+        folder.mkdir(parents=True, exist_ok=True)
+        run_id = run.state.get("run_id") if run.resumed else None
+        self.run = wandb.init(
+            project=s.project,
+            entity=s.entity,
+            name=self.name,
+            tags=list(s.tags) or None,
+            group=s.group,
+            notes=s.notes,
+            mode=s.mode,
+            dir=str(folder),
+            config=run.recipe,
+            id=run_id,
+            resume="allow" if run_id else None,
+            reinit="create_new",
+            settings=wandb.Settings(console="off", quiet=True),
+        )
+        # The x axis of every chart is tune's step, for train and eval keys alike.
+        self.run.define_metric("step")
+        self.run.define_metric("train/*", step_metric="step")
+        self.run.define_metric("eval/*", step_metric="step")
+
+    def log(self, kind: str, step: int, values: dict[str, Any]) -> None:
+        data = {f"{kind}/{k}": v for k, v in _scalars(values).items()}
+        self.run.log({**data, "step": step}, step=step)
+
+    def checkpoint(self, step: int, path: Path) -> None:
+        self.run.summary["last_checkpoint"] = str(path)
+
+    def samples(self, step: int, samples: list[dict[str, str]]) -> None:
+        if not samples:
+            return
+        import wandb
+
+        table = wandb.Table(columns=["step", "prompt", "reply"])
+        for s in samples:
+            table.add_data(step, s.get("prompt", ""), s.get("reply", ""))
+        self.run.log({"samples": table}, step=step)
+
+    def end(self, summary: dict[str, Any]) -> None:
+        for key, value in summary.items():
+            if isinstance(value, (int, float, str)) and not isinstance(value, bool):
+                self.run.summary[f"tune/{key}"] = value
+        final = self.output_dir / "final"
+        if self.settings.log_artifact and final.is_dir():
+            import wandb
+
+            name = self.settings.artifact_name or f"{self.name}-final"
+            artifact = wandb.Artifact(re.sub(r"[^\w.-]", "-", name), type="model")
+            artifact.add_dir(str(final))
+            self.run.log_artifact(artifact)
+        self.run.finish()
+
+    def state(self) -> dict[str, Any]:
+        return {"run_id": self.run.id} if self.run is not None else {}
+
+
+@hookimpl
+def tune_provide(provide):
+    provide.tracker(
+        "wandb",
+        WandbSettings,
+        doc="Weights & Biases: config, metrics by step, samples table, final/ artifact",
+    )
+
+
+@hookimpl
+def tune_plugin_status():
+    return _missing()
+
+
+@hookimpl
+def tune_check_recipe(recipe):
+    reason = _missing()
+    if reason and any(entry.name == "wandb" for entry in recipe.track):
+        raise TuneError(
+            f"[[track]] name = 'wandb' cannot run here: {reason}.",
+            where=f"{recipe.path}: [[track]]",
+            fix=f"{INSTALL}, or remove that [[track]] table.",
+        )
+
+
+@hookimpl
+def tune_build_tracker(name, settings, ctx):
+    return WandbTracker(settings, ctx)
