@@ -1,0 +1,250 @@
+"""Unsloth plugin: honest about needing a GPU, scoped providers, the CPU paths (data preview,
+merge, chat of an Unsloth run), and the real thing on a GPU."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import tune_plugin_unsloth
+from tune.testing import (
+    chat_rows,
+    load_recipe,
+    run_cli,
+    tiny_model,
+    write_jsonl,
+    write_recipe,
+)
+from tune_plugin_unsloth import (
+    ALL_LINEAR,
+    UnslothLoaderSettings,
+    UnslothLoraSettings,
+    from_pretrained_kwargs,
+    get_peft_model_kwargs,
+    gpu_present,
+    why_not_here,
+)
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+REPO = Path(__file__).resolve().parents[3]
+RECIPE = REPO / "recipes" / "llama3.2-3b-unsloth.toml"
+no_gpu = pytest.mark.skipif(gpu_present(), reason="checks the no-GPU behaviour")
+# The CPU fallback the refusal points at: loader = "transformers" with PEFT and bitsandbytes.
+needs_fallback = pytest.mark.skipif(
+    not all(importlib.util.find_spec(m) for m in ("tune_plugin_peft", "tune_plugin_bitsandbytes")),
+    reason="needs tune-plugin-peft and tune-plugin-bitsandbytes",
+)
+
+# `python -m tune ARGS` with the plugin's GPU/installation check passing, as on a CUDA machine
+# with unsloth installed; reports afterwards whether unsloth was imported.
+STUBBED_TUNE = """
+import runpy, sys
+import tune_plugin_unsloth
+tune_plugin_unsloth.why_not_here = lambda: None
+sys.argv = ["tune", *sys.argv[1:]]
+try:
+    runpy.run_module("tune", run_name="__main__", alter_sys=True)
+finally:
+    print(f"unsloth imported: {'unsloth' in sys.modules}", file=sys.stderr)
+"""
+
+
+def stubbed_tune(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", STUBBED_TUNE, *args], capture_output=True, text=True, cwd=REPO
+    )
+
+
+def on_tiny(*args: str, data: Path, **overrides: str) -> list[str]:
+    """`args RECIPE -o ...`: the Unsloth recipe on the local tiny model and `data`."""
+    values = {
+        "model.path": json.dumps(str(tiny_model())),
+        "data.train": json.dumps(str(data)),
+        **overrides,
+    }
+    out = [*args, str(RECIPE)]
+    for key, value in values.items():
+        out += ["-o", f"{key}={value}"]
+    return out
+
+
+@no_gpu
+def test_plugins_list_says_it_needs_a_gpu():
+    rows = {r["name"]: r for r in json.loads(run_cli("plugins", "list", "--json").stdout)}
+    assert rows["unsloth"]["status"].startswith("needs a CUDA GPU")
+    assert "adapter:lora@unsloth" in rows["unsloth"]["provides"]
+
+
+@no_gpu
+@pytest.mark.parametrize("verb", ["validate", "run"])
+def test_unsloth_recipe_stops_before_loading_anything(verb):
+    code = (
+        "import runpy, sys\n"
+        f"sys.argv = ['tune', {verb!r}, {str(RECIPE)!r}]\n"
+        "try:\n    runpy.run_module('tune', run_name='__main__', alter_sys=True)\n"
+        "except SystemExit as e:\n    code = e.code\n"
+        "heavy = [m for m in ('torch', 'transformers', 'unsloth') if m in sys.modules]\n"
+        "print(code, heavy)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert out.stdout.strip() == "2 []", out.stdout + out.stderr
+    assert "needs a CUDA GPU" in out.stderr and 'loader = "transformers"' in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+@pytest.mark.skipif(why_not_here() is None, reason="Unsloth can run here")
+def test_data_preview_of_the_unsloth_recipe_refuses_in_one_paragraph():
+    res = run_cli("data", "preview", str(RECIPE), cwd=REPO)
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert "Traceback" not in res.stderr
+    error = res.stderr.strip()
+    assert error.startswith("error:") and error.count("error:") == 1, error
+    assert "\n\n" not in error, error  # one paragraph
+    assert "loader = 'unsloth' cannot run here" in error and 'loader = "transformers"' in error
+
+
+@needs_fallback
+def test_lora_and_nf4_are_scoped_to_the_unsloth_loader(monkeypatch):
+    monkeypatch.setattr(tune_plugin_unsloth, "why_not_here", lambda: None)
+    plugins = {}
+    for loader in ("unsloth", "transformers"):
+        recipe = load_recipe(RECIPE, overrides=[f'model.loader="{loader}"'])
+        plugins[loader] = (
+            recipe.selected("quantization").backend.plugin,
+            recipe.backends["adapt"][0].backend.plugin,
+        )
+    assert plugins == {"unsloth": ("unsloth", "unsloth"), "transformers": ("bitsandbytes", "peft")}
+
+
+def test_recipe_maps_onto_unsloths_api(monkeypatch):
+    monkeypatch.setattr(tune_plugin_unsloth, "why_not_here", lambda: None)  # a GPU machine
+    # adamw: the 8-bit optimizer's plugin (bitsandbytes) need not be installed beside Unsloth
+    recipe = load_recipe(RECIPE, overrides=['optimizer.name="adamw"'])
+    loader = recipe.selected("loader").settings
+    assert isinstance(loader, UnslothLoaderSettings)
+    kwargs = from_pretrained_kwargs(recipe, loader)
+    assert kwargs["model_name"] == "unsloth/Llama-3.2-3B-Instruct"
+    assert kwargs["load_in_4bit"] is True and kwargs["load_in_8bit"] is False
+    assert kwargs["max_seq_length"] == 2048 and kwargs["use_gradient_checkpointing"] == "unsloth"
+    lora = get_peft_model_kwargs(recipe, loader, recipe.backends["adapt"][0].settings)
+    assert lora["r"] == 16 and lora["lora_alpha"] == 16 and lora["target_modules"] == ALL_LINEAR
+
+
+@pytest.mark.slow
+def test_data_preview_needs_neither_a_gpu_nor_unsloth(tmp_path):
+    """Only the model's tokenizer is loaded: the preview works where training cannot."""
+    data = write_jsonl(tmp_path / "d.jsonl", chat_rows(4))
+    res = stubbed_tune(*on_tiny("data", "preview", data=data), "-n", "2")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "example 1" in res.stdout and "example 2" in res.stdout
+    assert "reverse" in res.stdout  # the rows, rendered through the recipe's template
+    assert "unsloth imported: False" in res.stderr
+
+
+@pytest.fixture(scope="module")
+def cpu_run(tmp_path_factory):
+    """The Unsloth recipe trained with the pointer its refusal gives: loader = "transformers"
+    (PEFT + bitsandbytes on CPU), tiny model, two steps (a high lr: the adapter shows)."""
+    tmp = tmp_path_factory.mktemp("cpu-run")
+    data = write_jsonl(tmp / "d.jsonl", chat_rows(16))
+    args = on_tiny(
+        "run",
+        data=data,
+        **{
+            "model.loader": '"transformers"',
+            "model.max_seq_len": "128",
+            "model.quantization.compute_dtype": '"float32"',
+            "optimizer.lr": "1e-2",
+            "train.max_steps": "2",
+            "train.precision": '"fp32"',
+            "train.output_dir": json.dumps(str(tmp / "run")),
+            "generate.max_new_tokens": "4",
+        },
+    )
+    res = run_cli(*args)
+    assert res.returncode == 0, res.stderr[-2000:]
+    return tmp / "run"
+
+
+@pytest.fixture(scope="module")
+def unsloth_run(cpu_run, tmp_path_factory):
+    """`cpu_run` as an Unsloth run would be: [model] loader = "unsloth", and only the keys
+    Unsloth's loader and LoRA settings accept (the adapter is PEFT's format either way)."""
+    run = tmp_path_factory.mktemp("unsloth-run") / "run"
+    shutil.copytree(cpu_run, run)
+    model_keys = {"loader", "path", "quantize", "max_seq_len", *UnslothLoaderSettings.model_fields}
+    adapt_keys = {"method", *UnslothLoraSettings.model_fields}
+    for path in (run / "recipe.toml", run / "final" / "recipe.toml"):
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        raw["model"] = {k: v for k, v in raw["model"].items() if k in model_keys}
+        raw["model"]["loader"] = "unsloth"
+        raw["adapt"] = [{k: v for k, v in s.items() if k in adapt_keys} for s in raw["adapt"]]
+        write_recipe(path.parent, raw, path.name)
+    return run
+
+
+@pytest.mark.slow
+@needs_fallback
+def test_same_recipe_with_the_transformers_loader_runs_on_cpu(cpu_run):
+    """The pointer the refusal gives works: swap the loader, keep the rest (tiny model, CPU)."""
+    assert (cpu_run / "final/adapter_config.json").exists()
+
+
+@pytest.mark.slow
+@needs_fallback
+def test_an_unsloth_run_merges_on_cpu(unsloth_run, tmp_path):
+    """Merging needs no Unsloth kernels: plain transformers + PEFT, same logits as the adapter."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    recipe = tomllib.loads((unsloth_run / "final/recipe.toml").read_text(encoding="utf-8"))
+    assert recipe["model"]["loader"] == "unsloth"
+    merged = tmp_path / "merged"
+    res = run_cli("merge", str(unsloth_run), "--out", str(merged), "--dtype", "fp32")
+    assert res.returncode == 0, res.stderr[-3000:]
+    ids = torch.tensor([[1, 40, 50, 60, 70, 80, 90, 100, 5, 6, 7]])
+    model = AutoModelForCausalLM.from_pretrained(str(merged), dtype=torch.float32).eval()
+    assert not any("lora" in n for n, _ in model.named_parameters())
+    base = AutoModelForCausalLM.from_pretrained(str(tiny_model()), dtype=torch.float32).eval()
+    with torch.no_grad():
+        untrained = base(input_ids=ids).logits
+    adapter = PeftModel.from_pretrained(base, str(unsloth_run / "final")).eval()
+    with torch.no_grad():
+        ours, plain = model(input_ids=ids).logits, adapter(input_ids=ids).logits
+    assert torch.allclose(ours, plain, atol=1e-4), float((ours - plain).abs().max())
+    assert float((plain - untrained).abs().max()) > 1e-2  # the adapter is in the merge
+
+
+@pytest.mark.slow
+@needs_fallback
+def test_chat_with_an_unsloth_run_on_cpu(unsloth_run):
+    res = run_cli("chat", str(unsloth_run), "--prompt", "reverse hello", "--max-new-tokens", "4")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "Traceback" not in res.stderr
+
+
+@pytest.mark.gpu
+def test_unsloth_trains_the_tiny_model_on_a_gpu(tmp_path):
+    base = tiny_model()
+    data = write_jsonl(tmp_path / "d.jsonl", chat_rows(64))
+    out = run_cli(
+        "run", str(RECIPE),
+        "-o", f"model.path={json.dumps(str(base))}",
+        "-o", f"data.train={json.dumps(str(data))}",
+        "-o", "train.max_steps=10",
+        "-o", f"train.output_dir={json.dumps(str(tmp_path / 'run'))}",
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.loads((tmp_path / "run/summary.json").read_text())
+    assert summary["last_loss"] < summary["first_loss"]
+    assert (tmp_path / "run/final/adapter_config.json").exists()
