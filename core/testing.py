@@ -13,7 +13,8 @@ Fixtures:
 
 Helpers (plain functions): `chat_rows`, `write_jsonl`, `recipe_dict`, `write_recipe`,
 `load_recipe`, `run`, `run_cli`, `launch`, `build_model`, `tiny_model`, `tiny_tokenizer`,
-`tokenize`, `train_losses`, `final_weights`, `max_weight_diff`, `registered`, `write_plugin`.
+`tokenize`, `train_losses`, `final_weights`, `max_weight_diff`, `registered`, `write_plugin`,
+`sgd_step`, `step_difference` (strategy parity).
 Markers: `slow` (seconds or more), `gpu` (skipped without a CUDA GPU).
 """
 
@@ -43,6 +44,8 @@ __all__ = [
     "registered",
     "run",
     "run_cli",
+    "sgd_step",
+    "step_difference",
     "tiny_model",
     "tiny_tokenizer",
     "tokenize",
@@ -261,12 +264,61 @@ def write_plugin(folder: Path, name: str, source: str) -> dict[str, str]:
     return {"PYTHONPATH": os.pathsep.join([str(folder), *(p for p in sys.path if p)])}
 
 
-def launch(recipe: Path, nproc: int = 2, *extra: str):
-    """`tune run --nproc-per-node N RECIPE` (torchrun, gloo on CPU), as a user would."""
-    args = ["run", str(recipe), *extra]
-    if nproc > 1:
-        args = ["run", "--nproc-per-node", str(nproc), str(recipe), *extra]
-    return run_cli(*args)
+def launch(recipe: Path, nproc: int = 2, *extra: str, env: dict[str, str] | None = None):
+    """`tune run --nproc-per-node N RECIPE EXTRA` (torchrun, gloo on CPU), as a user would."""
+    multi = ["--nproc-per-node", str(nproc)] if nproc > 1 else []
+    return run_cli("run", *multi, str(recipe), *extra, env=env)
+
+
+# Plain SGD, for strategy tests: its update is proportional to the gradient, so any error in
+# the loss normalization across ranks or micro-batches shows in the weights.
+SGD_PLUGIN = """
+from tune.plugin import Settings, hookimpl
+
+
+class SgdSettings(Settings):
+    lr: float = 0.1
+
+
+@hookimpl
+def tune_provide(provide):
+    provide.optimizer("sgd", SgdSettings, doc="plain SGD")
+
+
+@hookimpl
+def tune_build_optimizer(name, settings, params, ctx):
+    import torch
+
+    return torch.optim.SGD(params, lr=settings.lr)
+"""
+
+
+def sgd_step(tmp_path: Path, out: str, strategy: dict, micro: int, accum: int, nproc: int):
+    """One full-fine-tune SGD step (`-p sgd_plugin`, launched with `nproc` processes) into
+    tmp_path/out; compare two with `step_difference`. Returns the run directory."""
+    env = write_plugin(tmp_path, "sgd_plugin", SGD_PLUGIN)
+    data = recipe_dict(
+        tmp_path,
+        optimizer={"name": "sgd", "lr": 0.5},
+        strategy=strategy,
+        data={"shuffle": False},
+        train={
+            "output_dir": str(tmp_path / out),
+            "max_steps": 1,
+            "micro_batch_size": micro,
+            "grad_accum": accum,
+            "max_grad_norm": 0.0,
+        },
+    )
+    res = launch(write_recipe(tmp_path, data, f"{out}.toml"), nproc, "-p", "sgd_plugin", env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return tmp_path / out
+
+
+def step_difference(a: Path, b: Path) -> tuple[float, float]:
+    """(first-step loss difference, largest final-weight difference) of two runs."""
+    loss = abs(train_losses(a)[0] - train_losses(b)[0])
+    return loss, max_weight_diff(final_weights(a), final_weights(b))
 
 
 # -- models and results ---------------------------------------------------------------------------

@@ -9,11 +9,13 @@ import sys
 import pytest
 from tune.testing import (
     final_weights,
+    launch,
     max_weight_diff,
     recipe_dict,
     run_cli,
+    sgd_step,
+    step_difference,
     train_losses,
-    write_plugin,
     write_recipe,
 )
 
@@ -30,33 +32,6 @@ model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), ad
 print(json.dumps(float(model(input_ids=torch.tensor([[1, 40, 50]])).logits.abs().mean())))
 """
 
-# A plugin for the launched processes (written to a folder; `-p sgd_plugin` loads it there).
-SGD_PLUGIN = """
-from tune.plugin import Settings, hookimpl
-
-
-class SgdSettings(Settings):
-    lr: float = 0.1
-
-
-@hookimpl
-def tune_provide(provide):
-    provide.optimizer("sgd", SgdSettings, doc="plain SGD")
-
-
-@hookimpl
-def tune_build_optimizer(name, settings, params, ctx):
-    import torch
-
-    return torch.optim.SGD(params, lr=settings.lr)
-"""
-
-
-def launch(recipe, nproc=2, *extra, env=None):
-    """`tune run [--nproc-per-node N] RECIPE EXTRA...` in a subprocess, with `env` added."""
-    multi = ["--nproc-per-node", str(nproc)] if nproc > 1 else []
-    return run_cli("run", *multi, str(recipe), *extra, env=env)
-
 
 def lora_recipe(tmp_path, out, strategy, **train):
     data = recipe_dict(
@@ -69,55 +44,24 @@ def lora_recipe(tmp_path, out, strategy, **train):
     return write_recipe(tmp_path, data, f"{out}.toml")
 
 
-def sgd_recipe(tmp_path, out, strategy, micro, accum):
-    """Full fine-tuning with plain SGD: an update proportional to the gradient, so any error in
-    the loss normalization across ranks or micro-batches shows in the weights."""
-    data = recipe_dict(
-        tmp_path,
-        optimizer={"name": "sgd", "lr": 0.5},
-        strategy=strategy,
-        data={"shuffle": False},
-        train={
-            "output_dir": str(tmp_path / out),
-            "max_steps": 1,
-            "micro_batch_size": micro,
-            "grad_accum": accum,
-            "max_grad_norm": 0.0,
-        },
-    )
-    return write_recipe(tmp_path, data, f"{out}.toml")
-
-
 @pytest.fixture(scope="module")
-def sgd_env(tmp_path_factory):
-    """The env under which `-p sgd_plugin` loads the SGD optimizer in launched processes."""
-    return write_plugin(tmp_path_factory.mktemp("plugins"), "sgd_plugin", SGD_PLUGIN)
-
-
-@pytest.fixture(scope="module")
-def single_sgd(tmp_path_factory, sgd_env):
+def single_sgd(tmp_path_factory):
     """One process, global batch 4, one SGD step: the reference for every strategy."""
-    tmp = tmp_path_factory.mktemp("single")
-    path = sgd_recipe(tmp, "single", {"name": "single"}, micro=4, accum=1)
-    res = launch(path, 1, "-p", "sgd_plugin", env=sgd_env)
-    assert res.returncode == 0, res.stderr[-2000:]
-    return tmp / "single"
+    return sgd_step(tmp_path_factory.mktemp("single"), "single", {"name": "single"}, 4, 1, 1)
 
 
-def check_parity(single, tmp_path, env, strategy, micro, accum):
-    path = sgd_recipe(tmp_path, "dist", strategy, micro, accum)
-    res = launch(path, 2, "-p", "sgd_plugin", env=env)
-    assert res.returncode == 0, res.stderr[-3000:]
-    loss_diff = abs(train_losses(single)[0] - train_losses(tmp_path / "dist")[0])
-    weight_diff = max_weight_diff(final_weights(single), final_weights(tmp_path / "dist"))
+def check_parity(single, tmp_path, strategy, micro, accum):
+    loss_diff, weight_diff = step_difference(
+        single, sgd_step(tmp_path, "dist", strategy, micro, accum, 2)
+    )
     print(f"{strategy}: first-step loss diff {loss_diff:.2e}, max weight diff {weight_diff:.2e}")
     assert loss_diff <= 1e-5 and weight_diff <= 1e-5
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("stage", [2, 3])
-def test_zero_step_equals_single_process(single_sgd, sgd_env, tmp_path, stage):
-    check_parity(single_sgd, tmp_path, sgd_env, {"name": "deepspeed", "zero_stage": stage}, 1, 2)
+def test_zero_step_equals_single_process(single_sgd, tmp_path, stage):
+    check_parity(single_sgd, tmp_path, {"name": "deepspeed", "zero_stage": stage}, 1, 2)
 
 
 @pytest.mark.slow
