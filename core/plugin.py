@@ -19,6 +19,8 @@ from tune.data.examples import IGNORE, Examples, collate, target_count
 from tune.data.files import resolve_input
 from tune.data.format import DataFormat
 from tune.data.source import DataSource
+from tune.data.templates import ROLES as CHAT_ROLES
+from tune.data.templates import use_template as use_chat_template
 from tune.devices import auto_device, resolve_dtype, resolve_precision
 from tune.distributed import EnvWorld, env_world, join_world
 from tune.errors import TuneError, did_you_mean
@@ -62,6 +64,8 @@ __all__ = [
     "collate",
     "collate_packed",
     "resolve_input",
+    "CHAT_ROLES",
+    "use_chat_template",
     # training: objectives, strategies, trackers
     "Objective",
     "LossOutput",

@@ -11,37 +11,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from pydantic import Field
-from tune.plugin import IGNORE, DataFormat, Settings, TuneError
-
-ROLES = {
-    "user": "user",
-    "human": "user",
-    "assistant": "assistant",
-    "gpt": "assistant",
-    "model": "assistant",
-    "system": "system",
-}
-
-# The llama-3.1 layout, for tokenizers whose own template is missing (same text as tune's).
-LLAMA_31 = (
-    "{{- bos_token }}"
-    "{%- for message in messages %}"
-    "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' "
-    "+ message['content'] | trim + '<|eot_id|>' }}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}"
-    "{%- endif %}"
-)
-CHATML = (
-    "{%- for message in messages %}"
-    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
-)
-TEMPLATES = {
-    "llama-3.1": (LLAMA_31, ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]),
-    "chatml": (CHATML, ["<|im_start|>", "<|im_end|>"]),
-}
+from tune.plugin import CHAT_ROLES, IGNORE, DataFormat, Settings, TuneError, use_chat_template
 
 Messages = list[dict[str, str]]
 
@@ -93,11 +63,11 @@ def _message(turn: Any, where: str, what: str) -> dict[str, str]:
             where,
             'write each message as {"role": ..., "content": ...}.',
         )
-    role = ROLES.get(str(raw_role).lower())
+    role = CHAT_ROLES.get(str(raw_role).lower())
     if role is None:
         raise _fail(
             f"{what} has role '{raw_role}', which format 'preference' does not know "
-            f"(known: {', '.join(sorted(ROLES))}).",
+            f"(known: {', '.join(sorted(CHAT_ROLES))}).",
             where,
             "map the roles to user/assistant/system before training.",
         )
@@ -200,27 +170,6 @@ def normalize_pair(row: dict, settings: PreferenceSettings, where: str):
     return prompt, _reply(row, "chosen", where), _reply(row, "rejected", where)
 
 
-def use_template(tokenizer: Any, name: str, where: str) -> None:
-    """Set the tokenizer's chat template from `name` ("tokenizer" keeps its own)."""
-    if name == "tokenizer":
-        if not getattr(tokenizer, "chat_template", None):
-            raise _fail(
-                "the tokenizer has no chat template.",
-                where,
-                f"set template to one of {', '.join(TEMPLATES)} in [data].",
-            )
-        return
-    template, tokens = TEMPLATES[name]
-    missing = [t for t in tokens if t not in tokenizer.get_vocab()]
-    if missing:
-        raise _fail(
-            f"template '{name}' needs the special tokens {missing}, which this tokenizer lacks.",
-            where,
-            'use the tokenizer\'s own template (template = "tokenizer").',
-        )
-    tokenizer.chat_template = template
-
-
 def render(tokenizer: Any, messages: Messages, generation: bool, where: str) -> str:
     try:
         return tokenizer.apply_chat_template(
@@ -264,7 +213,7 @@ class PreferenceFormat(DataFormat):
     def __init__(self, settings, tokenizer=None, **kwargs):
         super().__init__(settings, tokenizer, **kwargs)
         if tokenizer is not None:
-            use_template(tokenizer, settings.template, f"{self.where} template")
+            use_chat_template(tokenizer, settings.template, f"{self.where} template")
 
     def check(self, row, where):
         return normalize_pair(row, self.settings, where)
@@ -387,7 +336,7 @@ class KTOFormat(DataFormat):
     def __init__(self, settings, tokenizer=None, **kwargs):
         super().__init__(settings, tokenizer, **kwargs)
         if tokenizer is not None:
-            use_template(tokenizer, settings.template, f"{self.where} template")
+            use_chat_template(tokenizer, settings.template, f"{self.where} template")
 
     def check(self, row, where):
         return normalize_kto(row, self.settings, where)
