@@ -58,6 +58,11 @@ __all__ = [
 
 # -- pytest hooks ---------------------------------------------------------------------------------
 def pytest_configure(config: pytest.Config) -> None:
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        # Several workers on few cores, some starting 2-process runs: one thread per process
+        # avoids oversubscription (before torch is imported; subprocesses inherit it).
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+        os.environ.setdefault("MKL_NUM_THREADS", "1")
     config.addinivalue_line("markers", "slow: takes more than a few seconds")
     config.addinivalue_line("markers", "gpu: needs a CUDA GPU; skipped without one")
 
