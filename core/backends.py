@@ -35,6 +35,13 @@ class Backend:
     doc: str = ""
     for_loader: str | None = None
     examples: str | None = None  # formats: the example kind produced; objectives: consumed
+    requires: tuple[str, ...] = ()  # modules it imports when used (checked with find_spec)
+
+    def missing(self) -> str | None:
+        """The first required module that is not installed here, or None (imports nothing)."""
+        import importlib.util
+
+        return next((m for m in self.requires if importlib.util.find_spec(m) is None), None)
 
     @property
     def label(self) -> str:
@@ -47,63 +54,111 @@ class Backend:
 
 
 class Provide:
-    """Handed to `tune_provide`: each call declares one backend of the calling plugin."""
+    """Handed to `tune_provide`: each call declares one backend of the calling plugin.
+
+    `requires` names the modules the backend imports when used (e.g. ("mlflow",)): where one is
+    missing, tune lists the plugin with a STATUS saying so and refuses recipes that use the
+    backend at validation, while the plugin still loads and its other backends work.
+    """
 
     def __init__(self, manager: PluginManager):
         self._manager = manager
 
-    def _declare(self, kind, name, settings, doc, for_loader=None, examples=None) -> None:
+    def _declare(
+        self, kind, name, settings, doc, for_loader=None, examples=None, requires=()
+    ) -> None:
         settings = settings or NoSettings
         if not (isinstance(settings, type) and issubclass(settings, BaseModel)):
             raise TypeError(f"settings for {kind} '{name}' must be a pydantic model class")
         if KINDS[kind].has_examples:
             examples = examples or LM_EXAMPLES
-        backend = Backend(kind, name, settings, "?", doc.strip(), for_loader, examples)
+        requires = (requires,) if isinstance(requires, str) else tuple(requires)
+        backend = Backend(kind, name, settings, "?", doc.strip(), for_loader, examples, requires)
         self._manager._declare(backend)
 
-    def loader(self, name: str, settings: type[BaseModel] | None = None, doc: str = "") -> None:
+    def loader(
+        self,
+        name: str,
+        settings: type[BaseModel] | None = None,
+        doc: str = "",
+        requires: tuple[str, ...] = (),
+    ) -> None:
         """`[model] loader = name`: loads the model and tokenizer."""
-        self._declare("loader", name, settings, doc)
+        self._declare("loader", name, settings, doc, requires=requires)
 
     def quantization(
-        self, name: str, settings=None, doc: str = "", for_loader: str | None = None
+        self,
+        name: str,
+        settings=None,
+        doc: str = "",
+        for_loader: str | None = None,
+        requires: tuple[str, ...] = (),
     ) -> None:
         """`[model] quantize = name`, settings in `[model.quantization]`."""
-        self._declare("quantization", name, settings, doc, for_loader)
+        self._declare("quantization", name, settings, doc, for_loader, requires=requires)
 
     def adapter(
-        self, name: str, settings=None, doc: str = "", for_loader: str | None = None
+        self,
+        name: str,
+        settings=None,
+        doc: str = "",
+        for_loader: str | None = None,
+        requires: tuple[str, ...] = (),
     ) -> None:
         """`[[adapt]] method = name`: one step of the adapt chain."""
-        self._declare("adapter", name, settings, doc, for_loader)
+        self._declare("adapter", name, settings, doc, for_loader, requires=requires)
 
-    def data_source(self, name: str, settings=None, doc: str = "") -> None:
+    def data_source(
+        self, name: str, settings=None, doc: str = "", requires: tuple[str, ...] = ()
+    ) -> None:
         """`[data.source] name = name`: where rows come from (default "files")."""
-        self._declare("data_source", name, settings, doc)
+        self._declare("data_source", name, settings, doc, requires=requires)
 
-    def data_format(self, name: str, settings=None, doc: str = "", examples: str = "") -> None:
+    def data_format(
+        self,
+        name: str,
+        settings=None,
+        doc: str = "",
+        examples: str = "",
+        requires: tuple[str, ...] = (),
+    ) -> None:
         """`[data] format = name`: rows to examples of kind `examples` (default "lm")."""
-        self._declare("data_format", name, settings, doc, examples=examples)
+        self._declare("data_format", name, settings, doc, examples=examples, requires=requires)
 
-    def optimizer(self, name: str, settings=None, doc: str = "") -> None:
+    def optimizer(
+        self, name: str, settings=None, doc: str = "", requires: tuple[str, ...] = ()
+    ) -> None:
         """`[optimizer] name = name`."""
-        self._declare("optimizer", name, settings, doc)
+        self._declare("optimizer", name, settings, doc, requires=requires)
 
-    def objective(self, name: str, settings=None, doc: str = "", examples: str = "") -> None:
+    def objective(
+        self,
+        name: str,
+        settings=None,
+        doc: str = "",
+        examples: str = "",
+        requires: tuple[str, ...] = (),
+    ) -> None:
         """`[objective] name = name`: the loss of a step, over examples of kind `examples`."""
-        self._declare("objective", name, settings, doc, examples=examples)
+        self._declare("objective", name, settings, doc, examples=examples, requires=requires)
 
-    def strategy(self, name: str, settings=None, doc: str = "") -> None:
+    def strategy(
+        self, name: str, settings=None, doc: str = "", requires: tuple[str, ...] = ()
+    ) -> None:
         """`[strategy] name = name`."""
-        self._declare("strategy", name, settings, doc)
+        self._declare("strategy", name, settings, doc, requires=requires)
 
-    def metric(self, name: str, settings=None, doc: str = "") -> None:
+    def metric(
+        self, name: str, settings=None, doc: str = "", requires: tuple[str, ...] = ()
+    ) -> None:
         """A name in `[eval] metrics`, settings in `[eval.<name>]`."""
-        self._declare("metric", name, settings, doc)
+        self._declare("metric", name, settings, doc, requires=requires)
 
-    def tracker(self, name: str, settings=None, doc: str = "") -> None:
+    def tracker(
+        self, name: str, settings=None, doc: str = "", requires: tuple[str, ...] = ()
+    ) -> None:
         """`[[track]] name = name`: receives the run's events (main process only)."""
-        self._declare("tracker", name, settings, doc)
+        self._declare("tracker", name, settings, doc, requires=requires)
 
 
 @functools.lru_cache(maxsize=1)

@@ -102,6 +102,11 @@ class PluginManager(pluggy.PluginManager):
             if h not in ("tune_provide", "tune_plugin_status")
         )
         self._check_contract(name, implemented)
+        missing = sorted(
+            {m for b in self.backends.values() if b.plugin == name and (m := b.missing())}
+        )
+        if missing and info.status == "ok":
+            info.status = f"{', '.join(missing)} not installed: pip install {distribution}"
         status_hook = getattr(plugin, "tune_plugin_status", None)
         if callable(status_hook) and info.status == "ok":
             try:

@@ -35,6 +35,15 @@ def select_backends(recipe: Recipe, plugins: Any, roles: tuple[str, ...] = ALL_R
 
     def pick(kind, name, table, core, where, scope_loader=None) -> Selected:
         backend = plugins.backend(kind, name, loader=scope_loader, where=str(path))
+        module = backend.missing()
+        if module:
+            dist = plugins.infos[backend.plugin].distribution
+            raise TuneError(
+                f"{where} names {backend.kind} '{name}', which needs the module '{module}' "
+                "that is not installed here.",
+                where=str(path),
+                fix=f"pip install {dist} (it brings {module}), or choose another {backend.kind}.",
+            )
         extra = {k: v for k, v in table.items() if k not in core}
         try:
             settings = backend.settings.model_validate(extra)

@@ -182,3 +182,26 @@ def test_plugin_api_range_is_checked(make_dist):
     assert pm.infos[old].status.startswith("incompatible: built for tune plugin API >=0.1,<1")
     with pytest.raises(TuneError, match="Plugins that failed to load.*incompatible"):
         pm.backend("metric", "m0")
+
+
+def test_a_backend_whose_library_is_missing_is_listed_and_refused_only_where_used(
+    make_dist, tmp_path
+):
+    src = provider("optimizer", "needs_lib").replace(
+        'provide.optimizer("needs_lib", S)',
+        'provide.optimizer("needs_lib", S, requires=("no_such_module_xyz",))',
+    )
+    name = make_dist("tune-plugin-needy", "0.2", src)
+    pm = get_plugin_manager()
+    assert pm.infos[name].status == (
+        "no_such_module_xyz not installed: pip install tune-plugin-needy"
+    )
+    load_recipe(write_recipe(tmp_path, recipe_dict(tmp_path)), plugins=pm)  # not used: fine
+    with pytest.raises(TuneError) as err:
+        load_recipe(
+            write_recipe(tmp_path, recipe_dict(tmp_path, optimizer={"name": "needs_lib"})),
+            plugins=pm,
+        )
+    assert "no_such_module_xyz" in str(err.value) and "pip install tune-plugin-needy" in str(
+        err.value
+    )

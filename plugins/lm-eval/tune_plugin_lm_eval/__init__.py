@@ -9,11 +9,10 @@ the hub as lm-eval fetches it, or from local task YAMLs (`include_path`) over lo
 
 from __future__ import annotations
 
-import importlib.util
 from typing import Any
 
 from pydantic import Field
-from tune.plugin import Settings, TuneError, hookimpl, resolve_input
+from tune.plugin import Settings, hookimpl, resolve_input
 
 TUNE_API = ">=1,<2"
 
@@ -35,30 +34,14 @@ class LmEvalSettings(Settings):
     seed: int = 1234
 
 
-def _missing() -> str | None:
-    if importlib.util.find_spec("lm_eval") is None:
-        return "lm-eval not installed: pip install tune-plugin-lm-eval"
-    return None
-
-
 @hookimpl
 def tune_provide(provide):
-    provide.metric("lm_eval", LmEvalSettings, doc="lm-evaluation-harness tasks on the model")
-
-
-@hookimpl
-def tune_plugin_status():
-    return _missing()
-
-
-@hookimpl
-def tune_check_recipe(recipe):
-    if "lm_eval" in recipe.eval.metrics and _missing():
-        raise TuneError(
-            f"[eval] metrics names 'lm_eval', but {_missing()}.",
-            where=f"{recipe.path}: [eval] metrics",
-            fix="install it, or remove lm_eval from [eval] metrics.",
-        )
+    provide.metric(
+        "lm_eval",
+        LmEvalSettings,
+        requires=("lm_eval",),
+        doc="lm-evaluation-harness tasks on the model",
+    )
 
 
 def flatten(results: dict[str, dict[str, Any]]) -> dict[str, float]:

@@ -9,18 +9,16 @@ in one process never mix. Imports nothing heavy at the top: `tune plugins list` 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import time
 from pathlib import Path
 from typing import Any
 
 from pydantic import Field
-from tune.plugin import RunInfo, Settings, Tracker, TuneError, hookimpl
+from tune.plugin import RunInfo, Settings, Tracker, hookimpl
 
 TUNE_API = ">=1,<2"
 
-INSTALL = "pip install tune-plugin-mlflow"
 MAX_PARAM_KEY = 250  # MLflow's limits on a param's key and value
 MAX_PARAM_VALUE = 6000
 BATCH = 100  # params per log_batch call (MLflow refuses more)
@@ -40,13 +38,6 @@ class MlflowSettings(Settings):
         "for the default SQLite store, the server's choice otherwise",
     )
     log_final: bool = Field(True, description="log final/ as artifacts at the end")
-
-
-def _missing() -> str | None:
-    """Why the tracker cannot work here (cheap: mlflow is not imported)."""
-    if importlib.util.find_spec("mlflow") is None:
-        return f"mlflow not installed: {INSTALL}"
-    return None
 
 
 def flatten(data: Any, prefix: str = "") -> dict[str, str]:
@@ -156,24 +147,9 @@ def tune_provide(provide):
     provide.tracker(
         "mlflow",
         MlflowSettings,
+        requires=("mlflow",),
         doc="MLflow (local SQLite by default): recipe params, metrics by step, artifacts",
     )
-
-
-@hookimpl
-def tune_plugin_status():
-    return _missing()
-
-
-@hookimpl
-def tune_check_recipe(recipe):
-    reason = _missing()
-    if reason and any(entry.name == "mlflow" for entry in recipe.track):
-        raise TuneError(
-            f"[[track]] name = 'mlflow' cannot run here: {reason}.",
-            where=f"{recipe.path}: [[track]]",
-            fix=f"{INSTALL}, or remove that [[track]] table.",
-        )
 
 
 @hookimpl

@@ -12,18 +12,16 @@ Imports nothing heavy at the top: `tune plugins list` imports this module.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import math
 from typing import Any
 
 from pydantic import Field
-from tune.plugin import IGNORE, Settings, TuneError, hookimpl
+from tune.plugin import IGNORE, Settings, hookimpl
 
 TUNE_API = ">=1,<2"
 
-INSTALL = "pip install tune-plugin-rouge"
 ROUGE_KEYS = ("rouge1", "rouge2", "rougeL", "rougeLsum")
-NEEDS = {"rouge": "rouge_score", "exact_match": None, "bleu": "sacrebleu"}
+NEEDS = {"rouge": ("rouge_score",), "exact_match": (), "bleu": ("sacrebleu",)}
 
 
 class GenerationSettings(Settings):
@@ -36,15 +34,6 @@ class GenerationSettings(Settings):
 
 class RougeSettings(GenerationSettings):
     use_stemmer: bool = Field(True, description="Porter stemmer, as rouge-score's default CLI")
-
-
-def _missing(names: list[str]) -> str | None:
-    """The first library a requested metric needs and is not installed (cheap: find_spec)."""
-    for name in names:
-        module = NEEDS.get(name)
-        if module and importlib.util.find_spec(module) is None:
-            return f"{module.replace('_', '-')} not installed: {INSTALL}"
-    return None
 
 
 # -- scoring (pure, tested against the libraries called directly) ----------------------------
@@ -159,26 +148,13 @@ def _score(names: list[str], settings: Any, model, data) -> dict[str, float]:
 # -- hooks -------------------------------------------------------------------------------------
 @hookimpl
 def tune_provide(provide):
-    provide.metric("rouge", RougeSettings, doc="rouge1/2/L/Lsum F1 of greedy eval generations")
-    provide.metric("exact_match", GenerationSettings, doc="greedy eval generations == reference")
-    provide.metric("bleu", GenerationSettings, doc="sacrebleu corpus BLEU of eval generations")
-
-
-@hookimpl
-def tune_plugin_status():
-    return _missing(["rouge", "bleu"])
-
-
-@hookimpl
-def tune_check_recipe(recipe):
-    wanted = [m for m in recipe.eval.metrics if m in NEEDS]
-    reason = _missing(wanted)
-    if reason:
-        raise TuneError(
-            f"[eval] metrics {wanted} cannot run here: {reason}.",
-            where=f"{recipe.path}: [eval] metrics",
-            fix=f"{INSTALL}, or remove them from [eval] metrics.",
-        )
+    docs = {
+        "rouge": (RougeSettings, "rouge1/2/L/Lsum F1 of greedy eval generations"),
+        "exact_match": (GenerationSettings, "greedy eval generations == reference"),
+        "bleu": (GenerationSettings, "sacrebleu corpus BLEU of eval generations"),
+    }
+    for name, (settings, doc) in docs.items():
+        provide.metric(name, settings, doc=doc, requires=NEEDS[name])
 
 
 @hookimpl

@@ -8,17 +8,14 @@ Imports nothing heavy at the top: `tune plugins list` imports this module.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 from typing import Any
 
 from pydantic import Field
-from tune.plugin import RunInfo, Settings, Tracker, TuneError, hookimpl
+from tune.plugin import RunInfo, Settings, Tracker, hookimpl
 
 TUNE_API = ">=1,<2"
-
-INSTALL = "pip install tune-plugin-tensorboard"
 
 
 class TensorBoardSettings(Settings):
@@ -28,13 +25,6 @@ class TensorBoardSettings(Settings):
         None, description='event file folder; default "<output_dir>/tensorboard"'
     )
     flush_secs: int = Field(30, ge=1, description="seconds between flushes to disk")
-
-
-def _missing() -> str | None:
-    """Why the tracker cannot work here (cheap: no import of tensorboard or torch)."""
-    if importlib.util.find_spec("tensorboard") is None:
-        return f"tensorboard not installed: {INSTALL}"
-    return None
 
 
 def _scalars(values: dict[str, Any]) -> dict[str, float]:
@@ -99,24 +89,9 @@ def tune_provide(provide):
     provide.tracker(
         "tensorboard",
         TensorBoardSettings,
+        requires=("tensorboard",),
         doc="TensorBoard event files under the run dir: scalars, samples, recipe",
     )
-
-
-@hookimpl
-def tune_plugin_status():
-    return _missing()
-
-
-@hookimpl
-def tune_check_recipe(recipe):
-    reason = _missing()
-    if reason and any(entry.name == "tensorboard" for entry in recipe.track):
-        raise TuneError(
-            f"[[track]] name = 'tensorboard' cannot run here: {reason}.",
-            where=f"{recipe.path}: [[track]]",
-            fix=f"{INSTALL}, or remove that [[track]] table.",
-        )
 
 
 @hookimpl

@@ -10,17 +10,14 @@ Imports nothing heavy at the top: `tune plugins list` imports this module.
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field
-from tune.plugin import RunInfo, Settings, Tracker, TuneError, hookimpl
+from tune.plugin import RunInfo, Settings, Tracker, hookimpl
 
 TUNE_API = ">=1,<2"
-
-INSTALL = "pip install tune-plugin-wandb"
 
 
 class WandbSettings(Settings):
@@ -38,13 +35,6 @@ class WandbSettings(Settings):
     dir: str | None = Field(None, description="where wandb/ goes; default the run dir")
     log_artifact: bool = Field(False, description="log final/ as a model artifact at the end")
     artifact_name: str | None = Field(None, description="artifact name; default '<run>-final'")
-
-
-def _missing() -> str | None:
-    """Why the tracker cannot work here (cheap: wandb is not imported)."""
-    if importlib.util.find_spec("wandb") is None:
-        return f"wandb not installed: {INSTALL}"
-    return None
 
 
 def _scalars(values: dict[str, Any]) -> dict[str, float]:
@@ -129,24 +119,9 @@ def tune_provide(provide):
     provide.tracker(
         "wandb",
         WandbSettings,
+        requires=("wandb",),
         doc="Weights & Biases: config, metrics by step, samples table, final/ artifact",
     )
-
-
-@hookimpl
-def tune_plugin_status():
-    return _missing()
-
-
-@hookimpl
-def tune_check_recipe(recipe):
-    reason = _missing()
-    if reason and any(entry.name == "wandb" for entry in recipe.track):
-        raise TuneError(
-            f"[[track]] name = 'wandb' cannot run here: {reason}.",
-            where=f"{recipe.path}: [[track]]",
-            fix=f"{INSTALL}, or remove that [[track]] table.",
-        )
 
 
 @hookimpl
