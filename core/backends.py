@@ -8,7 +8,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 from tune.kinds import KINDS, LM_EXAMPLES
@@ -56,6 +56,9 @@ class Backend:
 class Provide:
     """Handed to `tune_provide`: each call declares one backend of the calling plugin.
 
+    Options: `requires=` (every kind), `for_loader=` (quantization, adapter: serve this name for
+    that loader only), `examples=` (data formats and objectives: the example kind).
+
     `requires` names the modules the backend imports when used (e.g. ("mlflow",)): where one is
     missing, tune lists the plugin with a STATUS saying so and refuses recipes that use the
     backend at validation, while the plugin still loads and its other backends work.
@@ -64,101 +67,67 @@ class Provide:
     def __init__(self, manager: PluginManager):
         self._manager = manager
 
-    def _declare(
-        self, kind, name, settings, doc, for_loader=None, examples=None, requires=()
-    ) -> None:
+    def _declare(self, kind: str, name: str, settings, doc: str, options: dict) -> None:
+        allowed = {"requires"} | ({"examples"} if KINDS[kind].has_examples else set())
+        allowed |= {"for_loader"} if kind in ("quantization", "adapter") else set()
+        unknown = set(options) - allowed
+        if unknown:
+            raise TypeError(f"provide.{kind}() got unexpected options {sorted(unknown)}")
         settings = settings or NoSettings
         if not (isinstance(settings, type) and issubclass(settings, BaseModel)):
             raise TypeError(f"settings for {kind} '{name}' must be a pydantic model class")
-        if KINDS[kind].has_examples:
-            examples = examples or LM_EXAMPLES
-        requires = (requires,) if isinstance(requires, str) else tuple(requires)
-        backend = Backend(kind, name, settings, "?", doc.strip(), for_loader, examples, requires)
+        requires = options.get("requires", ())
+        backend = Backend(
+            kind,
+            name,
+            settings,
+            "?",
+            doc.strip(),
+            for_loader=options.get("for_loader"),
+            examples=(options.get("examples") or LM_EXAMPLES) if KINDS[kind].has_examples else None,
+            requires=(requires,) if isinstance(requires, str) else tuple(requires),
+        )
         self._manager._declare(backend)
 
-    def loader(
-        self,
-        name: str,
-        settings: type[BaseModel] | None = None,
-        doc: str = "",
-        requires: tuple[str, ...] = (),
-    ) -> None:
+    def loader(self, name: str, settings=None, doc: str = "", **options: Any) -> None:
         """`[model] loader = name`: loads the model and tokenizer."""
-        self._declare("loader", name, settings, doc, requires=requires)
+        self._declare("loader", name, settings, doc, options)
 
-    def quantization(
-        self,
-        name: str,
-        settings=None,
-        doc: str = "",
-        for_loader: str | None = None,
-        requires: tuple[str, ...] = (),
-    ) -> None:
-        """`[model] quantize = name`, settings in `[model.quantization]`."""
-        self._declare("quantization", name, settings, doc, for_loader, requires=requires)
+    def quantization(self, name: str, settings=None, doc: str = "", **options: Any) -> None:
+        """`[model] quantize = name`, settings in `[model.quantization]`; `for_loader=`."""
+        self._declare("quantization", name, settings, doc, options)
 
-    def adapter(
-        self,
-        name: str,
-        settings=None,
-        doc: str = "",
-        for_loader: str | None = None,
-        requires: tuple[str, ...] = (),
-    ) -> None:
-        """`[[adapt]] method = name`: one step of the adapt chain."""
-        self._declare("adapter", name, settings, doc, for_loader, requires=requires)
+    def adapter(self, name: str, settings=None, doc: str = "", **options: Any) -> None:
+        """`[[adapt]] method = name`: one step of the adapt chain; `for_loader=`."""
+        self._declare("adapter", name, settings, doc, options)
 
-    def data_source(
-        self, name: str, settings=None, doc: str = "", requires: tuple[str, ...] = ()
-    ) -> None:
+    def data_source(self, name: str, settings=None, doc: str = "", **options: Any) -> None:
         """`[data.source] name = name`: where rows come from (default "files")."""
-        self._declare("data_source", name, settings, doc, requires=requires)
+        self._declare("data_source", name, settings, doc, options)
 
-    def data_format(
-        self,
-        name: str,
-        settings=None,
-        doc: str = "",
-        examples: str = "",
-        requires: tuple[str, ...] = (),
-    ) -> None:
-        """`[data] format = name`: rows to examples of kind `examples` (default "lm")."""
-        self._declare("data_format", name, settings, doc, examples=examples, requires=requires)
+    def data_format(self, name: str, settings=None, doc: str = "", **options: Any) -> None:
+        """`[data] format = name`: rows to examples of kind `examples=` (default "lm")."""
+        self._declare("data_format", name, settings, doc, options)
 
-    def optimizer(
-        self, name: str, settings=None, doc: str = "", requires: tuple[str, ...] = ()
-    ) -> None:
+    def optimizer(self, name: str, settings=None, doc: str = "", **options: Any) -> None:
         """`[optimizer] name = name`."""
-        self._declare("optimizer", name, settings, doc, requires=requires)
+        self._declare("optimizer", name, settings, doc, options)
 
-    def objective(
-        self,
-        name: str,
-        settings=None,
-        doc: str = "",
-        examples: str = "",
-        requires: tuple[str, ...] = (),
-    ) -> None:
-        """`[objective] name = name`: the loss of a step, over examples of kind `examples`."""
-        self._declare("objective", name, settings, doc, examples=examples, requires=requires)
+    def objective(self, name: str, settings=None, doc: str = "", **options: Any) -> None:
+        """`[objective] name = name`: the loss of a step, over examples of kind `examples=`."""
+        self._declare("objective", name, settings, doc, options)
 
-    def strategy(
-        self, name: str, settings=None, doc: str = "", requires: tuple[str, ...] = ()
-    ) -> None:
+    def strategy(self, name: str, settings=None, doc: str = "", **options: Any) -> None:
         """`[strategy] name = name`."""
-        self._declare("strategy", name, settings, doc, requires=requires)
+        self._declare("strategy", name, settings, doc, options)
 
-    def metric(
-        self, name: str, settings=None, doc: str = "", requires: tuple[str, ...] = ()
-    ) -> None:
+    def metric(self, name: str, settings=None, doc: str = "", **options: Any) -> None:
         """A name in `[eval] metrics`, settings in `[eval.<name>]`."""
-        self._declare("metric", name, settings, doc, requires=requires)
+        self._declare("metric", name, settings, doc, options)
 
-    def tracker(
-        self, name: str, settings=None, doc: str = "", requires: tuple[str, ...] = ()
-    ) -> None:
+    def tracker(self, name: str, settings=None, doc: str = "", **options: Any) -> None:
         """`[[track]] name = name`: receives the run's events (main process only)."""
-        self._declare("tracker", name, settings, doc, requires=requires)
+        self._declare("tracker", name, settings, doc, options)
 
 
 @functools.lru_cache(maxsize=1)
