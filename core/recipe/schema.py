@@ -131,6 +131,12 @@ class TrainSection(Strict):
         "model: updated in the dtype they were loaded in (pure bf16, less memory)",
     )
     gradient_checkpointing: bool = False
+    chunked_loss: bool = Field(
+        True,
+        description="compute the lm-head projection and loss in chunks, never the whole logits "
+        "(exact; off = the plain loss)",
+    )
+    compile: bool = Field(False, description="torch.compile the model (dynamic shapes)")
     max_grad_norm: float = Field(1.0, ge=0.0, description="0 disables clipping")
     seed: int = 42
     log_every: int = Field(1, ge=1)
