@@ -218,6 +218,7 @@ def run(
     resume: bool = False,
     resume_from: Path | None = None,
     overwrite: bool = False,
+    resume_changed: bool = False,
 ) -> tuple[dict[str, Any], Any]:
     """Validate and train a recipe file in this process; returns (summary, Recipe)."""
     from tune.data.pipeline import validate_data
@@ -236,6 +237,7 @@ def run(
         resume=resume or resume_from is not None,
         resume_from=resume_from,
         overwrite=overwrite,
+        resume_changed=resume_changed,
     )
     return summary, recipe
 

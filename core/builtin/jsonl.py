@@ -18,6 +18,25 @@ from tune.train.tracker import RunInfo, Tracker
 class JsonlTracker(Tracker):
     def start(self, run: RunInfo) -> None:
         self.dir: Path = run.output_dir
+        if run.resumed:  # the steps after the checkpoint are trained again: no duplicates
+            for name in ("metrics.jsonl", "samples.jsonl"):
+                self._truncate(self.dir / name, run.step)
+
+    @staticmethod
+    def _truncate(path: Path, step: int) -> None:
+        if not path.exists():
+            return
+        kept = []
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:  # a line torn by a kill
+                continue
+            if isinstance(record, dict) and record.get("step", 0) <= step:
+                kept.append(line + "\n")
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(kept), encoding="utf-8")
+        tmp.replace(path)
 
     def _write(self, name: str, records: list[dict[str, Any]]) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)

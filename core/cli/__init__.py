@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -93,6 +94,16 @@ def main(argv: list[str] | None = None) -> None:
         console = _console(stderr=True)
         console.print(f"[bold red]error:[/bold red] {escape(exc.render())}", soft_wrap=True)
         sys.exit(2)
+    except Exception as exc:  # a run stopped on a signal: its message and its own exit code
+        if type(exc).__name__ != "RunStopped":
+            raise
+        from rich.markup import escape
+
+        if os.environ.get("RANK", "0") == "0":  # one message per job, not per rank
+            _console(stderr=True).print(
+                f"[bold yellow]stopped:[/bold yellow] {escape(exc.message)}", soft_wrap=True
+            )
+        sys.exit(exc.code)
 
 
 # The commands register themselves on `cli` when imported (after `cli` exists).

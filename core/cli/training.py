@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 from pathlib import Path
 
@@ -68,7 +69,14 @@ def validate(ctx, recipe: str, overrides: tuple[str, ...], plugin_opts: tuple[st
     default=None,
     help="Continue from this checkpoint directory.",
 )
-@click.option("--overwrite", is_flag=True, help="Replace a previous run in output_dir.")
+@click.option(
+    "--resume-changed",
+    is_flag=True,
+    help="Resume although training settings changed; the new values take effect.",
+)
+@click.option(
+    "--overwrite", is_flag=True, help="Replace the previous run in output_dir (tune's files only)."
+)
 @click.option(
     "--nproc-per-node",
     type=int,
@@ -88,6 +96,7 @@ def run(
     overrides,
     resume,
     resume_from,
+    resume_changed,
     overwrite,
     nproc_per_node,
     nnodes,
@@ -104,29 +113,44 @@ def run(
     from tune.distributed import env_world, relaunch
 
     pm, rec, _ = _validated(ctx, recipe, overrides, plugin_opts)
-    if (nproc_per_node > 1 or nnodes > 1) and env_world() is None:
-        args = ["run", str(rec.path)]
-        for item in overrides:
-            args += ["-o", item]
-        for item in list((ctx.find_root().obj or {}).get("plugin_opts", ())) + list(plugin_opts):
-            args += ["-p", item]
+    args = ["run", str(rec.path)]
+    for item in overrides:
+        args += ["-o", item]
+    for item in list((ctx.find_root().obj or {}).get("plugin_opts", ())) + list(plugin_opts):
+        args += ["-p", item]
+    started = env_world()
+    if (nproc_per_node > 1 or nnodes > 1) and started is None:
         if resume:
             args.append("--resume")
         if resume_from is not None:
             args += ["--resume-from", str(resume_from)]
+        if resume_changed:
+            args.append("--resume-changed")
         if overwrite:
             args.append("--overwrite")
         code = relaunch(args, nproc_per_node, nnodes, node_rank, master_addr, master_port)
         sys.exit(code)
     from tune.train.run import run_training
 
-    run_training(
-        rec,
-        pm,
-        resume=resume or resume_from is not None,
-        resume_from=resume_from,
-        overwrite=overwrite,
-    )
+    nproc = nproc_per_node if started is None else started.world_size
+    resume_args = args + (["--nproc-per-node", str(nproc)] if nproc > 1 else []) + ["--resume"]
+    try:
+        run_training(
+            rec,
+            pm,
+            resume=resume or resume_from is not None,
+            resume_from=resume_from,
+            overwrite=overwrite,
+            resume_changed=resume_changed,
+            resume_command="python -m tune " + " ".join(shlex.quote(a) for a in resume_args),
+        )
+    except KeyboardInterrupt:  # before the loop, or while saving: nothing half-written stays
+        from tune.train.checkpoint import list_checkpoints
+        from tune.train.signals import EXIT_ABORTED, RunStopped
+
+        found = list_checkpoints(Path(rec.train.output_dir))
+        kept = f"the last checkpoint ({found[-1]}) is intact" if found else "no checkpoint exists"
+        raise RunStopped(f"interrupted: {kept}", EXIT_ABORTED) from None
 
 
 @cli.group(context_settings=CONTEXT_SETTINGS)

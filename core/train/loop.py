@@ -15,18 +15,31 @@ from typing import Any
 
 from tune.context import RunContext
 from tune.data.batching import Batcher
-from tune.errors import TuneError
 from tune.recipe import Recipe, dump_toml
 from tune.train import checkpoint, evaluation, report, setup
+from tune.train import resume as resuming
 from tune.train.meter import Meter
+from tune.train.outdir import OutputDir
+from tune.train.signals import EXIT_ABORTED, EXIT_STOPPED, RunStopped, StopRequest
 from tune.train.tracker import RunInfo
 
 
 class Trainer:
-    def __init__(self, recipe: Recipe, pm, ctx: RunContext, strategy):
+    def __init__(
+        self,
+        recipe: Recipe,
+        pm,
+        ctx: RunContext,
+        strategy,
+        output: OutputDir | None = None,
+        resume_command: str | None = None,
+    ):
         self.recipe, self.pm, self.ctx, self.strategy = recipe, pm, ctx, strategy
         self.train_cfg = recipe.train
         self.recipe_text = dump_toml(recipe.resolved())
+        self.output = output or OutputDir(ctx.output_dir, f"{recipe.path}: [train] output_dir")
+        self.resume_command = resume_command or f"tune run {recipe.path} --resume"
+        self.resumed_step: int | None = None
 
     # -- set-up --------------------------------------------------------------------------------
     def build(self) -> None:
@@ -76,7 +89,7 @@ class Trainer:
         self.plan_steps()
         self.scheduler = setup.build_scheduler(recipe, optimizer, self.total_steps)
         self.model, self.optimizer = self.strategy.prepare(model, optimizer, ctx)
-        self.objective.setup(self.model, ctx)
+        self.objective.begin(self.model, ctx, self)
 
     def plan_steps(self) -> None:
         cfg = self.train_cfg
@@ -95,8 +108,20 @@ class Trainer:
             self.total_steps = sum(per_epoch)
 
     # -- the loop ------------------------------------------------------------------------------
-    def run(self, resume: bool, resume_from: Path | None) -> dict[str, Any]:
+    def run(
+        self, resume: bool, resume_from: Path | None, resume_changed: bool = False
+    ) -> dict[str, Any]:
         ctx, cfg = self.ctx, self.train_cfg
+        # Before anything loads or is written: which checkpoint, and is it still this run?
+        self.settings = resuming.run_settings(self.pm, ctx)
+        plan = None
+        if resume:
+            plan = resuming.plan(self.pm, ctx, resume_from, resume_changed, self.settings)
+            if plan.changes:
+                self.recipe_text = (
+                    f"# resumed from {plan.path} with --resume-changed: "
+                    f"{resuming.manifest.format_changes(plan.changes)}\n" + self.recipe_text
+                )
         self.build()
         state: dict[str, Any] = {
             "step": 0,
@@ -106,8 +131,8 @@ class Trainer:
             "best_eval": None,
             "bad_evals": 0,
         }
-        if resume:
-            self._resume(state, resume_from)
+        if plan is not None and plan.path is not None:
+            self._resume(state, plan)
         ctx.metrics.start(
             RunInfo(
                 recipe=self.recipe.resolved(),
@@ -125,12 +150,17 @@ class Trainer:
         stopped_early = False
         progress = report.progress(ctx)
         task = progress.add_task("train", total=self.total_steps, completed=state["step"], info="")
-        last_saved = state["step"] if resume else -1
-        with progress:
+        last_saved = state["step"] if self.resumed_step is not None else -1
+        with progress, StopRequest(say=ctx.print) as stop:
             while state["step"] < self.total_steps:
-                loss, grad_norm, tokens, extra = self._train_step(self._next_group(state))
+                try:
+                    loss, grad_norm, tokens, extra = self._train_step(self._next_group(state))
+                except KeyboardInterrupt:
+                    self._aborted(state)
                 state["step"] += 1
                 state["tokens"] += tokens
+                state.setdefault("first_loss", loss)
+                state["last_loss"] = loss
                 meter.add(tokens)
                 step = state["step"]
                 self.losses.append((step, loss))
@@ -160,6 +190,8 @@ class Trainer:
                 if cfg.save_every and step % cfg.save_every == 0:
                     self._save(state)
                     last_saved = step
+                if self._stop_agreed(stop):
+                    self._stop(state, stop, saved=last_saved == step)
                 if stopped_early:
                     ctx.print(
                         f"early stopping at step {step}: no eval_loss improvement in "
@@ -176,22 +208,71 @@ class Trainer:
         ctx.metrics.end(summary)
         return summary
 
-    def _resume(self, state: dict[str, Any], resume_from: Path | None) -> None:
-        path = resume_from or self._latest_checkpoint()
+    def _resume(self, state: dict[str, Any], plan: resuming.ResumePlan) -> None:
+        """Restore the checkpoint; with accepted changes, the new recipe's optimizer settings
+        and schedule replace the saved ones from this step on."""
+        import warnings
+
+        fresh = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
         state.update(
             checkpoint.load(
-                Path(path),
+                Path(plan.path),
                 strategy=self.strategy,
                 model=self.model,
                 optimizer=self.optimizer,
                 scheduler=self.scheduler,
                 ctx=self.ctx,
+                load_scheduler=not plan.changes,
             )
         )
         rank_state = state.pop("rank_state", {})
         if self.reader is not None:
             self.reader.load_state_dict(rank_state["stream"])
-        self.ctx.print(f"resumed from {path} at step {state['step']}")
+        self.resumed_step = state["step"]
+        if plan.changes:
+            for group, values in zip(self.optimizer.param_groups, fresh, strict=True):
+                group.update(values)
+            with warnings.catch_warnings():  # replaying the schedule, no optimizer steps
+                warnings.simplefilter("ignore")
+                for _ in range(state["step"]):
+                    self.scheduler.step()
+            old = state.get("micro_per_epoch")
+            if self.reader is None and old and old != self.micro_per_epoch:  # same epoch share
+                share = state["micro_in_epoch"] / old
+                state["micro_in_epoch"] = min(
+                    round(share * self.micro_per_epoch), self.micro_per_epoch - 1
+                )
+            self.ctx.print(
+                "[yellow]resuming with changed settings:[/yellow] "
+                + resuming.manifest.format_changes(plan.changes)
+            )
+        self.ctx.print(f"resumed from {plan.path} at step {state['step']}")
+
+    def _stop_agreed(self, stop: StopRequest) -> bool:
+        """Every rank stops at the same step when any one got the signal."""
+        flag = 1.0 if stop.requested else 0.0
+        if self.ctx.world.world_size > 1:
+            flag = self.strategy.all_reduce_sum(flag)
+        return flag > 0
+
+    def _stop(self, state: dict[str, Any], stop: StopRequest, saved: bool) -> None:
+        path = checkpoint.checkpoints_dir(self.ctx.output_dir) / f"step-{state['step']}"
+        if not saved:
+            self._save(state)
+        raise RunStopped(
+            f"stopped at step {state['step']} on {stop.requested or 'a signal to another rank'}; "
+            f"checkpoint {path} is written. Continue with: {self.resume_command}",
+            EXIT_STOPPED,
+        )
+
+    def _aborted(self, state: dict[str, Any]) -> None:
+        found = checkpoint.list_checkpoints(self.ctx.output_dir)
+        kept = (
+            f"the last checkpoint ({found[-1]}) is intact; continue with: {self.resume_command}"
+            if found
+            else "no checkpoint was written yet"
+        )
+        raise RunStopped(f"aborted during step {state['step'] + 1}: {kept}", EXIT_ABORTED)
 
     def _next_group(self, state: dict[str, Any]) -> list[list[Any]]:
         """The next optimizer step's micro-batches (a short last group ends an epoch)."""
@@ -265,84 +346,45 @@ class Trainer:
             model=self.model,
             optimizer=self.optimizer,
             scheduler=self.scheduler,
-            state={**state, "trackers": self.ctx.metrics.states()},
+            state={
+                **state,
+                "micro_per_epoch": self.micro_per_epoch,
+                "trackers": self.ctx.metrics.states(),
+            },
             rank_state={"stream": self.reader.state_dict()} if self.reader else {},
             recipe_text=self.recipe_text,
             ctx=self.ctx,
             keep_last=self.train_cfg.keep_last,
+            settings=self.settings,
         )
         self.ctx.metrics.checkpoint(state["step"], path)
 
     def _save_final(self) -> None:
         out, ctx, strategy = self.ctx.output_dir, self.ctx, self.strategy
         tmp, final = out / ".tmp-final", out / "final"
-        if ctx.world.is_main:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-        strategy.barrier()
-        strategy.save_final(self.model, self.tokenizer, tmp, ctx)
-        if ctx.world.is_main:
-            self.pm.hook.tune_save_extras(model=strategy.unwrap(self.model), path=tmp, ctx=ctx)
-        strategy.barrier()
-        if ctx.world.is_main:
-            (tmp / "recipe.toml").write_text(self.recipe_text, encoding="utf-8")
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
+        try:
+            if ctx.world.is_main:
+                shutil.rmtree(tmp, ignore_errors=True)
+                tmp.mkdir(parents=True)
+            strategy.barrier()
+            strategy.save_final(self.model, self.tokenizer, tmp, ctx)
+            if ctx.world.is_main:
+                self.pm.hook.tune_save_extras(model=strategy.unwrap(self.model), path=tmp, ctx=ctx)
+            strategy.barrier()
+            if ctx.world.is_main:
+                (tmp / "recipe.toml").write_text(self.recipe_text, encoding="utf-8")
+                self.output.clear_final()
+                os.replace(tmp, final)
+                self.output.record_final()
+        except Exception as exc:
+            if not checkpoint.is_write_failure(exc):
+                raise
+            if ctx.world.is_main:
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise checkpoint.write_failed(exc, "final model", final, ctx) from None
         strategy.barrier()
 
     def _sample(self, step: int, final: bool = True) -> list[dict[str, str]]:
-        """Greedy generations for [generate] prompts, so the user sees what training did.
+        from tune.train.samples import sample
 
-        At the end (`final`) the loader may switch the model to a fast inference mode first;
-        during training the model is used as it is, and goes back to training mode after.
-        """
-        from tune.generation import greedy_generate
-
-        prompts = self.recipe.generate.prompts
-        lockstep = self.strategy.sharded_params
-        if not prompts or not (self.ctx.world.is_main or lockstep):
-            return []
-        model = self.strategy.unwrap(self.model)
-        was_training = model.training
-        model.eval()
-        if final:
-            loader = self.recipe.selected("loader")
-            model = self.pm.call_optional(
-                "tune_prepare_generation", loader, lambda: model, model=model, ctx=self.ctx
-            )
-        render = self.examples.render_prompt or (lambda p: p)
-        samples = [
-            {
-                "prompt": prompt,
-                "reply": greedy_generate(
-                    model,
-                    self.tokenizer,
-                    render(prompt),
-                    self.recipe.generate.max_new_tokens,
-                    device=self.ctx.world.device,
-                    autocast=self.strategy.autocast(self.ctx),
-                    **({"synced_gpus": True} if lockstep else {}),
-                ),
-            }
-            for prompt in prompts
-        ]
-        model.train(was_training and not final)
-        if not final:
-            self.ctx.print(f"samples @ step {step}:")
-        for s in samples:
-            self.ctx.print(
-                f"[bold]>>>[/bold] {s['prompt']}\n[green]{s['reply']}[/green]", markup=True
-            )
-        self.ctx.metrics.samples(step, samples)
-        return samples
-
-    def _latest_checkpoint(self) -> Path:
-        found = checkpoint.list_checkpoints(self.ctx.output_dir)
-        if not found:
-            raise TuneError(
-                f"--resume found no checkpoint in {checkpoint.checkpoints_dir(self.ctx.output_dir)}.",
-                where=f"{self.recipe.path}: [train] output_dir",
-                fix="set [train] save_every to write checkpoints, or start without --resume.",
-            )
-        return found[-1]
+        return sample(self, step, final)

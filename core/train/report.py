@@ -55,7 +55,8 @@ def summarize(trainer: Any, state, meter: Meter, wall: float, final_metrics, sam
     """The run's summary (every rank computes it: it holds cross-rank sums); rank 0 writes
     summary.json, the loss plot and the table."""
     ctx, strategy = trainer.ctx, trainer.strategy
-    tokens = int(strategy.all_reduce_sum(state["tokens"]))
+    tokens = int(strategy.all_reduce_sum(state["tokens"]))  # the whole run, resumes included
+    session = int(strategy.all_reduce_sum(meter.tokens))  # this process's share of the work
     memory = meter.peak_memory()
     losses = trainer.losses
     summary = {
@@ -64,16 +65,19 @@ def summarize(trainer: Any, state, meter: Meter, wall: float, final_metrics, sam
             state["epoch"] + state["micro_in_epoch"] / max(trainer.micro_per_epoch, 1), 3
         ),
         "tokens": tokens,
-        "tokens_per_s": round(tokens / max(wall, 1e-9), 1),
+        "tokens_this_run": session,
+        # rates from this process's own tokens and time: a resumed run is not credited twice
+        "tokens_per_s": round(session / max(wall, 1e-9), 1),
+        "resumed_from_step": trainer.resumed_step,
         "packed": trainer.batcher.pack,
         # real tokens / positions computed (1.0 when packed: no padding at all)
-        "token_efficiency": round(tokens / max(strategy.all_reduce_sum(trainer.slots), 1), 4),
+        "token_efficiency": round(session / max(strategy.all_reduce_sum(trainer.slots), 1), 4),
         # packed: how full the bins are; padded: the same ratio as planned for epoch 0
-        "plan_efficiency": round(plan_efficiency(trainer, tokens), 4),
+        "plan_efficiency": round(plan_efficiency(trainer, session), 4),
         "wall_s": round(wall, 2),
         "peak_memory": memory,
-        "first_loss": losses[0][1] if losses else None,
-        "last_loss": losses[-1][1] if losses else None,
+        "first_loss": state.get("first_loss", losses[0][1] if losses else None),
+        "last_loss": state.get("last_loss", losses[-1][1] if losses else None),
         "eval": final_metrics,
         "trainable_params": trainer.n_trainable,
         "total_params": trainer.n_total,
@@ -144,10 +148,11 @@ def plot(trainer: Any) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    records = _records(trainer)
+    train = [(r["step"], r["loss"]) for r in records if r.get("kind") == "train" and "loss" in r]
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
-    steps, values = zip(*trainer.losses, strict=True)
+    steps, values = zip(*(train or trainer.losses), strict=True)
     ax.plot(steps, values, lw=1.2, label="train")
-    records = trainer.ctx.metrics.records
     evals = [r for r in records if r["kind"] == "eval" and "eval_loss" in r]
     if evals:
         ax.plot([r["step"] for r in evals], [r["eval_loss"] for r in evals], "o-", label="eval")
@@ -159,3 +164,17 @@ def plot(trainer: Any) -> None:
     fig.tight_layout()
     fig.savefig(trainer.ctx.output_dir / "loss.png")
     plt.close(fig)
+
+
+def _records(trainer: Any) -> list[dict[str, Any]]:
+    """The whole run's records (metrics.jsonl spans resumes), else this process's."""
+    path = trainer.ctx.output_dir / "metrics.jsonl"
+    if not path.exists():
+        return list(trainer.ctx.metrics.records)
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue
+    return out

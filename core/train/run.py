@@ -1,11 +1,10 @@
 """`tune run`: strategy -> load -> adapt chain -> data -> objective/optimizer -> loop -> save ->
-eval -> samples. This module starts the run and guards its output directory; `setup`, `loop`,
-`evaluation` and `report` do the rest.
+eval -> samples. This module starts the run and claims its output directory (`outdir`); `setup`,
+`loop`, `evaluation` and `report` do the rest.
 """
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +20,14 @@ def run_training(
     resume: bool = False,
     resume_from: Path | None = None,
     overwrite: bool = False,
+    resume_changed: bool = False,
+    resume_command: str | None = None,
 ) -> dict[str, Any]:
     """Run the whole recipe; returns the summary that is also written to summary.json."""
     pm.hook.tune_run_start(recipe=recipe)  # before anything imports torch or transformers
+    from tune.train import checkpoint
     from tune.train.loop import Trainer
+    from tune.train.outdir import OutputDir
     from tune.train.setup import build_trackers
 
     output_dir = Path(recipe.train.output_dir)
@@ -34,12 +37,17 @@ def run_training(
     _check_world(ctx, pm)
     if not ctx.world.is_main:
         _quiet_libraries()
+    output = OutputDir(output_dir, where=f"{recipe.path}: [train] output_dir")
     try:
-        _guard_output_dir(ctx, resume, overwrite)
+        if ctx.world.is_main:  # the lock is held by the main process for the whole run
+            has_checkpoint = bool(checkpoint.list_checkpoints(output_dir))
+            output.claim(resume=resume, overwrite=overwrite, has_checkpoint=has_checkpoint)
         strategy.barrier()
         ctx.metrics = build_trackers(pm, recipe, ctx)
-        return Trainer(recipe, pm, ctx, strategy).run(resume, resume_from)
+        trainer = Trainer(recipe, pm, ctx, strategy, output, resume_command)
+        return trainer.run(resume, resume_from, resume_changed)
     finally:
+        output.release()
         strategy.teardown()
 
 
@@ -69,22 +77,3 @@ def _quiet_libraries() -> None:
         hf_logging.disable_progress_bar()
     except ImportError:  # pragma: no cover - transformers is a dependency
         pass
-
-
-def _guard_output_dir(ctx: RunContext, resume: bool, overwrite: bool) -> None:
-    """Never clobber a previous run by accident: saved work is not lost."""
-    out = ctx.output_dir
-    existing = [p for p in ("final", "checkpoints", "metrics.jsonl") if (out / p).exists()]
-    if not existing or resume:
-        return
-    if not overwrite:
-        raise TuneError(
-            f"output_dir '{out}' already holds a run ({', '.join(existing)}).",
-            where=f"{ctx.recipe.path}: [train] output_dir",
-            fix="continue it with --resume, pick another directory with "
-            "-o train.output_dir=..., or replace it with --overwrite.",
-        )
-    if ctx.world.is_main:
-        for name in existing:
-            target = out / name
-            shutil.rmtree(target) if target.is_dir() else target.unlink()

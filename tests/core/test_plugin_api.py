@@ -266,7 +266,7 @@ def test_trackers_get_every_event_resume_their_run_and_a_failing_one_stops_nothi
     data["train"]["max_steps"] = 5
     from tune.testing import run
 
-    run(write_recipe(tmp_path, data, "more.toml"), resume=True)
+    run(write_recipe(tmp_path, data, "more.toml"), resume=True, resume_changed=True)
     assert EVENTS[0][:4] == ("start", 4, True, {"run_id": "abc"})
 
 
