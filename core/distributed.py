@@ -8,9 +8,11 @@ read the world from here; the loop never asks how the processes were started. Im
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -90,4 +92,23 @@ def relaunch(
             f"--master-port={master_port or 29500}",
         ]
     cmd += ["-m", "tune", *tune_args]
-    return subprocess.call(cmd)
+    proc = subprocess.Popen(cmd)
+    got: list[int] = []
+
+    def forward(signum: int, frame: Any) -> None:
+        """SIGTERM / Ctrl-C go to torchrun, which passes them on: the ranks checkpoint and
+        stop together (see tune.train.signals); this process waits for them."""
+        got.append(signum)
+        proc.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        code = proc.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if got and code != 0:  # torchrun reports the signal; the ranks said what they saved
+        from tune.train.signals import EXIT_STOPPED
+
+        return EXIT_STOPPED
+    return code

@@ -115,3 +115,37 @@ def test_single_strategy_refuses_a_multi_process_launch(tmp_path):
     path = write_recipe(tmp_path, recipe_dict(tmp_path))
     res = run_cli("run", "--nproc-per-node", "2", str(path))
     assert res.returncode != 0 and "ddp" in res.stderr
+
+
+def test_sigterm_under_torchrun_stops_every_rank_at_one_step_with_a_checkpoint(tmp_path):
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    data = recipe_dict(tmp_path, strategy={"name": "ddp"}, train={"max_steps": 400})
+    path = write_recipe(tmp_path, data)
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tune", "run", "--nproc-per-node", "2", str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        if (out / "metrics.jsonl").exists() and len((out / "metrics.jsonl").read_text()) > 300:
+            break
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 3, stderr
+    assert "--nproc-per-node 2 --resume" in stderr
+    steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+    stopped = max(steps)
+    assert stopped < 400
+    ckpt = out / f"checkpoints/step-{stopped}"
+    assert (ckpt / "manifest.json").exists() and (ckpt / "rng-rank1.pt").exists()
