@@ -236,17 +236,19 @@ def _wait_for_step(out: Path, step: int, proc: subprocess.Popen, limit: float = 
     raise AssertionError(f"the run never reached step {step}: {proc.communicate()}")
 
 
-def test_sigterm_finishes_the_step_checkpoints_and_resumes_bit_exact(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
+def test_a_signal_finishes_the_step_checkpoints_and_resumes_bit_exact(tmp_path, sig):
     straight = recipe_dict(tmp_path, train={"max_steps": 40, "output_dir": str(tmp_path / "a")})
     run(write_recipe(tmp_path, straight, "a.toml"))
     data = recipe_dict(tmp_path, train={"max_steps": 40, "output_dir": str(tmp_path / "b")})
     path = write_recipe(tmp_path, data, "b.toml")
     proc = _start(path)
     _wait_for_step(tmp_path / "b", 3, proc)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 3, stderr
-    assert "SIGTERM" in stdout + stderr and f"python -m tune run {path} --resume" in stderr
+    said = stdout + stderr
+    assert signal.Signals(sig).name in said and f"python -m tune run {path} --resume" in stderr
     stopped = max(_train_steps(tmp_path / "b"))
     assert stopped < 40 and (tmp_path / f"b/checkpoints/step-{stopped}/manifest.json").exists()
     run(path, resume=True)
