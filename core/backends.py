@@ -129,6 +129,10 @@ class Provide:
         """`[[track]] name = name`: receives the run's events (main process only)."""
         self._declare("tracker", name, settings, doc, options)
 
+    def exporter(self, name: str, settings=None, doc: str = "", **options: Any) -> None:
+        """`tune export --format name`: writes a trained model in another format."""
+        self._declare("exporter", name, settings, doc, options)
+
 
 @functools.lru_cache(maxsize=1)
 def catalog() -> dict[str, dict]:

@@ -13,7 +13,8 @@
     eval       tune_evaluate
     end        tune_prepare_generation (closing samples)
     after      tune_recipe_for_artifact, tune_load_for_inference, tune_merge_adapter
-               (`tune merge`, `tune chat`: a trained run loaded back)
+               (`tune merge`, `tune chat`: a trained run loaded back), tune_export
+               (`tune export`, `tune push --gguf`: the merged model written in another format)
 
 Two calling styles:
 - **Backend hooks** take `name` and `settings` first. The core calls them on exactly one plugin,
@@ -52,8 +53,8 @@ def tune_provide(provide: Provide) -> None:
 
     Call `provide.<kind>(name, SettingsModel, doc=...)` for each backend: `loader`,
     `quantization`, `adapter`, `data_source`, `data_format`, `optimizer`, `objective`,
-    `strategy`, `metric`, `tracker`. The settings model is a pydantic model (base it on
-    `tune.plugin.Settings`) that validates the backend's recipe keys; unknown keys are rejected.
+    `strategy`, `metric`, `tracker`, `exporter`. The settings model is a pydantic model (base it
+    on `tune.plugin.Settings`) that validates the backend's recipe keys; unknown keys are rejected.
     `for_loader="unsloth"` scopes a quantization or adapter to one loader, where it wins over the
     general provider of the same name. `examples=` (formats and objectives) names the example
     kind produced or consumed ("lm" by default). Two plugins declaring one name in one scope is
@@ -271,4 +272,21 @@ def tune_merge_adapter(
     calls this for each adapt step in recipe order. Merge into the base weights where the method
     allows it; a method that changes the forward (beacon) attaches itself with its trained
     weights. Optional: without it, merge and chat refuse such a run with a clear message.
+    """
+
+
+@hookspec(firstresult=True)
+def tune_export(name: str, settings: BaseModel, model_dir: Any, out: Any, ctx: RunContext) -> Any:
+    """Write the model in the format `tune export --format name`; return the paths written.
+
+    Once per export, on the plugin that declared exporter `name` (also for `tune push --gguf`).
+    `model_dir` is a plain transformers model folder the core prepared: the run's adapters merged
+    into its base in 16 bits (as `tune merge` does, also for adapters trained on a 4-bit base),
+    or a full fine-tune's final/ as trained. It holds config.json, safetensors weights,
+    generation_config.json (its eos ids) and the trained tokenizer (tokenizer.json, the chat
+    template). An adapter that adds modules the base architecture lacks (beacon) is refused by
+    the core before this is called. `out` is the path the user gave with `--out` (a file or a
+    folder, as the format documents); `settings` is the exporter's settings model, validated
+    from `--quant` (key `quant`) and `-x key=value`. `ctx.recipe` is the run's recipe (base
+    model, data, [[adapt]] chain, max_seq_len). Write atomically (a temporary name, then rename).
     """

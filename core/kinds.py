@@ -46,6 +46,7 @@ KINDS: dict[str, Kind] = {
         Kind("objective", "[objective] name", ("tune_build_objective",), has_examples=True),
         Kind("metric", "[eval] metrics", ("tune_evaluate",)),
         Kind("tracker", "[[track]] name", ("tune_build_tracker",)),
+        Kind("exporter", "tune export --format", ("tune_export",)),
     )
 }
 

@@ -62,11 +62,14 @@ def locate(
     return artifact, None, recipe
 
 
-def load_trained(artifact: Path, recipe: Recipe, pm, precision: str) -> tuple[Any, Any]:
+def load_trained(
+    artifact: Path, recipe: Recipe, pm, precision: str, plain: bool = False
+) -> tuple[Any, Any]:
     """(model, tokenizer): a run's trained model, adapters applied (see `locate`).
 
     `precision` is bf16, fp16 or fp32. A run that saved a full model (no adapter) is loaded from
     its final/ directory; every `[[adapt]]` step's plugin then applies its own saved weights.
+    `plain` (export): refuse a step that leaves tensors the base architecture does not have.
     """
     dtype = PRECISION_DTYPES[precision]
     recipe.model.quantize = None
@@ -84,6 +87,7 @@ def load_trained(artifact: Path, recipe: Recipe, pm, precision: str) -> tuple[An
     model, tokenizer = pm.call_optional(
         "tune_load_for_inference", loader, through_load_model, dtype=dtype, ctx=ctx
     )
+    base_keys = set(model.state_dict()) if plain else set()
     for selected in recipe.backends["adapt"]:
 
         def unsupported(selected=selected):
@@ -104,6 +108,8 @@ def load_trained(artifact: Path, recipe: Recipe, pm, precision: str) -> tuple[An
             adapter_dir=str(artifact),
             ctx=ctx,
         )
+        if plain:
+            refuse_unmerged(selected, set(model.state_dict()) - base_keys, artifact)
     if (artifact / "tokenizer_config.json").exists():
         from transformers import AutoTokenizer
 
@@ -137,3 +143,35 @@ def merge(source: Path, out: Path, precision: str, pm) -> Path:
         out.rmdir()
     os.replace(tmp, out)
     return out
+
+
+def refuse_unmerged(selected, added: set[str], artifact: Path) -> None:
+    """An adapt step that left modules of its own (beacon) cannot become a plain model file."""
+    if not added:
+        return
+    backend = selected.backend
+    example = ", ".join(sorted(added)[:2])
+    raise TuneError(
+        f"[[adapt]] method = '{backend.name}' (plugin '{backend.plugin}') does not fold into the "
+        f"base weights: it adds {len(added)} tensors the base architecture does not have (e.g. "
+        f"{example}), so the model cannot be written as a plain model of that architecture.",
+        where=str(artifact),
+        fix="export a run trained without this step, or use the run with tune itself "
+        "(`tune chat`, or `tune merge`, which keeps the step's files beside the model).",
+    )
+
+
+def plain_model(source: Path, pm, precision: str, workdir: Path) -> tuple[Path, Recipe]:
+    """(a plain transformers model folder, the run's recipe) for exporters and `tune push`.
+
+    A full fine-tune's final/ is returned as it is; adapters are merged (`precision`) into a
+    new folder under `workdir`. Refuses a run whose adapters cannot fold into the weights.
+    """
+    artifact, _, recipe = locate(source, pm)
+    if not recipe.adapt and (artifact / "config.json").is_file():
+        return artifact, recipe
+    model, tokenizer = load_trained(artifact, recipe, pm, precision, plain=True)
+    out = workdir / "merged"
+    model.save_pretrained(str(out))
+    tokenizer.save_pretrained(str(out))
+    return out, recipe

@@ -1,0 +1,89 @@
+"""`tune export` and `tune push`: a trained run leaves for where models are used."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from tune.cli import CONTEXT_SETTINGS, _console, _plugin_manager, cli, plugin_option
+
+dtype_option = click.option(
+    "--dtype",
+    type=click.Choice(["bf16", "fp16", "fp32"]),
+    default="bf16",
+    show_default=True,
+    help="Precision adapters are merged in (a full fine-tune is read as saved).",
+)
+
+
+@cli.command(context_settings=CONTEXT_SETTINGS)
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option("--format", "fmt", required=True, help="An exporter: `tune plugins list` shows them.")
+@click.option("--quant", default=None, help="Tensor type of the export, e.g. f16, q8_0.")
+@click.option(
+    "--out", required=True, type=click.Path(path_type=Path), help="File (or folder) to write."
+)
+@click.option(
+    "-x",
+    "options",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="An exporter option (TOML value syntax), e.g. -x temperature=0.2.",
+)
+@dtype_option
+@plugin_option
+@click.pass_context
+def export(ctx, source, fmt, quant, out, options, dtype, plugin_opts) -> None:
+    """Write a run (or a model folder) in another format: tune export runs/qs --format gguf --quant q8_0 --out qs.gguf"""
+    import time
+
+    from tune.export import export as run_export
+
+    pm = _plugin_manager(ctx, plugin_opts)
+    start = time.perf_counter()
+    written = run_export(source, fmt, out, pm, quant=quant, options=list(options), precision=dtype)
+    seconds = time.perf_counter() - start
+    console = _console()
+    for path in written:
+        size = path.stat().st_size / 2**20 if path.is_file() else 0.0
+        console.print(f"[green]wrote[/green] {path} ({size:.1f} MiB)")
+    console.print(f"exported {source} as {fmt} in {seconds:.1f}s")
+
+
+@cli.command(context_settings=CONTEXT_SETTINGS)
+@click.argument("source", type=click.Path(path_type=Path))
+@click.argument("repo_id")
+@click.option("--private", is_flag=True, help="Create the repository private.")
+@click.option(
+    "--merged/--adapter",
+    "merged",
+    default=None,
+    help="Upload the merged model, or only the adapter [default: the adapter when there is one].",
+)
+@click.option("--gguf", "gguf_quant", default=None, metavar="QUANT", help="Also upload a GGUF.")
+@click.option("--dry-run", is_flag=True, help="List the files that would be uploaded; no upload.")
+@dtype_option
+@plugin_option
+@click.pass_context
+def push(ctx, source, repo_id, private, merged, gguf_quant, dry_run, dtype, plugin_opts) -> None:
+    """Upload a run to the Hugging Face Hub with a generated model card (token: HF_TOKEN or login)."""
+    from tune.push import push as run_push
+
+    pm = _plugin_manager(ctx, plugin_opts)
+    console = _console()
+    result = run_push(
+        source,
+        repo_id,
+        pm,
+        private=private,
+        merged=merged,
+        gguf_quant=gguf_quant,
+        dry_run=dry_run,
+        precision=dtype,
+    )
+    if dry_run:
+        console.print(f"would upload to {repo_id} ({'private' if private else 'public'}):")
+        for name, size in result.files:
+            console.print(f"  {name}  ({size} bytes)")
+        return
+    console.print(f"[green]pushed[/green] {len(result.files)} files to {result.url}")

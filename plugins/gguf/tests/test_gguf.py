@@ -1,0 +1,174 @@
+"""GGUF export checked by transformers' own GGUF loader, and GGUF files as training input.
+
+The exported files are read back with `from_pretrained(folder, gguf_file=...)` (no tune code):
+logits within a stated tolerance per quant, the same greedy generations, the same tokens, chat
+template and eos. Tune's tiny tokenizer is byte-level BPE, which transformers rebuilds from a
+GGUF (`tokenizer.ggml.model = "gpt2"`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from tune.plugin import TuneError
+from tune.testing import recipe_dict, run, run_cli, tiny_model, train_losses, write_recipe
+from tune_plugin_gguf.convert import check_quant, read_config
+from tune_plugin_gguf.ollama import derive
+from tune_plugin_gguf.write import write_gguf
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+# max |logit difference| against the trained fp32 model, per quant (measured: see README.md)
+TOLERANCE = {"f32": 0.0, "f16": 5e-3, "q8_0": 5e-2}
+PROMPTS = ["reverse hello", "reverse world", "reverse tune"]  # the quickstart's
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """A quickstart-like full fine-tune of the tiny Llama, a few steps on CPU."""
+    tmp = tmp_path_factory.mktemp("qs")
+    data = recipe_dict(tmp, train={"max_steps": 6, "output_dir": str(tmp / "run")})
+    data["optimizer"]["lr"] = 3e-3
+    run(write_recipe(tmp, data))
+    return tmp / "run"
+
+
+def _load(folder: Path, gguf_file: str | None = None):
+    kwargs = {"gguf_file": gguf_file} if gguf_file else {}
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        str(folder), dtype=torch.float32, **kwargs
+    )
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder), **kwargs)
+    return model.eval(), tokenizer
+
+
+def _greedy(model, tokenizer, prompt: str) -> list[int]:
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+    )
+    ids = tokenizer(text, return_tensors="pt").input_ids
+    with torch.no_grad():
+        out = model.generate(ids, max_new_tokens=8, do_sample=False, pad_token_id=0)
+    return out[0, ids.shape[1] :].tolist()
+
+
+@pytest.mark.parametrize("quant", ["f16", "q8_0"])
+def test_export_round_trips_through_transformers_gguf_loader(trained, tmp_path, quant):
+    final = trained / "final"
+    write_gguf(final, tmp_path / f"m-{quant}.gguf", quant, name="qs")
+    ref_model, ref_tok = _load(final)
+    model, tok = _load(tmp_path, f"m-{quant}.gguf")
+    assert tok.chat_template == ref_tok.chat_template
+    assert (tok.eos_token, tok.bos_token) == (ref_tok.eos_token, ref_tok.bos_token)
+    text = ref_tok.apply_chat_template(
+        [{"role": "user", "content": "reverse hello"}], tokenize=False, add_generation_prompt=True
+    )
+    ids = ref_tok(text, return_tensors="pt").input_ids
+    assert torch.equal(tok(text, return_tensors="pt").input_ids, ids)
+    with torch.no_grad():
+        diff = (model(ids).logits - ref_model(ids).logits).abs().max().item()
+    assert diff <= TOLERANCE[quant], diff
+    for prompt in PROMPTS:
+        assert _greedy(model, tok, prompt) == _greedy(ref_model, ref_tok, prompt)
+
+
+@pytest.mark.parametrize("arch", ["tiny-qwen2", "tiny-mistral"])
+def test_qwen2_and_mistral_export_exactly_in_f32(tmp_path, arch):
+    folder = tiny_model(arch)
+    write_gguf(folder, tmp_path / "m.gguf", "f32", name=arch)
+    ref, _ = _load(folder)
+    model, _ = _load(tmp_path, "m.gguf")
+    ids = torch.arange(3, 40).unsqueeze(0)
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, ref(ids).logits)
+
+
+def test_cli_ollama_export_writes_gguf_and_modelfile(trained, tmp_path):
+    out = tmp_path / "ollama"
+    result = run_cli(
+        "export", str(trained), "--format", "ollama", "--quant", "q8_0", "--out", str(out)
+    )
+    assert result.returncode == 0, result.stderr
+    gguf = out / "run-q8_0.gguf"
+    modelfile = (out / "Modelfile").read_text()
+    assert gguf.is_file() and f"FROM ./{gguf.name}" in modelfile
+    assert 'PARAMETER stop "<|eot_id|>"' in modelfile
+    assert "PARAMETER num_ctx 64" in modelfile  # the recipe's max_seq_len
+    assert '{{ else if eq .Role "user" }}<|start_header_id|>user<|end_header_id|>' in modelfile
+
+
+def test_template_pieces_reproduce_each_shipped_chat_template():
+    from tune.testing import tiny_tokenizer
+
+    for name, start in (("tiny-llama", "<|begin_of_text|>"), ("tiny-qwen2", "")):
+        tok = tiny_tokenizer(name)
+        pieces = derive(tok.chat_template, tok.bos_token, tok.eos_token)
+        assert pieces is not None and pieces.start == start
+    # a template of another shape gets no TEMPLATE rather than a wrong one
+    assert derive("{{ messages[0]['content'] | upper }}", "", "") is None
+
+
+def test_bad_quant_and_architecture_are_refused_with_the_fix(tmp_path):
+    with pytest.raises(TuneError, match="llama-quantize"):
+        check_quant("q4_k_m", "--quant")
+    with pytest.raises(TuneError, match="f32, f16, bf16, q8_0"):
+        check_quant("q9_9", "--quant")
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "phi3"}))
+    with pytest.raises(TuneError, match="supported: llama, mistral, qwen2"):
+        read_config(tmp_path)
+
+
+def test_a_gguf_file_trains_like_its_safetensors(trained, tmp_path):
+    """[model] path = "m.gguf": the first step's loss equals the same weights' from safetensors."""
+    write_gguf(trained / "final", tmp_path / "m.gguf", "f32", name="qs")
+    losses = {}
+    for name, path in (("st", str(trained / "final")), ("gguf", "m.gguf")):
+        data = recipe_dict(
+            tmp_path,
+            model={"path": path},
+            data={"shuffle": False},
+            train={"max_steps": 2, "output_dir": str(tmp_path / name)},
+        )
+        run(write_recipe(tmp_path, data, f"{name}.toml"))
+        losses[name] = train_losses(tmp_path / name)
+    assert losses["gguf"][0] == pytest.approx(losses["st"][0], abs=1e-5)
+    assert losses["gguf"] == pytest.approx(losses["st"], abs=1e-4)
+
+
+def test_sentencepiece_style_vocabulary_round_trips(tmp_path):
+    """Llama 2 / Mistral v0.x tokenizers: BPE with byte fallback becomes `tokenizer.ggml.model =
+    "llama"`, with byte tokens typed as bytes; transformers rebuilds the same tokenization."""
+    import shutil
+
+    from tokenizers import Tokenizer, decoders, models, normalizers, processors
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    for name in ("config.json", "model.safetensors", "generation_config.json"):
+        shutil.copy(tiny_model("tiny-llama") / name, folder / name)
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"<0x{i:02X}>": 3 + i for i in range(256)}}
+    for piece in ("\u2581", "h", "e", "l", "o", "\u2581h", "ll"):  # 266 tokens: the model's vocab
+        vocab[piece] = len(vocab)
+    bpe = Tokenizer(
+        models.BPE(vocab, [("\u2581", "h"), ("l", "l")], byte_fallback=True, unk_token="<unk>")
+    )
+    bpe.normalizer = normalizers.Sequence(
+        [normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")]
+    )
+    bpe.decoder = decoders.Sequence(
+        [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()]
+    )
+    bpe.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    ref = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )
+    ref.save_pretrained(folder)
+    write_gguf(folder, tmp_path / "m.gguf", "f16", name="spm")
+    tok = transformers.AutoTokenizer.from_pretrained(str(tmp_path), gguf_file="m.gguf")
+    # (text starting with a space differs: transformers rebuilds the non-legacy Llama tokenizer)
+    for text in ("hello", "hello hello", "h\u00e9 llo \U0001f642"):
+        assert tok(text).input_ids == ref(text).input_ids
+    assert tok.decode(tok("h\u00e9 llo").input_ids, skip_special_tokens=True) == "h\u00e9 llo"

@@ -1,0 +1,244 @@
+"""A transformers model folder (safetensors) to one GGUF file, with the `gguf` package's writer.
+
+Why our own converter on the `gguf` package: llama.cpp's convert_hf_to_gguf.py is a script in a
+repository, not an installable package, and pulls that repository's whole tree; the `gguf`
+package (published by llama.cpp) holds the parts that must agree with llama.cpp: the file
+writer, the tensor name maps (`TensorNameMap`), the key names, and the Q8_0/BF16 quantizers. What
+is left is small and is here: per-architecture hyperparameters, the q/k row order llama.cpp's
+RoPE expects for Llama-family models, the vocabulary (vocab.py), and which tensors each quant
+keeps in higher precision.
+
+Tensors are written one at a time (the plan is computed from shapes first), so memory stays at
+one tensor, not the whole model.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tune.plugin import TuneError, did_you_mean
+
+# model_type -> (GGUF architecture, q/k rows permuted for llama.cpp's RoPE)
+ARCHS: dict[str, tuple[str, bool]] = {
+    "llama": ("llama", True),
+    "mistral": ("llama", True),  # llama.cpp runs Mistral as llama
+    "qwen2": ("qwen2", False),
+}
+# what --quant accepts here: (GGML type of 2-D weights, llama.cpp file type)
+QUANTS = {"f32": ("F32", 0), "f16": ("F16", 1), "bf16": ("BF16", 32), "q8_0": ("Q8_0", 7)}
+# quants left to llama.cpp's llama-quantize (no Python k-quant encoder; per-tensor type mixes)
+LLAMA_CPP_QUANTS = [
+    *("q4_0", "q4_1", "q5_0", "q5_1", "q2_k", "q3_k_s", "q3_k_m", "q3_k_l", "q4_k_s"),
+    *("q4_k_m", "q5_k_s", "q5_k_m", "q6_k", "iq2_xxs", "iq2_xs", "iq3_xxs", "iq3_s"),
+    *("iq4_nl", "iq4_xs", "tq1_0", "tq2_0"),
+]
+
+
+@dataclass
+class Planned:
+    name: str  # GGUF tensor name
+    source: str | None  # safetensors key (None: computed, e.g. rope_freqs)
+    shape: tuple[int, ...]
+    qtype: str  # GGML type name
+
+
+def check_quant(quant: str, where: str) -> None:
+    """A TuneError for a quant this converter cannot write, naming what can."""
+    if quant in QUANTS:
+        return
+    if quant.lower() in LLAMA_CPP_QUANTS:
+        raise TuneError(
+            f"--quant {quant} needs llama.cpp's quantizer: the `gguf` package has no encoder for "
+            "k-quants and i-quants, and llama-quantize also picks the per-tensor types (output, "
+            "embeddings) that 2- to 6-bit files need.",
+            where=where,
+            fix=f"export --quant f16 (or bf16), then run llama.cpp's `llama-quantize model-f16.gguf "
+            f"model-{quant}.gguf {quant.upper()}` (install llama.cpp: `brew install llama.cpp`, or "
+            "build https://github.com/ggml-org/llama.cpp).",
+        )
+    raise TuneError(
+        f"unknown --quant '{quant}'.{did_you_mean(quant, list(QUANTS) + LLAMA_CPP_QUANTS)}",
+        where=where,
+        fix=f"use one of {', '.join(QUANTS)} (or {', '.join(LLAMA_CPP_QUANTS[:6])}, ... "
+        "through llama.cpp's llama-quantize).",
+    )
+
+
+def read_config(model_dir: Path) -> dict[str, Any]:
+    path = model_dir / "config.json"
+    if not path.is_file():
+        raise TuneError("no config.json: not a transformers model folder.", where=str(model_dir))
+    config = json.loads(path.read_text(encoding="utf-8"))
+    model_type = config.get("model_type")
+    if model_type not in ARCHS:
+        raise TuneError(
+            f"GGUF export does not support the architecture '{model_type}' "
+            f"({', '.join(config.get('architectures') or []) or 'no architectures'}).",
+            where=str(path),
+            fix=f"supported: {', '.join(ARCHS)}. Other architectures: llama.cpp's "
+            "convert_hf_to_gguf.py on the merged model (`tune merge RUN --out DIR`).",
+        )
+    return config
+
+
+def _rope(config: dict[str, Any]) -> tuple[float, dict[str, Any]]:
+    """(rope theta, scaling dict or {}) from a transformers v4 or v5 config."""
+    params = config.get("rope_parameters") or {}
+    scaling = dict(config.get("rope_scaling") or params)
+    theta = float(config.get("rope_theta") or params.get("rope_theta") or 10000.0)
+    kind = scaling.get("rope_type") or scaling.get("type") or "default"
+    return theta, {} if kind == "default" else {**scaling, "rope_type": kind}
+
+
+def _head_dim(config: dict[str, Any]) -> int:
+    return int(config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"])
+
+
+def _tensor_type(name: str, shape: tuple[int, ...], quant: str) -> str:
+    """llama.cpp's rule: 1-D tensors (norms, biases) stay F32; Q8_0 needs rows of 32."""
+    if len(shape) < 2 or name == "rope_freqs.weight":
+        return "F32"
+    qtype = QUANTS[quant][0]
+    if qtype == "Q8_0" and shape[-1] % 32:
+        return "F16"
+    return qtype
+
+
+def plan(model_dir: Path, config: dict[str, Any], quant: str) -> list[Planned]:
+    """Every tensor the GGUF will hold, named and typed, from the safetensors headers only."""
+    import gguf
+    from safetensors import safe_open
+
+    arch = gguf.MODEL_ARCH[ARCHS[config["model_type"]][0].upper()]
+    names = gguf.get_tensor_name_map(arch, int(config["num_hidden_layers"]))
+    files = sorted(model_dir.glob("*.safetensors"))
+    if not files:
+        raise TuneError("no *.safetensors weights in the model folder.", where=str(model_dir))
+    out: list[Planned] = []
+    tied = config.get("tie_word_embeddings", False)
+    aliases: dict[str, str] = {}
+    keys = {}
+    for file in files:
+        with safe_open(str(file), framework="pt") as f:
+            keys.update({key: (file, tuple(f.get_slice(key).get_shape())) for key in f.keys()})  # noqa: SIM118
+    if tied and "model.embed_tokens.weight" not in keys and "lm_head.weight" in keys:
+        keys["model.embed_tokens.weight"] = keys["lm_head.weight"]  # saved once, under lm_head
+        aliases["model.embed_tokens.weight"] = "lm_head.weight"
+    for key, (file, shape) in keys.items():
+        if key.endswith("rotary_emb.inv_freq") or (tied and key == "lm_head.weight"):
+            continue
+        target = names.get_name(key, try_suffixes=(".weight", ".bias"))
+        if target is None:
+            raise TuneError(
+                f"tensor '{key}' has no GGUF name for {config['model_type']}: the "
+                "model carries weights the architecture does not have.",
+                where=str(file),
+                fix="export a plain model (adapters merged); see `tune merge`.",
+            )
+        source = aliases.get(key, key)
+        out.append(Planned(target, source, shape, _tensor_type(target, shape, quant)))
+    _, scaling = _rope(config)
+    if scaling.get("rope_type") == "llama3":
+        out.append(Planned("rope_freqs.weight", None, (_head_dim(config) // 2,), "F32"))
+    return out
+
+
+def add_hparams(writer: Any, config: dict[str, Any], quant: str) -> None:
+    """The `<arch>.*` keys llama.cpp reads, from config.json."""
+    head_dim = _head_dim(config)
+    writer.add_context_length(int(config["max_position_embeddings"]))
+    writer.add_embedding_length(int(config["hidden_size"]))
+    writer.add_block_count(int(config["num_hidden_layers"]))
+    writer.add_feed_forward_length(int(config["intermediate_size"]))
+    writer.add_head_count(int(config["num_attention_heads"]))
+    writer.add_head_count_kv(
+        int(config.get("num_key_value_heads") or config["num_attention_heads"])
+    )
+    writer.add_layer_norm_rms_eps(float(config.get("rms_norm_eps", 1e-6)))
+    writer.add_vocab_size(int(config["vocab_size"]))
+    writer.add_rope_dimension_count(head_dim)
+    theta, scaling = _rope(config)
+    writer.add_rope_freq_base(theta)
+    kind = scaling.get("rope_type")
+    if kind in ("linear", "yarn"):
+        import gguf
+
+        writer.add_rope_scaling_type(gguf.RopeScalingType[kind.upper()])
+        writer.add_rope_scaling_factor(float(scaling["factor"]))
+        if kind == "yarn":
+            writer.add_rope_scaling_orig_ctx_len(int(scaling["original_max_position_embeddings"]))
+    elif kind not in (None, "llama3"):
+        raise TuneError(
+            f"RoPE scaling '{kind}' has no GGUF form in this exporter.",
+            where="config.json: rope_scaling",
+            fix="supported: none, linear, yarn, llama3.",
+        )
+    writer.add_file_type(QUANTS[quant][1])
+    if quant == "q8_0":
+        import gguf
+
+        writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+
+
+def _llama3_rope_freqs(config: dict[str, Any]) -> Any:
+    """Per-frequency factors of Llama 3.1 RoPE scaling, as llama.cpp reads them."""
+    import numpy as np
+
+    theta, s = _rope(config)
+    dim = _head_dim(config)
+    factor, low, high = s.get("factor", 8.0), s.get("low_freq_factor", 1.0), s["high_freq_factor"]
+    old = s.get("original_max_position_embeddings", 8192)
+    factors = []
+    for freq in 1.0 / theta ** (np.arange(0, dim, 2, dtype=np.float64) / dim):
+        wavelen = 2 * math.pi / freq
+        if wavelen < old / high:
+            factors.append(1.0)
+        elif wavelen > old / low:
+            factors.append(factor)
+        else:
+            smooth = (old / wavelen - low) / (high - low)
+            factors.append(1 / ((1 - smooth) / factor + smooth))
+    return np.asarray(factors, dtype=np.float32)
+
+
+def permute_qk(weights: Any, n_head: int) -> Any:
+    """HF's rotate-half q/k rows to llama.cpp's interleaved RoPE order (undone by readers)."""
+    return (
+        weights.reshape(n_head, 2, weights.shape[0] // n_head // 2, *weights.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(weights.shape)
+    )
+
+
+def tensor_data(item: Planned, handle: Any, config: dict[str, Any]) -> Any:
+    """The bytes (a numpy array) of one planned tensor, converted and encoded."""
+    import numpy as np
+    import torch
+    from gguf import GGMLQuantizationType, quants
+
+    if item.source is None:
+        data = _llama3_rope_freqs(config)
+    else:
+        data = handle.get_tensor(item.source).to(torch.float32).numpy()
+        if ARCHS[config["model_type"]][1] and item.source.endswith(".weight"):
+            if ".self_attn.q_proj." in item.source:
+                data = permute_qk(data, int(config["num_attention_heads"]))
+            elif ".self_attn.k_proj." in item.source:
+                kv = int(config.get("num_key_value_heads") or config["num_attention_heads"])
+                data = permute_qk(data, kv)
+    if item.qtype == "F32":
+        return np.ascontiguousarray(data, dtype=np.float32)
+    if item.qtype == "F16":
+        return np.ascontiguousarray(data, dtype=np.float16)
+    return quants.quantize(np.ascontiguousarray(data), GGMLQuantizationType[item.qtype])
+
+
+def nbytes(item: Planned) -> int:
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    block, size = GGML_QUANT_SIZES[GGMLQuantizationType[item.qtype]]
+    return math.prod(item.shape) // block * size
