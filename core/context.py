@@ -37,6 +37,7 @@ class RunContext:
     recipe: Recipe
     output_dir: Path
     world: World = field(default_factory=World)
+    strategy: Any = None  # the run's Strategy (set before the model loads)
     console: Console = field(default_factory=Console)
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("tune"))
     metrics: Trackers = field(default_factory=lambda: Trackers({}))

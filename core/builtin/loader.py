@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -55,10 +56,11 @@ def tiny_name(ctx) -> str:
 
 @hookimpl
 def tune_load_model(settings: TransformersLoaderSettings, ctx):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
+    from tune.gguf_input import gguf_location, load_model
 
     recipe = ctx.recipe
-    path = recipe.model.path
+    path, gguf = gguf_location(recipe.model, recipe.path)
     if path.startswith(TINY_PREFIX):
         from tune.builtin.tiny import materialize
 
@@ -78,21 +80,22 @@ def tune_load_model(settings: TransformersLoaderSettings, ctx):
         kwargs["quantization_config"] = ctx.quantization_config
         if ctx.world.device.startswith("cuda"):
             kwargs["device_map"] = {"": ctx.world.device}
-    if overrides:
-        from transformers import AutoConfig
+    from tune.train.strategy import current_strategy
 
-        config = AutoConfig.from_pretrained(
-            path, trust_remote_code=settings.trust_remote_code, revision=settings.revision
-        )
-        for key, value in overrides.items():
-            setattr(config, key, value)
-        kwargs["config"] = config
+    strategy = current_strategy(ctx)
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        with strategy.loading(ctx) if strategy else contextlib.nullcontext():
+            if overrides or (strategy and not strategy.loads_weights(ctx)):
+                kwargs["config"] = _config(path, settings, overrides, gguf)
+            if strategy and not strategy.loads_weights(ctx):
+                model = _meta_model(kwargs)
+            else:
+                model = load_model(path, kwargs, gguf)
         tokenizer = AutoTokenizer.from_pretrained(
             settings.tokenizer or path,
             trust_remote_code=settings.trust_remote_code,
             revision=None if settings.tokenizer else settings.revision,
+            **({} if settings.tokenizer else gguf),
         )
     except OSError as exc:
         raise TuneError(
@@ -113,11 +116,46 @@ def tune_load_model(settings: TransformersLoaderSettings, ctx):
     return model, tokenizer
 
 
+def _config(
+    path: str,
+    settings: TransformersLoaderSettings,
+    overrides: dict[str, Any],
+    gguf: dict[str, str] | None = None,
+) -> Any:
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(
+        path,
+        trust_remote_code=settings.trust_remote_code,
+        revision=settings.revision,
+        **(gguf or {}),
+    )
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    return config
+
+
+def _meta_model(kwargs: dict[str, Any]) -> Any:
+    """The architecture alone on the meta device: no memory, no weights read (the strategy
+    fills this rank's shard in `prepare`)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    if "quantization_config" in kwargs:
+        raise RuntimeError("a strategy asked for a meta-device model of a quantized load")
+    extra = {
+        k: kwargs[k] for k in ("dtype", "trust_remote_code", "attn_implementation") if k in kwargs
+    }
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(kwargs["config"], **extra)
+
+
 @hookimpl
 def tune_load_tokenizer(settings: TransformersLoaderSettings, ctx):
     from transformers import AutoTokenizer
+    from tune.gguf_input import gguf_location
 
-    path = ctx.recipe.model.path
+    path, gguf = gguf_location(ctx.recipe.model, ctx.recipe.path)
     if path.startswith(TINY_PREFIX) and not settings.tokenizer:
         from tune.builtin.tiny import load_tokenizer
 
@@ -127,6 +165,7 @@ def tune_load_tokenizer(settings: TransformersLoaderSettings, ctx):
             settings.tokenizer or path,
             trust_remote_code=settings.trust_remote_code,
             revision=None if settings.tokenizer else settings.revision,
+            **({} if settings.tokenizer else gguf),
         )
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -33,6 +33,7 @@ def run_training(
     output_dir = Path(recipe.train.output_dir)
     ctx = RunContext(recipe=recipe, output_dir=output_dir)
     strategy = pm.call("tune_choose_strategy", recipe.selected("strategy"), ctx=ctx)
+    ctx.strategy = strategy
     ctx.world = strategy.setup(ctx)
     _check_world(ctx, pm)
     if not ctx.world.is_main:

@@ -50,6 +50,24 @@ class Strategy:
     def unwrap(self, model: Any) -> Any:
         return getattr(model, "module", model)
 
+    # -- loading (optional extension; the defaults load the whole model on every rank) -------
+    def loading(self, ctx: RunContext) -> contextlib.AbstractContextManager:
+        """Entered by the loader around building the model, before any weight is read.
+
+        Sharding strategies use it so no rank ever holds the whole model: DeepSpeed ZeRO-3
+        makes transformers build the model under `deepspeed.zero.Init` (each parameter is
+        partitioned as it is created). A loader that builds models should enter it and ask
+        `loads_weights`; one that does not simply gets the default behaviour.
+        """
+        return contextlib.nullcontext()
+
+    def loads_weights(self, ctx: RunContext) -> bool:
+        """Whether this rank reads the weights. False: the loader builds the architecture on the
+        meta device (no memory, no reading) and `prepare` gives this rank its shard, e.g. read
+        from the checkpoint files or sent by a rank that loaded them (FSDP2). Asked inside
+        `loading`."""
+        return True
+
     # -- steps -------------------------------------------------------------------------------
     def autocast(self, ctx: RunContext):
         import torch
@@ -128,6 +146,13 @@ class Strategy:
 
     def teardown(self) -> None:
         return None
+
+
+def current_strategy(ctx: RunContext) -> Strategy | None:
+    """The run's strategy, for the loader's `loading`/`loads_weights` calls (None outside a run,
+    e.g. `tune merge`)."""
+    found = getattr(ctx, "strategy", None)
+    return found if isinstance(found, Strategy) else None
 
 
 def _is_quantized(model: Any) -> bool:

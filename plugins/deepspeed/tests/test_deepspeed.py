@@ -59,9 +59,11 @@ def check_parity(single, tmp_path, strategy, micro, accum):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stage", [2, 3])
-def test_zero_step_equals_single_process(single_sgd, tmp_path, stage):
-    check_parity(single_sgd, tmp_path, {"name": "deepspeed", "zero_stage": stage}, 1, 2)
+@pytest.mark.parametrize(("stage", "low_memory"), [(2, False), (3, False), (3, True)])
+def test_zero_step_equals_single_process(single_sgd, tmp_path, stage, low_memory):
+    """low_memory: ZeRO-3 builds the model under zero.Init (HfDeepSpeedConfig) while loading."""
+    strategy = {"name": "deepspeed", "zero_stage": stage, "low_memory_load": low_memory}
+    check_parity(single_sgd, tmp_path, strategy, 1, 2)
 
 
 @pytest.mark.slow

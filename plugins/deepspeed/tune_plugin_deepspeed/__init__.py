@@ -26,6 +26,13 @@ class DeepSpeedSettings(MultiProcessSettings):
     overlap_comm: bool | None = None
     contiguous_gradients: bool = True
     reduce_bucket_size: int | None = None
+    low_memory_load: bool = Field(
+        False,
+        description="ZeRO-3: build the model under deepspeed.zero.Init (through transformers' "
+        "HfDeepSpeedConfig) so each rank materializes only its partition while loading; off "
+        "by default: with transformers 5's lazily mapped safetensors it measured higher peaks "
+        "(bench/results/lowmem_load.md)",
+    )
 
 
 @hookimpl

@@ -93,6 +93,17 @@ class DeepSpeedStrategy(Strategy):
         self.config = build_config(self.settings, ctx.recipe, started.world_size, self.precision)
         return World(started.rank, started.world_size, started.local_rank, device)
 
+    def loading(self, ctx):
+        """ZeRO-3: while transformers builds the model, each parameter is partitioned as it is
+        created (zero.Init) and filled from the checkpoint partition by partition, so no rank
+        holds the whole model. The config object stays alive for the run: transformers and PEFT
+        ask `is_deepspeed_zero3_enabled()` later (resizing, adapter init, generation)."""
+        if self.sharded_params and self.settings.low_memory_load and not ctx.recipe.model.quantize:
+            from transformers.integrations import HfDeepSpeedConfig
+
+            self._hf_config = HfDeepSpeedConfig(self.config)
+        return contextlib.nullcontext()
+
     def prepare(self, model, optimizer, ctx):
         import deepspeed
 

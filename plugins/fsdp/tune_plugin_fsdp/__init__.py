@@ -1,0 +1,84 @@
+"""Strategy `fsdp`: PyTorch FSDP2 (`fully_shard`) per decoder layer and the root.
+
+Parameters, gradients and optimizer state are sharded across ranks; each decoder layer is
+gathered just before it runs and freed after. Checkpoints are sharded through
+torch.distributed.checkpoint; `final/` is gathered on rank 0 into a plain model or adapter.
+Imports no torch at module level.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+from tune.plugin import MultiProcessSettings, TuneError, hookimpl
+
+TUNE_API = ">=1,<2"
+
+
+class FSDPSettings(MultiProcessSettings):
+    backend: Literal["auto", "nccl", "gloo"] = Field(
+        "auto", description="auto: nccl on CUDA, gloo on CPU"
+    )
+    cpu_offload: bool = Field(
+        False, description="keep sharded parameters, gradients and optimizer state on the CPU"
+    )
+    reshard_after_forward: bool = Field(
+        True, description="free gathered layers after forward (less memory, one more all-gather)"
+    )
+    reshard_between_micro_batches: bool = Field(
+        False,
+        description="free gathered layers after each accumulated backward too (less memory, "
+        "more all-gathers); by default they stay gathered until the step's last micro-batch",
+    )
+    low_memory_load: bool = Field(
+        True,
+        description="rank 0 reads the weights, the others build the model on the meta device "
+        "and receive only their shard",
+    )
+    wrap: list[str] = Field(
+        default_factory=list,
+        description="module class names sharded as units; default: the model's decoder layers",
+    )
+
+
+@hookimpl
+def tune_provide(provide):
+    provide.strategy(
+        "fsdp",
+        FSDPSettings,
+        doc="PyTorch FSDP2 fully_shard per layer (nccl on CUDA, gloo on CPU), sharded checkpoints",
+        requires=("torch",),
+    )
+
+
+@hookimpl
+def tune_check_recipe(recipe):
+    """Combinations FSDP2 cannot run, explained before any model loads."""
+    if recipe.strategy.name != "fsdp":
+        return
+    where = f"{recipe.path}: [strategy]"
+    if recipe.model.quantize:
+        raise TuneError(
+            f"QLoRA (quantize = '{recipe.model.quantize}') with FSDP2 is not supported: "
+            "bitsandbytes stores 4-bit weights as packed uint8 Params4bit whose quantization "
+            "state (absmax, code, shape) lives outside the tensor, so fully_shard can neither "
+            "split it across ranks nor gather it back into a weight the layer can use.",
+            where=where,
+            fix="drop quantize (LoRA on a bf16 base sharded by FSDP2), or use [strategy] name = "
+            '"ddp" or "deepspeed" with zero_stage = 2 for QLoRA.',
+        )
+    if recipe.train.precision == "fp16":
+        raise TuneError(
+            "precision = 'fp16' is not supported with FSDP2 here (it would need a sharded "
+            "loss scaler).",
+            where=f"{recipe.path}: [train] precision",
+            fix='use precision = "bf16" (or "auto": bf16 on a bf16 GPU, fp32 on CPU).',
+        )
+
+
+@hookimpl
+def tune_choose_strategy(settings, ctx):
+    from tune_plugin_fsdp.strategy import FSDPStrategy
+
+    return FSDPStrategy(settings)

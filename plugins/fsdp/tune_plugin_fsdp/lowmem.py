@@ -1,0 +1,231 @@
+"""Low-memory loading for FSDP2: every rank materializes only its own shard.
+
+Rank 0 built the model from the checkpoint (transformers maps safetensors lazily, so that costs
+little until touched); the other ranks built it on the meta device. Before sharding, every rank
+turns its model into meta tensors (rank 0 keeps the values that are not in the checkpoint
+files: adapters, non-persistent buffers), `fully_shard` then allocates nothing, `to_empty`
+allocates just this rank's shards, and each shard is filled:
+
+- weights found in the checkpoint's safetensors files: read by this rank directly from the file
+  (only its own rows, with plain reads: no memory map, so file pages never count in its RSS);
+- everything else (adapter weights, renamed keys, buffers such as rotary tables): broadcast from
+  rank 0 in row blocks, each rank keeping its rows.
+
+The collectives run in the same order on every rank: parameters in name order, then buffers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+BLOCK_BYTES = 64 << 20  # rows are read or broadcast in blocks of at most this size
+DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+
+class Filler:
+    """`start` before fully_shard (all ranks), `finish` after it (all ranks)."""
+
+    def __init__(self, model: Any, world: Any, device: str):
+        self.model, self.rank, self.size, self.device = model, world.rank, world.world_size, device
+        self.files: dict[str, tuple[str, int, str, list[int]]] = {}
+        self.stash: dict[str, torch.Tensor] = {}
+        self.buffers: dict[str, torch.Tensor] = {}
+
+    def start(self) -> None:
+        _check_same_structure(self.model, self.rank)
+        index = _checkpoint_index(self.model)
+        aliases: dict[int, list[str]] = {}  # tied weights may be saved under either name
+        for name, param in self.model.named_parameters(remove_duplicate=False):
+            aliases.setdefault(id(param), []).append(name)
+        for name, param in self.model.named_parameters():
+            for alias in aliases[id(param)]:
+                found = _file_entry(alias, param, index)
+                if found is not None:
+                    self.files[name] = found
+                    break
+        # Every rank must agree on what is read and what is broadcast (a rank on another node
+        # may not see the files): if they do not, rank 0 broadcasts everything.
+        counts = torch.tensor([len(self.files), -len(self.files)], dtype=torch.int64)
+        dist.all_reduce(counts, op=dist.ReduceOp.MAX)
+        if int(counts[0]) != -int(counts[1]):
+            self.files = {}
+        self.sent = [n for n, _ in self.model.named_parameters() if n not in self.files]
+        if self.rank == 0:
+            params = dict(self.model.named_parameters())
+            self.stash = {name: params[name].detach() for name in self.sent}
+        if self.rank == 0:
+            self.buffers = {n: b.detach() for n, b in self.model.named_buffers()}
+        _to_meta(self.model)
+
+    def finish(self) -> None:
+        self.model.to_empty(device=self.device)
+        with torch.no_grad():
+            for name, param in sorted(self.model.named_parameters()):
+                local = param.to_local()
+                lo, hi = _own_rows(param.shape[0], self.rank, self.size)
+                if name in self.files:
+                    _read_rows(local, self.files[name], lo, hi)
+                else:
+                    _broadcast_rows(local, self.stash.pop(name, None), param.shape, lo, hi)
+            for name, buffer in sorted(self.model.named_buffers()):
+                value = self.buffers.get(name)
+                if self.rank == 0:
+                    buffer.copy_(value)
+                dist.broadcast(buffer, src=0)
+        self.stash.clear()
+        self.buffers.clear()
+
+
+def _check_same_structure(model: Any, rank: int) -> None:
+    """The meta-built model must match rank 0's, or the broadcasts would pair wrong tensors."""
+    spec = [
+        (n, tuple(p.shape), str(p.dtype))
+        for n, p in (*model.named_parameters(), *model.named_buffers())
+    ]
+    digest = hashlib.sha256(repr(spec).encode()).digest()[:8]
+    mine = torch.tensor([int.from_bytes(digest, "little", signed=True)], dtype=torch.int64)
+    theirs = mine.clone()
+    dist.broadcast(theirs, src=0)
+    if int(theirs) != int(mine):
+        raise RuntimeError(
+            f"rank {rank} built a model whose parameters differ from rank 0's loaded one "
+            "(names, shapes or dtypes), so the weights cannot be distributed; set [strategy] "
+            f"low_memory_load = false. First entries here: {spec[:3]!r}"
+        )
+
+
+def _checkpoint_index(model: Any) -> dict[str, tuple[str, int, str, list[int]]]:
+    """{key: (file, absolute byte offset, dtype, shape)} of the model's safetensors files."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    source = getattr(getattr(base, "config", None), "_name_or_path", "") or ""
+    files = _weight_files(source)
+    index: dict[str, tuple[str, int, str, list[int]]] = {}
+    for path in files:
+        with open(path, "rb") as f:
+            size = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(size))
+        for key, entry in header.items():
+            if key != "__metadata__":
+                start = 8 + size + entry["data_offsets"][0]
+                index[key] = (path, start, entry["dtype"], entry["shape"])
+    return index
+
+
+def _weight_files(source: str) -> list[str]:
+    """The safetensors files of a local directory or an already downloaded hub model."""
+    if not source:
+        return []
+
+    def find(name: str) -> str | None:
+        if os.path.isdir(source):
+            path = os.path.join(source, name)
+            return path if os.path.exists(path) else None
+        try:
+            from transformers.utils import cached_file
+
+            return cached_file(
+                source,
+                name,
+                local_files_only=True,
+                _raise_exceptions_for_missing_entries=False,
+                _raise_exceptions_for_connection_errors=False,
+            )
+        except Exception:  # not cached here: fall back to broadcasting from rank 0
+            return None
+
+    index = find("model.safetensors.index.json")
+    if index:
+        with open(index, encoding="utf-8") as f:
+            shards = sorted(set(json.load(f)["weight_map"].values()))
+        found = [find(s) for s in shards]
+        return [f for f in found if f] if all(found) else []
+    single = find("model.safetensors")
+    return [single] if single else []
+
+
+def _file_entry(name: str, param: Any, index: dict) -> tuple | None:
+    """The checkpoint entry of a model parameter: its name without PEFT's wrappers."""
+    bare = name.removeprefix("base_model.model.")
+    for wrapper in (".base_layer", ".original_module", ".modules_to_save.default"):
+        bare = bare.replace(wrapper, "")
+    for key in (name, bare):
+        entry = index.get(key)
+        if entry and list(entry[3]) == list(param.shape) and entry[2] in DTYPES:
+            return entry
+    return None
+
+
+def _to_meta(model: Any) -> None:
+    """Replace every parameter and buffer by a meta tensor, keeping tied parameters tied."""
+    new: dict[int, torch.nn.Parameter] = {}
+    for module in model.modules():
+        for key, param in list(module._parameters.items()):
+            if param is None:
+                continue
+            if id(param) not in new:
+                meta = torch.empty_like(param, device="meta")
+                new[id(param)] = torch.nn.Parameter(meta, requires_grad=param.requires_grad)
+            module._parameters[key] = new[id(param)]
+        for key, buffer in list(module._buffers.items()):
+            if buffer is not None:
+                module._buffers[key] = torch.empty_like(buffer, device="meta")
+
+
+def _own_rows(rows: int, rank: int, size: int) -> tuple[int, int]:
+    """This rank's rows under torch.chunk (FSDP2's Shard(0)): ceil(rows/size) each, last fewer."""
+    per = -(-rows // size)
+    return min(rank * per, rows), min((rank + 1) * per, rows)
+
+
+def _block_rows(shape: Any, element_size: int) -> int:
+    row = element_size * max(1, int(torch.Size(shape[1:]).numel()))
+    return max(1, BLOCK_BYTES // row)
+
+
+def _read_rows(local: torch.Tensor, entry: tuple, lo: int, hi: int) -> None:
+    """Read rows [lo, hi) of a checkpoint tensor into this rank's shard, block by block."""
+    path, start, dtype_name, shape = entry
+    dtype = DTYPES[dtype_name]
+    element = torch.empty((), dtype=dtype).element_size()
+    row_bytes = int(torch.Size(shape[1:]).numel()) * element
+    step = _block_rows(shape, element)
+    with open(path, "rb", buffering=0) as f:
+        for a in range(lo, hi, step):
+            b = min(a + step, hi)
+            raw = torch.empty((b - a) * row_bytes, dtype=torch.uint8)
+            f.seek(start + a * row_bytes)
+            f.readinto(memoryview(raw.numpy()))
+            block = raw.view(dtype).view(b - a, *shape[1:])
+            local[a - lo : b - lo].copy_(block)
+
+
+def _broadcast_rows(local: torch.Tensor, full: torch.Tensor | None, shape: Any, lo: int, hi: int):
+    """Rank 0 sends the full tensor in row blocks; every rank keeps rows [lo, hi)."""
+    rows = shape[0]
+    step = _block_rows(shape, local.element_size())
+    for start in range(0, max(rows, 1), step):
+        stop = min(start + step, rows)
+        if full is not None:
+            block = full[start:stop].to(device=local.device, dtype=local.dtype).contiguous()
+        else:
+            block = torch.empty((stop - start, *shape[1:]), dtype=local.dtype, device=local.device)
+        dist.broadcast(block, src=0)
+        a, b = max(start, lo), min(stop, hi)
+        if a < b:
+            local[a - lo : b - lo].copy_(block[a - start : b - start])
