@@ -107,4 +107,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 # The commands register themselves on `cli` when imported (after `cli` exists).
-from tune.cli import artifacts, export, plugins, training  # noqa: E402, F401
+from tune.cli import artifacts, estimate, export, plugins, training  # noqa: E402, F401

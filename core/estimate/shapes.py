@@ -1,0 +1,262 @@
+"""Model shapes from the config alone: parameter counts per module and adapter sizes.
+
+Reads `config.json` as JSON (no torch import); only when keys the estimate needs are missing does
+it ask transformers' AutoConfig, which fills architecture defaults but imports torch. The
+`tune:tiny-*` models use the config in `tune.builtin.tiny`. Covers the Llama family of decoders
+(Llama, Mistral, Qwen2/3, Gemma, Phi-3 style shapes: attention q/k/v/o, gated MLP, RMSNorm).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tune.errors import TuneError
+
+NEEDED = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+# Decoder families whose layer is q/k/v/o + gate/up/down (+ two norms).
+LLAMA_LIKE = {
+    "llama",
+    "mistral",
+    "qwen2",
+    "qwen3",
+    "gemma",
+    "gemma2",
+    "olmo",
+    "olmo2",
+    "smollm3",
+    "granite",
+    "cohere",
+    "mixtral_dense",
+}
+# Architectures with biases on q/k/v whatever `attention_bias` says.
+QKV_BIAS = {"qwen2"}
+# Architectures with a per-head RMSNorm on q and k.
+QK_NORM = {"qwen3", "olmo2"}
+# PEFT's default LoRA targets (target_modules = None) for these families.
+DEFAULT_TARGETS = ["q_proj", "v_proj"]
+IA3_TARGETS, IA3_FEEDFORWARD = ["k_proj", "v_proj", "down_proj"], ["down_proj"]
+ATTN = ("q_proj", "k_proj", "v_proj", "o_proj")
+MLP = ("gate_proj", "up_proj", "down_proj")
+
+
+@dataclass
+class Shapes:
+    """The sizes the memory terms need, in parameters (not bytes)."""
+
+    model_type: str
+    hidden: int
+    intermediate: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+    tied: bool
+    linears: dict[str, tuple[int, int]] = field(default_factory=dict)  # name -> (in, out)
+    biases: dict[str, bool] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def q_dim(self) -> int:
+        return self.heads * self.head_dim
+
+    @property
+    def kv_dim(self) -> int:
+        return self.kv_heads * self.head_dim
+
+    def layer_linear_params(self) -> int:
+        """Weights (+ biases) of the linear layers of one decoder layer."""
+        return sum(i * o + (o if self.biases.get(n) else 0) for n, (i, o) in self.linears.items())
+
+    def layer_norm_params(self) -> int:
+        return 2 * self.hidden + (2 * self.head_dim if self.model_type in QK_NORM else 0)
+
+    def embedding_params(self) -> int:
+        return self.vocab * self.hidden
+
+    def head_params(self) -> int:
+        """lm_head weights stored apart from the embedding (0 when tied)."""
+        return 0 if self.tied else self.vocab * self.hidden
+
+    def total_params(self) -> int:
+        per_layer = self.layer_linear_params() + self.layer_norm_params()
+        return self.embedding_params() + self.head_params() + self.layers * per_layer + self.hidden
+
+
+def read_config(recipe: Any) -> dict[str, Any]:
+    """The model's config as a dict, without loading weights."""
+    path = recipe.model.path
+    loader = recipe.backends.get("loader")
+    settings = loader.settings if loader is not None else None
+    overrides = dict(getattr(settings, "config_overrides", {}) or {})
+    if path.startswith("tune:"):
+        return {**_tiny_config(recipe, path), **overrides}
+    local = Path(path).expanduser()
+    if not local.is_absolute() and not local.exists():
+        candidate = recipe.path.parent / local
+        local = candidate if candidate.exists() else local
+    file = local / "config.json"
+    if local.is_dir() and file.is_file():
+        raw = json.loads(file.read_text(encoding="utf-8"))
+    else:
+        raw = _hub_config(recipe, path)
+    raw = raw.get("text_config", raw) if "hidden_size" not in raw else raw
+    if any(key not in raw for key in NEEDED):
+        raw = _auto_config(recipe, str(local if local.is_dir() else path), raw)
+    return {**raw, **overrides}
+
+
+def _tiny_config(recipe: Any, path: str) -> dict[str, Any]:
+    from tune.builtin.tiny import ARCHS, ASSETS, BASE_CONFIG
+
+    name = path.removeprefix("tune:")
+    if name not in ARCHS:
+        raise TuneError(
+            f"unknown built-in model '{path}'.",
+            where=f"{recipe.path}: [model] path",
+            fix=f"use one of {', '.join('tune:' + n for n in ARCHS)}.",
+        )
+    tok = json.loads((ASSETS / "tokenizer.json").read_text(encoding="utf-8"))
+    vocab = set(tok["model"]["vocab"].values()) | {t["id"] for t in tok.get("added_tokens", [])}
+    return {**BASE_CONFIG, "model_type": ARCHS[name]["model_type"], "vocab_size": len(vocab)}
+
+
+def _hub_config(recipe: Any, path: str) -> dict[str, Any]:
+    """config.json of a hub id from the local Hugging Face cache only (never the network)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(path, "config.json")
+    except Exception:  # noqa: BLE001 - an invalid repo id is reported below like a missing one
+        cached = None
+    if isinstance(cached, str):
+        return json.loads(Path(cached).read_text(encoding="utf-8"))
+    raise TuneError(
+        f"tune estimate reads the model's config.json only, and '{path}' is neither a local "
+        "directory with a config.json nor a hub id in the local Hugging Face cache.",
+        where=f"{recipe.path}: [model] path",
+        fix=f"download just the config once (`huggingface-cli download {path} config.json`), "
+        "or point [model] path at a directory holding config.json.",
+    )
+
+
+def _auto_config(recipe: Any, path: str, raw: dict[str, Any]) -> dict[str, Any]:
+    """Fill architecture defaults through transformers (imports torch)."""
+    try:
+        from transformers import AutoConfig
+
+        if "model_type" in raw:
+            config = AutoConfig.for_model(**raw)
+        else:
+            config = AutoConfig.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError, KeyError) as exc:
+        raise TuneError(
+            f"cannot read the model config of '{path}': {str(exc).splitlines()[0]}",
+            where=f"{recipe.path}: [model] path",
+            fix="point [model] path at a directory with a complete config.json.",
+        ) from None
+    config = getattr(config, "text_config", None) or config
+    return {**config.to_dict(), **{k: v for k, v in raw.items() if k in NEEDED}}
+
+
+def shapes_from_config(cfg: dict[str, Any], where: str) -> Shapes:
+    """Shapes of a Llama-family decoder; other families are refused with what is supported."""
+    model_type = cfg.get("model_type", "")
+    if model_type not in LLAMA_LIKE or any(key not in cfg for key in NEEDED):
+        raise TuneError(
+            f"tune estimate does not know the layer shapes of model type '{model_type}'.",
+            where=where,
+            fix=f"it covers {', '.join(sorted(LLAMA_LIKE))}; for another architecture, measure "
+            "with a short `tune run -o train.max_steps=2` (the summary reports peak memory).",
+        )
+    h, i = int(cfg["hidden_size"]), int(cfg["intermediate_size"])
+    heads = int(cfg["num_attention_heads"])
+    kv = int(cfg.get("num_key_value_heads") or heads)
+    hd = int(cfg.get("head_dim") or h // heads)
+    attn_bias = bool(cfg.get("attention_bias", False))
+    mlp_bias = bool(cfg.get("mlp_bias", False))
+    linears = {
+        "q_proj": (h, heads * hd),
+        "k_proj": (h, kv * hd),
+        "v_proj": (h, kv * hd),
+        "o_proj": (heads * hd, h),
+        "gate_proj": (h, i),
+        "up_proj": (h, i),
+        "down_proj": (i, h),
+    }
+    qkv_bias = attn_bias or model_type in QKV_BIAS
+    biases = {n: qkv_bias for n in ("q_proj", "k_proj", "v_proj")}
+    biases.update({"o_proj": attn_bias, **{n: mlp_bias for n in MLP}})
+    return Shapes(
+        model_type=model_type,
+        hidden=h,
+        intermediate=i,
+        layers=int(cfg["num_hidden_layers"]),
+        heads=heads,
+        kv_heads=kv,
+        head_dim=hd,
+        vocab=int(cfg["vocab_size"]),
+        tied=bool(cfg.get("tie_word_embeddings", model_type in ("gemma", "gemma2"))),
+        linears=linears,
+        biases=biases,
+        config=cfg,
+    )
+
+
+@dataclass
+class Adapter:
+    """What one [[adapt]] step adds: trainable parameters, and which base linears it wraps."""
+
+    method: str
+    params: int
+    targets: list[str]
+    rank: int = 0
+    layers: int = 0
+    saved: list[str] = field(default_factory=list)  # modules_to_save (trainable full copies)
+
+
+def adapter_for(method: str, settings: Any, shapes: Shapes, where: str) -> Adapter:
+    """Exact trainable parameter count of a PEFT LoRA / DoRA / IA3 step from the shapes."""
+    if method not in ("lora", "dora", "ia3"):
+        raise TuneError(
+            f"tune estimate counts lora, dora and ia3 adapters, not '{method}'.",
+            where=where,
+            fix="estimate with method = 'lora' of a similar size, or measure a short run.",
+        )
+    wanted = settings.targets
+    if wanted is None:
+        default = IA3_TARGETS if method == "ia3" else DEFAULT_TARGETS
+        targets = [t for t in default if t in shapes.linears]
+    elif wanted == "all-linear":
+        targets = list(shapes.linears)
+    else:
+        names = [wanted] if isinstance(wanted, str) else list(wanted)
+        targets = [n for n in shapes.linears if any(n == t or n.endswith("." + t) for t in names)]
+        unknown = [t for t in names if t.split(".")[-1] not in shapes.linears]
+        if unknown:
+            raise TuneError(
+                f"targets {unknown} are not linear layers tune estimate knows for "
+                f"'{shapes.model_type}'.",
+                where=where,
+                fix=f"use names among {', '.join(shapes.linears)} (or 'all-linear').",
+            )
+    layers = settings.layers_to_transform
+    n_layers = len([x for x in layers if 0 <= x < shapes.layers]) if layers else shapes.layers
+    r = int(getattr(settings, "r", 0) or 0)
+    per_layer = 0
+    for name in targets:
+        fan_in, fan_out = shapes.linears[name]
+        if method == "ia3":
+            ff = getattr(settings, "feedforward_modules", None) or IA3_FEEDFORWARD
+            per_layer += fan_in if name in ff else fan_out  # scales the input of ff layers
+            continue
+        rank = int(getattr(settings, "rank_pattern", {}).get(name, r))
+        per_layer += rank * (fan_in + fan_out) + (fan_out if method == "dora" else 0)
+    params = per_layer * n_layers
+    saved = list(settings.modules_to_save or [])
+    # modules_to_save: PEFT trains a full copy of each (the head and embeddings are vocab x h).
+    params += sum(shapes.vocab * shapes.hidden for n in saved if n in ("lm_head", "embed_tokens"))
+    return Adapter(method, params, targets, rank=r, layers=n_layers, saved=saved)
