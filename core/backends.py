@@ -36,6 +36,7 @@ class Backend:
     for_loader: str | None = None
     examples: str | None = None  # formats: the example kind produced; objectives: consumed
     requires: tuple[str, ...] = ()  # modules it imports when used (checked with find_spec)
+    schemes: tuple[str, ...] = ()  # data sources: address schemes it reads ("hf" for hf://...)
 
     def missing(self) -> str | None:
         """The first required module that is not installed here, or None (imports nothing)."""
@@ -57,7 +58,8 @@ class Provide:
     """Handed to `tune_provide`: each call declares one backend of the calling plugin.
 
     Options: `requires=` (every kind), `for_loader=` (quantization, adapter: serve this name for
-    that loader only), `examples=` (data formats and objectives: the example kind).
+    that loader only), `examples=` (data formats and objectives: the example kind), `schemes=`
+    (data sources: address schemes they read, e.g. ("hf",) for `train = "hf://org/name"`).
 
     `requires` names the modules the backend imports when used (e.g. ("mlflow",)): where one is
     missing, tune lists the plugin with a STATUS saying so and refuses recipes that use the
@@ -70,6 +72,7 @@ class Provide:
     def _declare(self, kind: str, name: str, settings, doc: str, options: dict) -> None:
         allowed = {"requires"} | ({"examples"} if KINDS[kind].has_examples else set())
         allowed |= {"for_loader"} if kind in ("quantization", "adapter") else set()
+        allowed |= {"schemes"} if kind == "data_source" else set()
         unknown = set(options) - allowed
         if unknown:
             raise TypeError(f"provide.{kind}() got unexpected options {sorted(unknown)}")
@@ -86,6 +89,7 @@ class Provide:
             for_loader=options.get("for_loader"),
             examples=(options.get("examples") or LM_EXAMPLES) if KINDS[kind].has_examples else None,
             requires=(requires,) if isinstance(requires, str) else tuple(requires),
+            schemes=tuple(options.get("schemes", ())),
         )
         self._manager._declare(backend)
 

@@ -75,3 +75,15 @@ def test_gpu_recipe_runs_on_cpu_with_a_tiny_model(tmp_path, name):
     out = run_cli(*args)
     assert out.returncode == 0, out.stderr[-3000:]
     assert (tmp_path / "run/final/adapter_config.json").exists()
+
+
+def test_the_flagship_recipe_validates_offline_and_says_what_it_will_download():
+    out = run_cli(
+        "validate",
+        "recipes/llama-longctx.toml",
+        env={"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"},
+    )
+    assert out.returncode == 0, out.stderr
+    text = " ".join(out.stdout.split())
+    assert "will download" in text
+    assert "emozilla/pg19" in text and "THUDM/LongAlign-10k" in text

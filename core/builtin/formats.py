@@ -7,11 +7,11 @@ tokenized. Chat data accepts OpenAI `messages` (role/content) and ShareGPT `conv
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from tune.data.format import DataFormat
-from tune.data.templates import ROLES
+from tune.data.normalize import need, normalize_alpaca, normalize_chat, text_of
 from tune.errors import TuneError
 from tune.hookspecs import hookimpl
 
@@ -30,13 +30,19 @@ class ChatSettings(_FormatSettings):
     template: TemplateName = Field("tokenizer", description="the tokenizer's own, or a name")
     train_on_prompt: bool = False
     messages_field: str | None = Field(None, description="None = messages or conversations")
+    tools_field: str = Field("tools", description="the row's tool definitions (list or JSON)")
     system_prompt: str | None = None
+    empty_replies: Literal["drop", "error"] = Field(
+        "drop",
+        description="conversations with an empty assistant reply: dropped (counted) or an error",
+    )
 
 
 class AlpacaSettings(_FormatSettings):
     template: TemplateName = "tokenizer"
     train_on_prompt: bool = False
     system_prompt: str | None = None
+    empty_replies: Literal["drop", "error"] = "drop"
 
 
 class PromptCompletionSettings(_FormatSettings):
@@ -52,100 +58,6 @@ class TextSettings(_FormatSettings):
     stride: int | None = Field(
         None, gt=0, description="split long texts into max_seq_len windows every stride tokens"
     )
-
-
-# -- checking rows (no torch) ---------------------------------------------------------------------
-def _need(row: dict, fields: list[str], where: str, fmt: str) -> None:
-    missing = [f for f in fields if f not in row or row[f] is None]
-    if missing:
-        raise TuneError(
-            f"row has no {', '.join(repr(m) for m in missing)} for format '{fmt}'; "
-            f"it has {sorted(row)}.",
-            where=where,
-            fix=f"format '{fmt}' expects {fields}; pick the format that matches the data "
-            "([data] format) or rename the fields.",
-        )
-
-
-def _text(value: Any, where: str, field: str) -> str:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, list):  # OpenAI content parts
-        parts = [
-            p.get("text", "") for p in value if isinstance(p, dict) and p.get("type") == "text"
-        ]
-        if len(parts) == len(value):
-            return "".join(parts)
-    raise TuneError(
-        f"'{field}' must be a string, got {type(value).__name__}.",
-        where=where,
-        fix="give text content as a string.",
-    )
-
-
-def normalize_chat(row: dict, settings: ChatSettings, where: str) -> list[dict[str, str]]:
-    field = settings.messages_field
-    if field is None:
-        field = next((f for f in ("messages", "conversations") if f in row), None)
-    if field is None or field not in row:
-        _need(row, [settings.messages_field or "messages"], where, "chat")
-    turns = row[field]
-    if not isinstance(turns, list) or not turns:
-        raise TuneError(
-            f"'{field}' is empty or not a list.",
-            where=where,
-            fix="each conversation needs at least one user and one assistant turn; remove it.",
-        )
-    messages = []
-    system = row.get("system")
-    if isinstance(system, str) and system.strip():
-        messages.append({"role": "system", "content": system})
-    for i, turn in enumerate(turns):
-        if not isinstance(turn, dict):
-            raise TuneError(f"turn {i} is not an object.", where=where)
-        raw_role = turn.get("role", turn.get("from"))
-        content = turn.get("content", turn.get("value"))
-        if raw_role is None or content is None:
-            raise TuneError(
-                f"turn {i} has keys {sorted(turn)}; expected role/content (OpenAI) or "
-                "from/value (ShareGPT).",
-                where=where,
-                fix='write each turn as {"role": ..., "content": ...}.',
-            )
-        role = ROLES.get(str(raw_role).lower())
-        if role is None:
-            raise TuneError(
-                f"turn {i} has role '{raw_role}', which format 'chat' does not train on "
-                f"(supported: {', '.join(sorted(ROLES))}).",
-                where=where,
-                fix="tool-calling roles (function_call, observation, tool) are not supported "
-                "yet: drop these conversations or map the roles before training.",
-            )
-        messages.append({"role": role, "content": _text(content, where, f"turn {i} content")})
-    if settings.system_prompt and messages[0]["role"] != "system":
-        messages.insert(0, {"role": "system", "content": settings.system_prompt})
-    if not any(m["role"] == "assistant" for m in messages):
-        raise TuneError(
-            "conversation has no assistant turn, so nothing would be trained.",
-            where=where,
-            fix="remove it or add the assistant reply.",
-        )
-    return messages
-
-
-def normalize_alpaca(row: dict, settings: AlpacaSettings, where: str) -> list[dict[str, str]]:
-    _need(row, ["instruction", "output"], where, "alpaca")
-    prompt = _text(row["instruction"], where, "instruction")
-    extra = row.get("input")
-    if extra:
-        prompt += "\n\n" + _text(extra, where, "input")
-    messages = []
-    system = row.get("system") or settings.system_prompt
-    if system:
-        messages.append({"role": "system", "content": system})
-    messages.append({"role": "user", "content": prompt})
-    messages.append({"role": "assistant", "content": _text(row["output"], where, "output")})
-    return messages
 
 
 # -- the formats ----------------------------------------------------------------------------------
@@ -165,9 +77,27 @@ class ChatFormat(DataFormat):
         return normalize_chat(row, self.settings, where)
 
     def encode(self, record, where):
+        from tune.data.templates import can_render_tools
         from tune.data.tokenize import tokenize_chat
 
-        example = tokenize_chat(self.tokenizer, record, self.settings.train_on_prompt, where)
+        if isinstance(record, dict) and "drop" in record:
+            self.counts[record["drop"]] += 1
+            return []
+        messages, tools = (
+            (record["messages"], record["tools"]) if isinstance(record, dict) else (record, None)
+        )
+        uses_tools = tools or any(m["role"] == "tool" or m.get("tool_calls") for m in messages)
+        if uses_tools and not can_render_tools(self.tokenizer, self.settings.template):
+            raise TuneError(
+                "this conversation uses tools, and the tokenizer's own chat template cannot "
+                "render them (it never reads `tools`).",
+                where=where,
+                fix='set template = "chatml" or "llama-3.1" in [data], or drop the '
+                "tool-calling rows.",
+            )
+        example = tokenize_chat(
+            self.tokenizer, messages, self.settings.train_on_prompt, where, tools
+        )
         return self.fit([example], self.settings.truncation)
 
     def render_prompt(self, text):
@@ -192,10 +122,10 @@ class PromptCompletionFormat(DataFormat):
 
     def check(self, row, where):
         s = self.settings
-        _need(row, [s.prompt_field, s.completion_field], where, "prompt_completion")
+        need(row, [s.prompt_field, s.completion_field], where, "prompt_completion")
         return (
-            _text(row[s.prompt_field], where, s.prompt_field),
-            _text(row[s.completion_field], where, s.completion_field),
+            text_of(row[s.prompt_field], where, s.prompt_field),
+            text_of(row[s.completion_field], where, s.completion_field),
         )
 
     def encode(self, record, where):
@@ -209,9 +139,18 @@ class PromptCompletionFormat(DataFormat):
 class TextFormat(DataFormat):
     """Plain text, every token trained; long texts optionally split into sliding windows."""
 
+    @property
+    def cuts_long_rows(self) -> bool:
+        return self.settings.truncation == "truncate"
+
     def check(self, row, where):
-        _need(row, [self.settings.text_field], where, "text")
-        return _text(row[self.settings.text_field], where, self.settings.text_field)
+        from tune.data.format import row_bound
+
+        need(row, [self.settings.text_field], where, "text")
+        text = text_of(row[self.settings.text_field], where, self.settings.text_field)
+        if self.cuts_long_rows and not self.settings.stride:
+            text = text[: row_bound(self.max_seq_len)]  # the tokens past max_seq_len are cut anyway
+        return text
 
     def encode(self, record, where):
         from tune.data.tokenize import sliding_windows, tokenize_pair
@@ -248,3 +187,24 @@ def tune_format_data(name, settings, tokenizer, ctx):
         max_seq_len=ctx.recipe.model.max_seq_len,
         where=f"{ctx.recipe.path}: [data]",
     )
+
+
+@hookimpl
+def tune_save_extras(model, path, ctx):
+    """final/ and `tune merge` output stop at the end of a turn: when a named template set the
+    tokenizer's eos to its end-of-turn token, the saved generation config gets it too (a list
+    with the base's eos), so plain transformers `generate` stops where the template ends a reply.
+    """
+    from pathlib import Path
+
+    backends = ctx.recipe.backends
+    chosen = [backends.get("data_format"), *backends.get("data_mix", [])]
+    named = [s for s in chosen if s and getattr(s.settings, "template", "tokenizer") != "tokenizer"]
+    config = getattr(model, "generation_config", None)
+    if not named or config is None or not (Path(path) / "tokenizer_config.json").exists():
+        return
+    from transformers import AutoTokenizer
+    from tune.data.templates import end_of_turn_ids
+
+    end_of_turn_ids(model, AutoTokenizer.from_pretrained(str(path)))
+    config.save_pretrained(str(path))

@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-CACHE_VERSION = 2
+CACHE_VERSION = 3  # 3: tool calls, end-of-turn eos, row bound
 
 
 def cache_root() -> Path:

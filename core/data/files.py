@@ -39,8 +39,24 @@ def iter_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
         )
 
 
-def parse_json_line(line: str | bytes, where: str) -> dict[str, Any]:
-    """One JSON-lines row, or a TuneError naming where it is."""
+def bad_utf8(exc: UnicodeDecodeError, where: str, at: int = 0) -> TuneError:
+    """Invalid bytes said as the file position (`at`: the byte offset of the decoded text)."""
+    bad = exc.object[exc.start : exc.start + 4]
+    return TuneError(
+        f"invalid UTF-8 at byte offset {at + exc.start} (bytes {bad!r}).",
+        where=where,
+        fix="data files must be UTF-8: re-encode the file (e.g. iconv -f latin1 -t utf-8) or "
+        "remove the damaged text there.",
+    )
+
+
+def parse_json_line(line: str | bytes, where: str, at: int = 0) -> dict[str, Any]:
+    """One JSON-lines row, or a TuneError naming where it is (`at`: the line's byte offset)."""
+    if isinstance(line, bytes):
+        try:
+            line = line.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise bad_utf8(exc, where, at) from None
     try:
         row = json.loads(line)
     except json.JSONDecodeError as exc:
@@ -59,16 +75,24 @@ def parse_json_line(line: str | bytes, where: str) -> dict[str, Any]:
 
 
 def _jsonl(path: Path):
-    with path.open(encoding="utf-8") as fh:
+    at = 0
+    with path.open("rb") as fh:
         for lineno, line in enumerate(fh, 1):
             if line.strip():
                 where = f"{path}:{lineno}"
-                yield where, parse_json_line(line, where)
+                yield where, parse_json_line(line, where, at)
+            at += len(line)
 
 
 def _json(path: Path):
+    raw = path.read_bytes()
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise bad_utf8(exc, f"{path}:{line}") from None
+    try:
+        data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise TuneError(
             f"malformed JSON ({exc.msg}).",
@@ -147,7 +171,7 @@ def stream_jsonl(
                 if not line.strip():
                     continue
                 where = f"{path}: byte {at}"
-                yield {"file": index, "offset": at}, where, parse_json_line(line, where)
+                yield {"file": index, "offset": at}, where, parse_json_line(line, where, at)
 
 
 def resolve_input(path_text: str, recipe_path: Path, where: str) -> Path:

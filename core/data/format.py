@@ -15,6 +15,30 @@ from tune.data.examples import IGNORE
 
 Example = dict[str, Any]
 
+# A row holding more text than this many characters per token of max_seq_len is far beyond what
+# can be trained: it is cut (text format, truncation = "truncate") or dropped before tokenization,
+# so one giant line cannot take the tokenizer's memory. No token fits more characters in practice.
+CHARS_PER_TOKEN_BOUND = 32
+
+
+def row_bound(max_seq_len: int) -> int:
+    """Characters of text a row may hold before it is cut or dropped unread by the tokenizer."""
+    return max(CHARS_PER_TOKEN_BOUND * max_seq_len, 1 << 16)
+
+
+def row_chars(value: Any, limit: int) -> int:
+    """Characters of text in a row (strings anywhere in it), counted up to just past `limit`."""
+    total, todo = 0, [value]
+    while todo and total <= limit:
+        item = todo.pop()
+        if isinstance(item, str):
+            total += len(item)
+        elif isinstance(item, dict):
+            todo.extend(item.values())
+        elif isinstance(item, list | tuple):
+            todo.extend(item)
+    return total
+
 
 class DataFormat:
     """Base class of data formats. Subclasses implement `check` and `encode`."""
@@ -22,6 +46,9 @@ class DataFormat:
     # True when conversations are rendered through the tokenizer's chat template: `tune chat`
     # then talks to the trained model through that template, as it was trained.
     chat: bool = False
+    # True when `check` itself cuts a row beyond `row_bound` (the text format): the core then
+    # passes such rows on instead of dropping them.
+    cuts_long_rows: bool = False
 
     def __init__(self, settings: Any, tokenizer: Any = None, *, max_seq_len: int, where: str):
         self.settings = settings

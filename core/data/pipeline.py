@@ -65,28 +65,58 @@ def validate_data(pm: Any, ctx: RunContext) -> str:
         fmt, source = open_format(pm, entry, None, ctx), open_source(pm, entry, ctx)
         where = entry.where(ctx, "train")
         described = source.check(entry.train, where)
-        if ctx.recipe.data.streaming:
+        if entry.eval:
+            source.check(entry.eval, entry.where(ctx, "eval"))
+        remote = source.downloads(entry.train, where)
+        remote_eval = source.downloads(entry.eval, entry.where(ctx, "eval"))
+        if remote or remote_eval:  # validation stays offline: rows are checked when read
+            line = f"rows not checked offline; {described}"
+            line += f"; eval: {'; '.join(remote_eval)}" if remote_eval else ""
+        elif ctx.recipe.data.streaming:
             first = source.stream(entry.train, where, None)
             for _, row_where, row in itertools.islice(first, VALIDATE_STREAM_ROWS):
                 fmt.check(row, row_where)
             line = f"streaming {described} (first rows checked)"
         else:
-            n_train, n_eval = _split_sizes(fmt, source, entry, ctx)
-            line = f"{n_train} train rows" + (f", {n_eval} eval rows" if n_eval else "")
+            n_train, n_eval, notes = _split_sizes(fmt, source, entry, ctx)
+            line = f"{n_train} train rows" + (f", {n_eval} eval rows" if n_eval else "") + notes
         lines.append((entry.format.backend.name, line))
     if len(lines) == 1:
         return lines[0][1]
     return "; ".join(f"{name}: {line}" for name, line in lines)
 
 
-def _split_sizes(fmt, source, entry: Entry, ctx: RunContext) -> tuple[int, int]:
-    train, evals = read_split(fmt, source, entry, ctx)
-    return len(train), len(evals)
+def _split_sizes(fmt, source, entry: Entry, ctx: RunContext) -> tuple[int, int, str]:
+    counts: Counter[str] = Counter()
+    train, evals = read_split(fmt, source, entry, ctx, counts)
+    empty = sum(1 for _, record in train + evals if isinstance(record, dict) and "drop" in record)
+    notes = []
+    if counts["oversized"]:
+        verb = "cut" if fmt.cuts_long_rows else "dropped"
+        notes.append(f"{counts['oversized']} far longer than max_seq_len ({verb})")
+    if empty:
+        notes.append(f"{empty} with an empty assistant reply (dropped)")
+    return len(train), len(evals), "".join(f", {n}" for n in notes)
 
 
 # -- reading and splitting ------------------------------------------------------------------------
-def read_checked(fmt, source, specs: list[str], where: str) -> list[tuple[str, Any]]:
-    rows = [(w, fmt.check(row, w)) for w, row in source.rows(specs, where)]
+def read_checked(
+    fmt, source, specs: list[str], where: str, counts: Counter | None = None
+) -> list[tuple[str, Any]]:
+    """Checked (where, record) pairs. A row holding far more text than max_seq_len could train
+    (`row_bound`) is dropped before tokenization, or cut by a format that cuts (text), and
+    counted in `counts` ("oversized")."""
+    from tune.data.format import row_bound, row_chars
+
+    bound = row_bound(fmt.max_seq_len)
+    rows = []
+    for w, row in source.rows(specs, where):
+        if row_chars(row, bound) > bound:
+            if counts is not None:
+                counts["oversized"] += 1
+            if not fmt.cuts_long_rows:
+                continue
+        rows.append((w, fmt.check(row, w)))
     if not rows:
         raise TuneError(
             "no rows found.",
@@ -96,12 +126,14 @@ def read_checked(fmt, source, specs: list[str], where: str) -> list[tuple[str, A
     return rows
 
 
-def read_split(fmt, source, entry: Entry, ctx: RunContext) -> tuple[list, list]:
+def read_split(
+    fmt, source, entry: Entry, ctx: RunContext, counts: Counter | None = None
+) -> tuple[list, list]:
     """Checked (where, record) lists for train and eval: an eval spec, or a seeded fraction."""
     data = ctx.recipe.data
-    train = read_checked(fmt, source, entry.train, entry.where(ctx, "train"))
+    train = read_checked(fmt, source, entry.train, entry.where(ctx, "train"), counts)
     if entry.eval:
-        return train, read_checked(fmt, source, entry.eval, entry.where(ctx, "eval"))
+        return train, read_checked(fmt, source, entry.eval, entry.where(ctx, "eval"), counts)
     if data.eval_fraction and entry.label == "[data]":
         order = list(range(len(train)))
         random.Random(ctx.recipe.train.seed).shuffle(order)
@@ -189,12 +221,13 @@ def tokenize_entry(pm: Any, entry: Entry, tokenizer: Any, ctx: RunContext) -> Ex
         train, evals, stats = cached
         stats["cache"] = "hit"
         return Examples(train=train, eval=evals, render_prompt=fmt.render_prompt, stats=stats)
-    train_rows, eval_rows = read_split(fmt, source, entry, ctx)
+    read_counts: Counter[str] = Counter()
+    train_rows, eval_rows = read_split(fmt, source, entry, ctx, read_counts)
     train, counts = encode_parallel(fmt, train_rows, data.num_proc)
     evals, eval_counts = encode_parallel(fmt, eval_rows, data.num_proc)
     stats: dict[str, Any] = {"rows": len(train_rows) + len(eval_rows)}
     stats.update({"truncated": 0, "dropped": 0, "windows": 0})
-    stats.update(Counter(counts) + Counter(eval_counts))
+    stats.update(Counter(counts) + Counter(eval_counts) + read_counts)
     if not train:
         raise TuneError(
             f"no trainable examples left after tokenization ({stats['dropped']} dropped, "
@@ -220,8 +253,16 @@ def _streaming(fmt, source, entry: Entry, ctx: RunContext) -> Examples:
 
     where = entry.where(ctx, "train")
 
+    from tune.data.format import row_bound, row_chars
+
+    bound = row_bound(fmt.max_seq_len)
+
     def encode(row_where: str, row: dict) -> tuple[list, dict[str, int]]:
-        return encode_records(fmt, [(row_where, fmt.check(row, row_where))])
+        oversized = row_chars(row, bound) > bound
+        if oversized and not fmt.cuts_long_rows:
+            return [], {"oversized": 1}
+        examples, counts = encode_records(fmt, [(row_where, fmt.check(row, row_where))])
+        return examples, {**counts, "oversized": int(oversized)}
 
     evals: list = []
     if entry.eval:
@@ -241,9 +282,12 @@ def _streaming(fmt, source, entry: Entry, ctx: RunContext) -> Examples:
 
 
 def load_examples(pm: Any, tokenizer: Any, ctx: RunContext) -> Examples:
-    """Tokenized examples of every entry; stats add up, per-entry counts under `sources`."""
+    """Tokenized examples of every entry, mixed as the entries' weight/epochs say; stats add
+    up, and `sources` gives the examples of each entry in the training set."""
+    from tune.data.mix import mix
+
     parts = [tokenize_entry(pm, entry, tokenizer, ctx) for entry in entries(ctx)]
-    if len(parts) == 1:
+    if len(parts) == 1 and (parts[0].stream is not None or ctx.recipe.data.epochs is None):
         return parts[0]
     main = parts[0]
     stats: dict[str, Any] = dict(main.stats)
@@ -253,6 +297,19 @@ def load_examples(pm: Any, tokenizer: Any, ctx: RunContext) -> Examples:
                 stats[key] += value
     caches = {part.stats.get("cache", "off") for part in parts}
     stats["cache"] = caches.pop() if len(caches) == 1 else "partial"
-    stats["sources"] = [len(part.train) for part in parts]
-    train = [example for part in parts for example in part.train]
+    data = ctx.recipe.data
+    settings = [data] + list(data.mix)
+    train, counts = mix(
+        [part.train for part in parts],
+        weights=[s.weight for s in settings],
+        epochs=[s.epochs for s in settings],
+        seed=ctx.recipe.train.seed,
+    )
+    stats["sources"] = counts
+    stats["source_examples"] = [len(part.train) for part in parts]
+    stats["train_examples"] = len(train)
+    if train and "input_ids" in train[0]:
+        stats["train_tokens"] = sum(len(e["input_ids"]) for e in train)
+    if train and "labels" in train[0]:
+        stats["train_target_tokens"] = sum(target_count(e) for e in train)
     return dataclasses.replace(main, train=train, stats=stats)

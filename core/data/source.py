@@ -31,6 +31,14 @@ class DataSource:
         """
         raise NotImplementedError
 
+    def downloads(self, specs: list[str], where: str) -> list[str]:
+        """What reading the specs would download (one phrase each); empty when nothing.
+
+        `tune validate` reads and checks every row only when this is empty, and otherwise
+        prints it instead: validation never touches the network.
+        """
+        return []
+
     def rows(self, specs: list[str], where: str) -> Iterator[tuple[str, Row]]:
         """Every row of the specs, in order, as `(where the row is, row)`."""
         raise NotImplementedError

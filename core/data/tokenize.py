@@ -5,14 +5,19 @@ from __future__ import annotations
 from typing import Any
 
 from tune.data.examples import IGNORE
-from tune.data.templates import assistant_spans
+from tune.data.templates import assistant_spans, base_eos_id
 
 
 def tokenize_chat(
-    tokenizer: Any, messages: list[dict[str, str]], train_on_prompt: bool, where: str
+    tokenizer: Any,
+    messages: list[dict[str, Any]],
+    train_on_prompt: bool,
+    where: str,
+    tools: list | None = None,
 ) -> dict[str, list[int]]:
-    """Tokens of the rendered chat; labels only on assistant replies unless train_on_prompt."""
-    text, spans = assistant_spans(tokenizer, messages, where)
+    """Tokens of the rendered chat; labels only on assistant replies (tool calls included, tool
+    results not) unless train_on_prompt. `tools` reaches the template as `tools=`."""
+    text, spans = assistant_spans(tokenizer, messages, where, tools)
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids = list(enc["input_ids"])
     if train_on_prompt:
@@ -36,7 +41,8 @@ def tokenize_pair(
 ) -> dict[str, list[int]]:
     """Plain prompt + completion (no template): BOS prompt completion EOS."""
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-    eos = [tokenizer.eos_token_id] if add_eos and tokenizer.eos_token_id is not None else []
+    eos_id = base_eos_id(tokenizer)
+    eos = [eos_id] if add_eos and eos_id is not None else []
     p = bos + tokenizer(prompt, add_special_tokens=False)["input_ids"]
     c = tokenizer(completion, add_special_tokens=False)["input_ids"] + eos
     labels = (list(p) if train_on_prompt else [IGNORE] * len(p)) + list(c)

@@ -67,6 +67,10 @@ def as_tune_error(
             fix=f"add {key} = ... to {table}.",
         )
     got = err.get("input")
+    if kind == "value_error":  # a rule across keys (a model validator): its own words
+        msg = err["msg"].removeprefix("Value error, ")
+        place = _table_of(loc)
+        return TuneError(f"{place}: {msg}.", where=str(path), fix=f"change {place} as said.")
     if kind == "literal_error":
         expected = err.get("ctx", {}).get("expected", "")
         choices = re.findall(r"'([^']+)'", expected)
@@ -94,6 +98,8 @@ def _table_of(loc: list[str]) -> str:
         return "the top level"
     if loc[0] in ("adapt", "track") and len(loc) > 1 and loc[1].isdigit():
         return f"[[{loc[0]}]] #{int(loc[1]) + 1}"
+    if loc[:2] == ["data", "mix"] and len(loc) > 2 and loc[2].isdigit():
+        return f"[[data.mix]] #{int(loc[2]) + 1}"
     return "[" + ".".join(loc) + "]"
 
 

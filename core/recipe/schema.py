@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
@@ -26,7 +26,12 @@ class Open(BaseModel):
 
 class ModelSection(Open):
     loader: str = "transformers"
-    path: str = Field(description="hub id, local directory, or tune:tiny-llama/-qwen2/-mistral")
+    path: str = Field(
+        description="hub id, local directory, a .gguf file, or tune:tiny-llama/-qwen2/-mistral"
+    )
+    gguf_file: str | None = Field(
+        None, description="a GGUF file in the `path` folder or hub repo: loaded dequantized"
+    )
     quantize: str | None = None
     quantization: dict[str, Any] = Field(default_factory=dict)
     max_seq_len: int = Field(2048, gt=0)
@@ -54,7 +59,20 @@ class _Entry(Open):
     train: str | list[str]
     source: SourceTable = Field(default_factory=SourceTable)
 
+    weight: float | None = Field(
+        None, gt=0, description="mix: sampling probability of this source (normalized over all)"
+    )
+    epochs: float | None = Field(
+        None, gt=0, description="mix: times this source is repeated (0.5 = a seeded half)"
+    )
+
     _coerce_source = field_validator("source", mode="before")(_source_table)
+
+    @model_validator(mode="after")
+    def _weight_or_epochs(self):
+        if self.weight is not None and self.epochs is not None:
+            raise ValueError("give a source either weight (a sampling probability) or epochs")
+        return self
 
     @property
     def train_files(self) -> list[str]:
@@ -86,6 +104,19 @@ class DataSection(_Entry):
     cache: bool = Field(True, description="reuse tokenized examples from the on-disk cache")
     num_proc: int = Field(1, ge=1, description="processes for tokenization")
     streaming: bool = Field(False, description="read rows lazily, tokenize and batch on the fly")
+
+    @model_validator(mode="after")
+    def _mix_weights(self):
+        weighted = [self.weight is not None] + [m.weight is not None for m in self.mix]
+        if any(weighted) and not all(weighted):
+            missing = "[data]" if not weighted[0] else f"[[data.mix]] #{weighted.index(False)}"
+            raise ValueError(
+                f"some sources have a weight and {missing} has none: with weights, every "
+                "source (the [data] table and each [[data.mix]]) needs one"
+            )
+        if any(weighted) and any(m.epochs is not None for m in self.mix):
+            raise ValueError("use weights or epochs for the mix, not both")
+        return self
 
     @property
     def eval_files(self) -> list[str]:

@@ -88,9 +88,19 @@ def select_backends(recipe: Recipe, plugins: Any, roles: tuple[str, ...] = ALL_R
         ]
     mixes = raw["data"].get("mix", [])
     if "data_source" in roles:
-        b["data_source"] = _pick_source(pick, recipe.data.source, raw["data"], "[data.source]")
+        specs = recipe.data.train_files + recipe.data.eval_files
+        b["data_source"] = _pick_source(
+            pick, plugins, recipe.data.source, raw["data"], specs, "[data.source]"
+        )
         b["data_mix_source"] = [
-            _pick_source(pick, src.source, mixes[i], f"[[data.mix]] #{i + 1} source")
+            _pick_source(
+                pick,
+                plugins,
+                src.source,
+                mixes[i],
+                src.train_files,
+                f"[[data.mix]] #{i + 1} source",
+            )
             for i, src in enumerate(recipe.data.mix)
         ]
     if "data_format" in roles:
@@ -114,10 +124,38 @@ def select_backends(recipe: Recipe, plugins: Any, roles: tuple[str, ...] = ALL_R
         plugins.hook.tune_check_recipe(recipe=recipe)
 
 
-def _pick_source(pick, source, entry_raw: dict, where: str) -> Selected:
+def _pick_source(pick, plugins, source, entry_raw: dict, specs: list[str], where: str) -> Selected:
+    """The named source; with no name, the one declaring the specs' scheme (`hf://...`)."""
     table = entry_raw.get("source", {})
     table = {"name": table} if isinstance(table, str) else table
-    return pick("data_source", source.name, table, CORE_KEYS["source"], where)
+    name = source.name if "name" in table else _scheme_source(plugins, specs, where) or source.name
+    return pick("data_source", name, table, CORE_KEYS["source"], where)
+
+
+def _scheme_source(plugins, specs: list[str], where: str) -> str | None:
+    """The data source that declared `schemes=` for the specs' `scheme://` addresses."""
+    schemes = sorted({spec.split("://", 1)[0] for spec in specs if "://" in spec})
+    if not schemes:
+        return None
+    readers = {s: b.name for b in plugins.declared("data_source") for s in b.schemes}
+    unknown = [s for s in schemes if s not in readers]
+    if unknown:
+        known = ", ".join(f"{s}:// ({n})" for s, n in sorted(readers.items())) or "none"
+        raise TuneError(
+            f"no installed data source reads '{unknown[0]}://' addresses "
+            f"(installed schemes: {known}).",
+            where=where,
+            fix="install the data-source plugin for that scheme (see `tune plugins list`), or "
+            "name the source in [data.source] name and give plain specs.",
+        )
+    names = sorted({readers[s] for s in schemes})
+    if len(names) > 1:
+        raise TuneError(
+            f"one entry mixes addresses read by different sources ({', '.join(names)}).",
+            where=where,
+            fix="give each source its own [[data.mix]] entry.",
+        )
+    return names[0]
 
 
 def _check_examples(recipe: Recipe) -> None:

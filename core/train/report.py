@@ -25,8 +25,13 @@ def announce(trainer: Any) -> None:
     )
     ctx.print(
         f"data: {stats.get('train_examples')} train / {stats.get('eval_examples')} eval examples, "
-        f"{stats.get('truncated', 0)} truncated, {stats.get('dropped', 0)} dropped, "
-        f"tokenization cache {stats.get('cache', 'off')}; "
+        f"{stats.get('truncated', 0)} truncated, {stats.get('dropped', 0)} dropped"
+        + "".join(
+            f", {stats[key]} {label}"
+            for key, label in (("oversized", "oversized"), ("empty_replies", "empty replies"))
+            if stats.get(key)
+        )
+        + f", tokenization cache {stats.get('cache', 'off')}; "
         f"{trainer.total_steps} steps ({trainer.steps_per_epoch}/epoch) -> {ctx.output_dir}"
     )
 

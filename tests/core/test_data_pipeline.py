@@ -74,8 +74,12 @@ def test_bad_row_found_in_a_worker_names_its_line(tmp_path):
     rows = [
         {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}
     ] * 50
-    rows[37] = {
-        "messages": [{"role": "assistant", "content": "a"}, {"role": "assistant", "content": "b"}]
+    rows[37] = {  # passes the row check; only the mistral template refuses it
+        "messages": [
+            {"role": "user", "content": "a"},
+            {"role": "assistant", "content": "b"},
+            {"role": "assistant", "content": "c"},
+        ]
     }
     path = write_recipe(
         tmp_path,
