@@ -25,8 +25,8 @@ def test_recipe_has_a_run_header_and_validates(path):
     out = run_cli("validate", str(path))
     if out.returncode and "[data] train: file not found" in out.stderr:
         return  # user data named by a hub recipe; every other key was validated before this
-    if out.returncode and "needs a CUDA GPU" in out.stderr:
-        return  # an Unsloth recipe on a machine without a GPU: refused, as it must be
+    if out.returncode and "loader = 'unsloth' cannot run here" in out.stderr:
+        return  # Unsloth lives in its own environment (make test-unsloth validates it there)
     assert out.returncode == 0, out.stderr
 
 

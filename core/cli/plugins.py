@@ -78,7 +78,8 @@ def plugins_list(ctx: click.Context, as_json: bool, plugin_opts: tuple[str, ...]
     for column in ("NAME", "DISTRIBUTION", "VERSION", "PROVIDES", "HOOKS", "STATUS"):
         table.add_column(column, overflow="fold")
     for info in infos:
-        style = "" if info.status == "ok" else ("yellow" if info.status == "disabled" else "red")
+        ok = info.status == "ok" or info.status.startswith("ok:")
+        style = "" if ok else ("yellow" if info.status == "disabled" else "red")
         table.add_row(
             info.name,
             info.distribution,

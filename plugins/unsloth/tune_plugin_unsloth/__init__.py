@@ -3,8 +3,10 @@
 Declares `loader = "unsloth"` and, scoped to that loader only, `quantize = "nf4" | "int8"` and
 `[[adapt]] method = "lora"`: with another loader those names keep going to the bitsandbytes and
 PEFT plugins. Unsloth must be imported before transformers; `tune_run_start` does that first
-thing in `tune run`. Without a CUDA GPU the plugin reports so and refuses Unsloth recipes at
-validation, before anything loads. No torch or unsloth import at module level.
+thing in `tune run`. Unsloth >= 2026.10.9 trains on a GPU or, without one, on its CPU backend;
+STATUS says which, and where neither can run (older Unsloth without a GPU, the CPU fallback
+turned off) Unsloth recipes are refused at validation, before anything loads. No torch or
+unsloth import at module level.
 """
 
 from __future__ import annotations
@@ -23,8 +25,8 @@ ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "d
 
 
 class UnslothLoaderSettings(Settings):
-    dtype: Literal["auto", "bfloat16", "float16"] = Field(
-        "auto", description="auto lets Unsloth pick"
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        "auto", description="auto lets Unsloth pick (bfloat16 where supported)"
     )
     full_finetuning: bool = False
     trust_remote_code: bool = False
@@ -55,7 +57,9 @@ class UnslothLoraSettings(Settings):
 
 @hookimpl
 def tune_provide(provide):
-    provide.loader(LOADER, UnslothLoaderSettings, doc="FastLanguageModel (CUDA GPU only)")
+    provide.loader(
+        LOADER, UnslothLoaderSettings, doc="FastLanguageModel (GPU, or CPU from Unsloth 2026.10.9)"
+    )
     provide.quantization(
         "nf4", UnslothQuantSettings, doc="Unsloth 4-bit loading", for_loader=LOADER
     )
@@ -68,29 +72,84 @@ def tune_provide(provide):
 
 
 # -- where it can run (no torch) ----------------------------------------------------------------
-def gpu_present() -> bool:
-    """A CUDA GPU is visible, judged without importing torch (the CLI must start without it)."""
-    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
-        return False
-    gpus = Path("/proc/driver/nvidia/gpus")
-    return (gpus.is_dir() and any(gpus.iterdir())) or Path("/dev/nvidia0").exists()
+# The first release whose FastLanguageModel trains without an accelerator (stock transformers +
+# PEFT + TRL under Unsloth's dtype, 4-bit and chunked cross-entropy choices).
+CPU_BACKEND_SINCE = "2026.10.9"
+INSTALL = 'pip install "tune-plugin-unsloth[unsloth]"'
+
+
+def _hidden(*keys: str) -> bool:
+    return any("".join(os.environ.get(k, "x").split()) in ("", "-1") for k in keys)
+
+
+def gpu_present() -> str | None:
+    """The GPU Unsloth would train on ("NVIDIA", "AMD"), judged without importing torch (the CLI
+    must start without it); None when there is none or it is hidden."""
+    if not _hidden("CUDA_VISIBLE_DEVICES") and (
+        Path("/proc/driver/nvidia/version").exists() or Path("/dev/nvidia0").exists()
+    ):
+        return "NVIDIA"
+    amd_masks = ("CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES")
+    if not _hidden(*amd_masks) and Path("/dev/kfd").exists():
+        return "AMD"
+    return None
 
 
 def unsloth_installed() -> bool:
     return importlib.util.find_spec("unsloth") is not None
 
 
+def unsloth_version() -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version("unsloth")
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def has_cpu_backend(version: str) -> bool:
+    from packaging.version import InvalidVersion, Version
+
+    try:
+        return Version(version) >= Version(CPU_BACKEND_SINCE)
+    except InvalidVersion:
+        return False
+
+
+def backend_here() -> tuple[str | None, str]:
+    """("gpu" | "cpu" | None, one line saying what this Unsloth does here, or why it cannot).
+
+    Mirrors Unsloth's own choice (unsloth_zoo.device_type) without importing torch.
+    """
+    version = unsloth_version() if unsloth_installed() else None
+    if version is None:
+        return None, f"unsloth not installed: {INSTALL} (GPU or CPU, see the plugin's README)"
+    gpu = gpu_present()
+    if gpu and os.environ.get("UNSLOTH_FORCE_CPU", "0") != "1":
+        return "gpu", f"ok: Unsloth {version} on the {gpu} GPU (fused kernels, 4/8-bit loading)"
+    if not has_cpu_backend(version):
+        return None, (
+            f"needs a GPU: Unsloth {version} has no CPU backend "
+            f'(pip install "unsloth>={CPU_BACKEND_SINCE}" trains on CPU)'
+        )
+    if os.environ.get("UNSLOTH_DISABLE_CPU_FALLBACK", "0") == "1":
+        return None, "needs a GPU: UNSLOTH_DISABLE_CPU_FALLBACK=1 turns Unsloth's CPU backend off"
+    return "cpu", (
+        f"ok: Unsloth {version} CPU backend, no GPU here (stock transformers + PEFT; "
+        "nf4 through bitsandbytes' CPU kernels where they run, else 16-bit; no fused GPU kernels)"
+    )
+
+
 def why_not_here() -> str | None:
-    if not gpu_present():
-        return "needs a CUDA GPU (Unsloth refuses to import without one)"
-    if not unsloth_installed():
-        return 'unsloth not installed: pip install "tune-plugin-unsloth[unsloth]"'
-    return None
+    """Why Unsloth cannot train here, or None."""
+    backend, line = backend_here()
+    return None if backend else line
 
 
 @hookimpl
 def tune_plugin_status():
-    return why_not_here()
+    return backend_here()[1]
 
 
 @hookimpl
@@ -103,11 +162,13 @@ def tune_check_recipe(recipe):
             f"[model] loader = 'unsloth' cannot run here: {reason}.",
             where=f"{recipe.path}: [model] loader",
             fix='use loader = "transformers" (same recipe otherwise: tune-plugin-peft and '
-            "tune-plugin-bitsandbytes serve lora and nf4 for it), or run on a CUDA machine.",
+            "tune-plugin-bitsandbytes serve lora and nf4 for it), or install unsloth "
+            f">= {CPU_BACKEND_SINCE} (CPU) / run on a GPU machine.",
         )
     if recipe.strategy.name != "single":
         raise TuneError(
-            f"Unsloth trains on one GPU; [strategy] name = '{recipe.strategy.name}' is not supported with it.",
+            f"Unsloth trains in one process; [strategy] name = '{recipe.strategy.name}' is not "
+            "supported with it.",
             where=f"{recipe.path}: [strategy] name",
             fix='use name = "single", or loader = "transformers" for ddp/deepspeed.',
         )
@@ -123,7 +184,13 @@ def tune_run_start(recipe):
     import unsloth  # noqa: F401  (patches transformers, peft and trl on import)
 
 
-# -- the work (GPU) -------------------------------------------------------------------------------
+# -- the work (a GPU, or Unsloth's CPU backend) ---------------------------------------------------
+def _torch():
+    import torch
+
+    return torch
+
+
 def from_pretrained_kwargs(recipe, settings: UnslothLoaderSettings) -> dict[str, Any]:
     """FastLanguageModel.from_pretrained arguments for this recipe (pure: tested on CPU)."""
     quantize = recipe.model.quantize
@@ -135,7 +202,8 @@ def from_pretrained_kwargs(recipe, settings: UnslothLoaderSettings) -> dict[str,
     return {
         "model_name": recipe.model.path,
         "max_seq_length": recipe.model.max_seq_len,
-        "dtype": None if settings.dtype == "auto" else settings.dtype,
+        # A torch dtype, not its name: Unsloth's 8-bit and full fine-tuning paths assert one.
+        "dtype": None if settings.dtype == "auto" else getattr(_torch(), settings.dtype),
         "load_in_4bit": quantize == "nf4",
         "load_in_8bit": quantize == "int8",
         "full_finetuning": settings.full_finetuning,
@@ -187,7 +255,8 @@ def _fast_language_model():
         raise TuneError(
             f"[model] loader = 'unsloth' cannot train here: {reason}.",
             fix='use loader = "transformers" (tune-plugin-peft and tune-plugin-bitsandbytes '
-            "serve lora and nf4 for it), or run on a CUDA machine with unsloth installed.",
+            "serve lora and nf4 for it), or install unsloth (>= "
+            f"{CPU_BACKEND_SINCE} also trains on CPU) or run on a GPU machine.",
         )
     from unsloth import FastLanguageModel
 
@@ -199,6 +268,7 @@ def tune_load_model(name, settings, ctx):
     model, tokenizer = _fast_language_model().from_pretrained(
         **from_pretrained_kwargs(ctx.recipe, settings)
     )
+    fit_tune_batches(model)
     tokenizer = _with_chat_template(tokenizer, settings)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -275,9 +345,51 @@ def tune_merge_adapter(name, settings, model, adapter_dir, ctx):
 @hookimpl
 def tune_adapt_model(name, settings, model, ctx):
     loader = ctx.recipe.selected("loader").settings
-    return _fast_language_model().get_peft_model(
+    model = _fast_language_model().get_peft_model(
         model, **get_peft_model_kwargs(ctx.recipe, loader, settings)
     )
+    return fit_tune_batches(model)
+
+
+# -- tune's batches, as Unsloth expects them -------------------------------------------------------
+def _as_unsloth_expects(module, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict]:
+    """Forward pre-hook: tune's micro-batch reshaped into what Unsloth handles.
+
+    - A packed micro-batch (position ids, no attention mask) of several rows becomes one row:
+      Unsloth finds example boundaries (restarting position ids) only in a one-row batch, and
+      would let the examples of a row attend to each other otherwise. Exact: each example's first
+      label is already ignored, so no target crosses the seam between rows.
+    - `num_items_in_batch` becomes a tensor, as the Trainer passes it (unsloth_zoo calls tensor
+      methods on it); the normalization itself is unchanged.
+    """
+    torch = _torch()
+    ids = kwargs.get("input_ids")
+    packed = (
+        ids is not None
+        and ids.dim() == 2
+        and ids.shape[0] > 1
+        and kwargs.get("position_ids") is not None
+        and kwargs.get("attention_mask") is None
+        and kwargs.get("past_key_values") is None
+    )
+    if packed:
+        for key in ("input_ids", "labels", "position_ids"):
+            if kwargs.get(key) is not None:
+                kwargs[key] = kwargs[key].reshape(1, -1)
+    count = kwargs.get("num_items_in_batch")
+    if count is not None and not torch.is_tensor(count):
+        device = ids.device if ids is not None else None
+        kwargs["num_items_in_batch"] = torch.tensor(count, device=device)
+    return args, kwargs
+
+
+def fit_tune_batches(model):
+    """Install `_as_unsloth_expects` on the module tune calls (once per module)."""
+    # vars(), not getattr: a PeftModel forwards attribute reads to the model it wraps.
+    if not vars(model).get("_tune_unsloth_hook", False):
+        model.register_forward_pre_hook(_as_unsloth_expects, with_kwargs=True)
+        model._tune_unsloth_hook = True
+    return model
 
 
 @hookimpl
