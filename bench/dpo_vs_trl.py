@@ -4,9 +4,15 @@ Same tiny model (tune:tiny-llama, fp32, CPU), same LoRA initialisation (TRL trai
 tune builds for the recipe), same pairs in the same order, micro-batch, beta and optimizer.
 Tokens per step are the prompt + reply tokens of both sequences of every pair (identical for
 both, the tokenization being identical). Steps after the first `--warmup` are timed: tune from
-its metrics.jsonl timestamps, TRL with a callback at every step end.
+its metrics.jsonl timestamps, TRL with a callback at every step end. Sides alternate over
+`--rounds` (tune, TRL, tune precompute_ref; then the reverse order), so a load change on a shared
+machine hits both; the ratios are of the per-side medians. `tune precompute_ref` scores the
+reference once before step 1 (not timed) and runs no reference forward per step.
 
-    python bench/dpo_vs_trl.py [--steps 30] [--warmup 5] [--micro 8]
+    python bench/dpo_vs_trl.py [--steps 30] [--warmup 5] [--micro 8] [--rounds 2]
+
+On a shared, loaded machine set OMP_NUM_THREADS=1: with two torch threads each op waits for
+both to be scheduled, and rates swing tenfold between rounds.
 
 Writes bench/results/dpo-vs-trl-<date>.json and .md.
 """
@@ -32,7 +38,9 @@ def pair_rows(n: int) -> list[dict]:
     return [json.loads(line) for line in lines[:n]]
 
 
-def make_recipe(tmp: Path, rows: list[dict], steps: int, micro: int) -> Path:
+def make_recipe(
+    tmp: Path, rows: list[dict], steps: int, micro: int, precompute: bool = False
+) -> Path:
     from tune.testing import recipe_dict, write_jsonl, write_recipe
 
     data = write_jsonl(tmp / "pairs.jsonl", rows)
@@ -44,12 +52,12 @@ def make_recipe(tmp: Path, rows: list[dict], steps: int, micro: int) -> Path:
             "template": "llama-3.1",
             "shuffle": False,
         },
-        objective={"name": "dpo", "beta": 0.1},
+        objective={"name": "dpo", "beta": 0.1, "precompute_ref": precompute},
         adapt=[{"method": "lora", "r": 8, "alpha": 16, "dropout": 0.0}],
         optimizer={"name": "adamw", "lr": 1e-3, "weight_decay": 0.0},
         train={"max_steps": steps, "micro_batch_size": micro, "log_every": 1},
     )
-    return write_recipe(tmp, recipe)
+    return write_recipe(tmp, recipe, "pre.toml" if precompute else "recipe.toml")
 
 
 def step_tokens(recipe_path: Path, steps: int, micro: int) -> list[int]:
@@ -62,10 +70,11 @@ def step_tokens(recipe_path: Path, steps: int, micro: int) -> list[int]:
 
 def time_tune(recipe_path: Path) -> list[float]:
     """Wall time at the end of each step (seconds since the epoch), from metrics.jsonl."""
-    from tune.testing import run
+    from tune.testing import load_recipe, run
 
     run(recipe_path, overwrite=True)
-    lines = (recipe_path.parent / "run/metrics.jsonl").read_text().splitlines()
+    out = Path(load_recipe(recipe_path).train.output_dir)
+    lines = (out / "metrics.jsonl").read_text().splitlines()
     return [r["time"] for r in map(json.loads, lines) if r["kind"] == "train"]
 
 
@@ -124,19 +133,35 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--micro", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
+    import statistics
+
     import torch
     import trl
 
     rows = pair_rows(args.steps * args.micro)
     load_before = os.getloadavg()[0]
+    rates: dict[str, list[float]] = {"tune": [], "trl": [], "tune_pre": []}
     with tempfile.TemporaryDirectory() as folder:
         tmp = Path(folder)
         recipe_path = make_recipe(tmp, rows, args.steps, args.micro)
+        pre_path = make_recipe(tmp, rows, args.steps, args.micro, precompute=True)
+        pre_text = pre_path.read_text().replace(str(tmp / "run"), str(tmp / "run-pre"))
+        pre_path.write_text(pre_text)
         tokens = step_tokens(recipe_path, args.steps, args.micro)
-        tune_rate = rate(time_tune(recipe_path), tokens, args.warmup)
-        trl_rate = rate(time_trl(recipe_path, rows, args.steps, args.micro), tokens, args.warmup)
+        sides = {
+            "tune": lambda: time_tune(recipe_path),
+            "trl": lambda: time_trl(recipe_path, rows, args.steps, args.micro),
+            "tune_pre": lambda: time_tune(pre_path),
+        }
+        for r in range(args.rounds):
+            order = list(sides) if r % 2 == 0 else list(reversed(sides))
+            for side in order:
+                rates[side].append(rate(sides[side](), tokens, args.warmup))
+                print(f"round {r}: {side} {rates[side][-1]:,.0f} tokens/s", flush=True)
     load_after = os.getloadavg()[0]
+    tune_rate, trl_rate, pre_rate = (statistics.median(rates[k]) for k in sides)
     result = {
         "date": datetime.date.today().isoformat(),
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} "
@@ -149,7 +174,10 @@ def main() -> None:
         "tokens_per_step": sum(tokens) / len(tokens),
         "tune_tokens_per_s": round(tune_rate, 1),
         "trl_tokens_per_s": round(trl_rate, 1),
+        "tune_precompute_ref_tokens_per_s": round(pre_rate, 1),
         "tune_over_trl": round(tune_rate / trl_rate, 3),
+        "tune_precompute_ref_over_trl": round(pre_rate / trl_rate, 3),
+        "rounds": {k: [round(v, 1) for v in vs] for k, vs in rates.items()},
         "load_average_1min": [round(load_before, 2), round(load_after, 2)],
     }
     out = HERE / "results" / f"dpo-vs-trl-{result['date']}"
@@ -161,15 +189,18 @@ def main() -> None:
         f"{result['steps_timed']} timed steps after {args.warmup + 1} warm-up steps; "
         f"{result['machine']}; torch {result['torch']}, trl {result['trl']}.",
         f"1-minute load average before / after: {load_before:.1f} / {load_after:.1f} (on a "
-        "shared machine, absolute rates are only comparable within one invocation).",
+        "shared machine, absolute rates are only comparable within one invocation). Medians "
+        f"of {args.rounds} rounds, sides alternating; per round: {result['rounds']}.",
         "",
         "| trainer | tokens/s | ratio to TRL |",
         "|---|---:|---:|",
         f"| tune (dpo objective) | {tune_rate:,.0f} | {tune_rate / trl_rate:.2f} |",
+        f"| tune, precompute_ref | {pre_rate:,.0f} | {pre_rate / trl_rate:.2f} |",
         f"| TRL DPOTrainer | {trl_rate:,.0f} | 1.00 |",
         "",
         "Command: `python bench/dpo_vs_trl.py "
-        f"--steps {args.steps} --warmup {args.warmup} --micro {args.micro}`",
+        f"--steps {args.steps} --warmup {args.warmup} --micro {args.micro} "
+        f"--rounds {args.rounds}`",
         "",
     ]
     out.with_suffix(".md").write_text("\n".join(table), encoding="utf-8")

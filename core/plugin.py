@@ -30,7 +30,7 @@ from tune.kinds import KINDS, LM_EXAMPLES
 from tune.recipe import Recipe, Selected
 from tune.settings import AdamStyleSettings, MultiProcessSettings, OptimizerSettings, Settings
 from tune.train.evaluation import EvalData
-from tune.train.objective import LossOutput, Objective
+from tune.train.objective import LossOutput, Objective, RunData
 from tune.train.strategy import Strategy, load_trainable, trainable_state
 from tune.train.tracker import RunInfo, Tracker
 
@@ -69,6 +69,7 @@ __all__ = [
     # training: objectives, strategies, trackers
     "Objective",
     "LossOutput",
+    "RunData",
     "Strategy",
     "trainable_state",
     "load_trainable",

@@ -45,6 +45,7 @@ class Trainer:
     def build(self) -> None:
         from transformers import set_seed
         from tune.data.pipeline import load_examples
+        from tune.data.templates import end_of_turn_ids
 
         recipe, pm, ctx = self.recipe, self.pm, self.ctx
         set_seed(recipe.train.seed)
@@ -55,6 +56,7 @@ class Trainer:
         self.tokenizer = tokenizer
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.examples = load_examples(pm, tokenizer, ctx)
+        end_of_turn_ids(model, tokenizer)  # samples during training stop at a named template's eos
         self.objective = pm.call("tune_build_objective", recipe.selected("objective"), ctx=ctx)
         data, world, length = recipe.data, ctx.world, self.objective.length
         self.reader = None

@@ -10,6 +10,8 @@ gradient, whatever the objective. The default is `causal_lm`, the next-token los
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +35,78 @@ class LossOutput:
     metrics: dict[str, Metric] = field(default_factory=dict)
 
 
+@dataclass
+class RunData:
+    """What `Objective.prepare` gets before the first step: the run's examples and the means
+    to run them on this rank (e.g. to precompute reference values once).
+
+    `train` / `eval` are every rank's examples (the same lists the loop batches: values an
+    objective stores in an example dict reach its `collate`); `train` is empty when the data
+    streams (`streaming`). Collectives (`all_reduce_sum`, `barrier`) must be called the same
+    number of times on every rank.
+    """
+
+    train: list[dict[str, Any]]
+    eval: list[dict[str, Any]]
+    micro_batch_size: int
+    pad_id: int
+    device: str
+    rank: int = 0
+    world_size: int = 1
+    streaming: bool = False
+    strategy: Any = None
+    ctx: Any = None
+
+    @classmethod
+    def of(cls, trainer: Any) -> RunData:
+        """Built by the core from its trainer (not for plugins)."""
+        world = trainer.ctx.world
+        return cls(
+            train=trainer.examples.train,
+            eval=trainer.examples.eval,
+            micro_batch_size=trainer.recipe.train.micro_batch_size,
+            pad_id=trainer.pad_id,
+            device=world.device,
+            rank=world.rank,
+            world_size=world.world_size,
+            streaming=getattr(trainer, "reader", None) is not None,
+            strategy=trainer.strategy,
+            ctx=trainer.ctx,
+        )
+
+    def all_reduce_sum(self, value: float) -> float:
+        """`value` summed over ranks."""
+        return value if self.strategy is None else self.strategy.all_reduce_sum(value)
+
+    def barrier(self) -> None:
+        if self.strategy is not None:
+            self.strategy.barrier()
+
+    def autocast(self) -> Any:
+        """The strategy's precision context, as around `loss` in training."""
+        import contextlib
+
+        return (
+            contextlib.nullcontext() if self.strategy is None else self.strategy.autocast(self.ctx)
+        )
+
+    def shard(
+        self, examples: list[dict[str, Any]], objective: Objective, batch_size: int = 0
+    ) -> Iterator[tuple[list[int], Batch]]:
+        """This rank's share of `examples` (indices rank, rank + world_size, ...) as collated
+        micro-batches on the device: `(indices, batch)`. Every rank yields as many batches, the
+        short ones padding with batches of `empty_like` examples (indices `[]`), so a forward
+        per batch keeps ranks in lockstep (ZeRO-3 gathers parameters collectively)."""
+        size = batch_size or self.micro_batch_size
+        mine = list(range(self.rank, len(examples), self.world_size))
+        n_batches = math.ceil(math.ceil(len(examples) / self.world_size) / size) if examples else 0
+        for b in range(n_batches):
+            idx = mine[b * size : (b + 1) * size]
+            rows = [examples[i] for i in idx] or [objective.empty_like(examples[0])]
+            batch = objective.collate(rows, self.pad_id)
+            yield idx, {k: v.to(self.device) for k, v in batch.items()}
+
+
 class Objective:
     """Base class of objectives: the causal-LM behaviour, hooks to override.
 
@@ -44,10 +118,29 @@ class Objective:
     def __init__(self, settings: Any = None, ctx: Any = None):
         self.settings = settings
         self.ctx = ctx
+        self.run: RunData | None = None
+
+    def begin(self, model: Any, ctx: Any, trainer: Any) -> None:
+        """The loop's entry, once after the strategy prepared the model: keeps the `RunData`
+        (for `all_reduce_sum`) and calls `prepare`. Not for plugins to override."""
+        self.run = RunData.of(trainer)
+        self.prepare(model, ctx, self.run)
+
+    def prepare(self, model: Any, ctx: Any, run: RunData) -> None:
+        """Once before training, with the run's examples and the means to batch them on this
+        rank (`RunData`): e.g. precompute reference values. Defaults to `setup`."""
+        self.setup(model, ctx)
 
     def setup(self, model: Any, ctx: Any) -> None:
         """Called once after the strategy prepared the model (as the loop will call it), before
-        training: e.g. keep a frozen reference model, or precompute reference values."""
+        training: e.g. keep a frozen reference model. Override `prepare` to see the examples."""
+
+    def all_reduce_sum(self, value: float) -> float:
+        """`value` summed over every rank (itself outside a multi-process run, or before the
+        loop prepared the objective). Inside `loss`, call it on every rank for every
+        micro-batch, the same number of times: e.g. a statistic pooled over the global batch."""
+        run = getattr(self, "run", None)
+        return value if run is None else run.all_reduce_sum(value)
 
     def length(self, example: dict[str, Any]) -> int:
         """Tokens an example occupies in a micro-batch (for batching and packing)."""

@@ -53,6 +53,7 @@ def test_params_metrics_artifacts_and_resume_same_run(tmp_path, run_recipe):
     run_recipe(
         _recipe(tmp_path, max_steps=6),
         resume_from=run_dir / "checkpoints" / "step-2",
+        resume_changed=True,  # more steps: a changed training setting
     )
     (again,) = client.search_runs([run.info.experiment_id])
     assert again.info.run_id == run.info.run_id and again.info.status == "FINISHED"

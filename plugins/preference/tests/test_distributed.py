@@ -1,5 +1,6 @@
-"""DPO across 2 CPU processes (gloo): DDP and DeepSpeed ZeRO-2 give the per-step losses and
-rewards of one process over the same global batch."""
+"""LoRA DPO across 2 CPU processes (gloo): DDP and DeepSpeed ZeRO-2 and ZeRO-3 give the
+per-step losses and rewards of one process over the same global batch (under ZeRO-3 the
+adapter-off reference runs on the partitioned base)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,13 @@ def _records(run_dir) -> list[dict]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "strategy", [{"name": "ddp"}, {"name": "deepspeed", "zero_stage": 2}], ids=["ddp", "zero2"]
+    "strategy",
+    [
+        {"name": "ddp"},
+        {"name": "deepspeed", "zero_stage": 2},
+        {"name": "deepspeed", "zero_stage": 3},
+    ],
+    ids=["ddp", "zero2", "zero3"],
 )
 def test_two_processes_equal_one(tmp_path, pairs, dpo_recipe_of, strategy):
     rows = pairs(STEPS * 4)

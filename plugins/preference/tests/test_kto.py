@@ -121,3 +121,52 @@ def test_kto_matches_trl_step_for_step(tmp_path, pairs, dpo_recipe_of):
     diffs = [abs(r["loss"] - t) for r, t in zip(ours, losses, strict=True)]
     assert max(diffs) < 1e-4, diffs
     print(f"kto: max |loss diff| over {STEPS} steps = {max(diffs):.2e}")
+
+
+def test_kto_kl_reference_point_is_the_mean_over_ranks(tmp_path, pairs, dpo_recipe_of):
+    """z0 pools the mismatched pairs of every rank: rank 0's loss uses (its sum + rank 1's sum)
+    / (its count + rank 1's count), through the objective's cross-rank sum."""
+    from types import SimpleNamespace
+
+    import tune_plugin_preference
+    from tune.testing import tokenize
+
+    recipe = load_recipe(write_recipe(tmp_path, kto_recipe(dpo_recipe_of, kto_rows(pairs(8)))))
+    model, _ = build_model(recipe, tmp_path)
+    examples = tokenize(recipe).train
+    settings = recipe.selected("objective").settings
+
+    def objective_with(reduce):
+        objective = tune_plugin_preference.tune_build_objective("kto", settings, None)
+        objective.setup(model, None)
+        objective.run = SimpleNamespace(all_reduce_sum=reduce)
+        return objective
+
+    def sent() -> dict[int, list[float]]:
+        """What each rank sends (its mismatched pairs' log-ratio sum and count), alone."""
+        seen: dict[int, list[float]] = {}
+        for rank, share in ((0, examples[:4]), (1, examples[4:8])):
+            calls = seen.setdefault(rank, [])
+            objective = objective_with(lambda v, calls=calls: calls.append(v) or v)
+            with torch.no_grad():
+                objective.loss(model, objective.collate(share, 0))
+        return seen
+
+    for seed in range(20):  # move the policy off the reference (LoRA B starts at zero) until
+        torch.manual_seed(seed)  # the pooled z0 is above its clamp at 0
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    p.normal_(0, 0.3)
+        seen = sent()
+        (sum0, n0), (sum1, n1) = seen[0], seen[1]
+        if sum0 + sum1 > 0:
+            break
+    assert sum0 / n0 != pytest.approx(sum1 / n1)  # the ranks disagree on their own
+    others = iter(seen[1])
+    objective = objective_with(lambda v: v + next(others))  # rank 0, rank 1's values added
+    with torch.no_grad():
+        out = objective.loss(model, objective.collate(examples[:4], 0))
+    pooled = (sum0 + sum1) / (n0 + n1)
+    assert pooled > 0
+    assert out.metrics["kl"][0] == pytest.approx(pooled, rel=1e-6)

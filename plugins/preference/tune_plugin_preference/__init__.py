@@ -96,15 +96,31 @@ def tune_check_recipe(recipe):
             where=f"{recipe.path}: [data] pack",
             fix="set pack = false.",
         )
+    name = objective.backend.name
+    precompute = bool(getattr(objective.settings, "precompute_ref", False))
+    if precompute and recipe.data.streaming:
+        raise TuneError(
+            "precompute_ref scores every pair once before training, but streamed pairs are "
+            "read only as training reaches them.",
+            where=f"{recipe.path}: [objective] precompute_ref",
+            fix="set precompute_ref = false (the reference then runs alongside each step), or "
+            "[data] streaming = false.",
+        )
     strategy = recipe.selected("strategy")
     zero3 = getattr(getattr(strategy, "settings", None), "zero_stage", None) == 3
-    if objective.backend.name in ("dpo", "kto") and zero3 and not recipe.backends.get("adapt"):
+    if name in ("dpo", "kto") and zero3 and not recipe.backends.get("adapt") and not precompute:
+        fix = (
+            "set [objective] precompute_ref = true (reference log-probs computed once before "
+            "training, no copy), "
+            if name == "dpo"
+            else ""
+        )
         raise TuneError(
-            f"objective '{objective.backend.name}' keeps a frozen copy of the model as its "
-            "reference in a full fine-tune, which ZeRO-3's partitioned parameters do not allow.",
+            f"objective '{name}' keeps a frozen copy of the model as its reference in a full "
+            "fine-tune, which ZeRO-3's partitioned parameters do not allow.",
             where=f"{recipe.path}: [strategy] zero_stage",
-            fix='train an adapter ([[adapt]] method = "lora": the reference is then the base '
-            "with the adapter off), or use zero_stage = 2.",
+            fix=fix + 'train an adapter ([[adapt]] method = "lora": the reference is then the '
+            "base with the adapter off), or use zero_stage = 2.",
         )
     has_eval = bool(recipe.data.eval or recipe.data.eval_fraction)
     if has_eval and "perplexity" in recipe.backends.get("metrics", {}):

@@ -41,6 +41,12 @@ class DPOSettings(Settings):
         description="add this times the chosen reply's per-token NLL (RPO); lets DPO start "
         "from a model that cannot yet write the replies",
     )
+    precompute_ref: bool = Field(
+        False,
+        description="score every pair with the initial model once before training and cache "
+        "it in the output dir (reused on --resume): no reference forward per step, no frozen "
+        "copy; needed for a full fine-tune under ZeRO-3",
+    )
 
     @model_validator(mode="after")
     def _smoothing_applies(self):
@@ -83,10 +89,45 @@ class PairObjective(Objective):
     def __init__(self, settings: Any = None, ctx: Any = None):
         super().__init__(settings, ctx)
         self.reference = Reference() if self.needs_reference else None
+        self.precomputed = False
+
+    def prepare(self, model: Any, ctx: Any, run: Any) -> None:
+        """With `precompute_ref`, the reference log-probs of every pair now (no frozen copy)."""
+        if self.reference is not None and getattr(self.settings, "precompute_ref", False):
+            from .precompute import precompute
+
+            if run.streaming:  # tune_check_recipe refuses it; a direct caller gets told too
+                raise RuntimeError("precompute_ref needs the pairs in memory, not streamed")
+            precompute(self, model, run, ctx)
+            self.precomputed = True
+            return
+        self.setup(model, ctx)
 
     def setup(self, model: Any, ctx: Any) -> None:
         if self.reference is not None:
             self.reference.setup(model)
+
+    def reference_logps(self, model: Any, batch: dict[str, Any]):
+        """(chosen, rejected) reference log-probs per pair: precomputed, or one no-grad forward."""
+        if "ref_chosen" in batch:
+            return batch["ref_chosen"], batch["ref_rejected"]
+        if self.precomputed:
+            raise RuntimeError("precompute_ref: this batch's pairs were not scored before training")
+        ref_chosen, ref_rejected, _, _ = self._split(
+            self.reference.forward(model, **self._inputs(batch)), batch
+        )
+        return ref_chosen, ref_rejected
+
+    def _with_reference(self, batch: dict[str, Any], examples: list[dict[str, Any]]) -> dict:
+        """Carry precomputed reference log-probs (set on the example dicts) into the batch."""
+        import torch
+
+        from .precompute import CHOSEN, REJECTED
+
+        if examples and all(CHOSEN in e for e in examples):
+            batch["ref_chosen"] = torch.tensor([e[CHOSEN] for e in examples])
+            batch["ref_rejected"] = torch.tensor([e[REJECTED] for e in examples])
+        return batch
 
     def length(self, example: dict[str, Any]) -> int:
         return len(example["chosen_ids"]) + len(example["rejected_ids"])
@@ -108,7 +149,8 @@ class PairObjective(Objective):
             labels[i, : len(row_ids)] = torch.tensor(row_labels)
             mask[i, : len(row_ids)] = 1
         weight = torch.tensor([float(e.get("weight", 1.0)) for e in examples])
-        return {"input_ids": ids, "attention_mask": mask, "labels": labels, "weight": weight}
+        batch = {"input_ids": ids, "attention_mask": mask, "labels": labels, "weight": weight}
+        return self._with_reference(batch, examples)
 
     def collate_packed(self, rows: list[list[dict[str, Any]]], pad_id: int) -> dict[str, Any]:
         """Whole pairs end to end (chosen then rejected), position ids restarting per sequence;
@@ -135,13 +177,14 @@ class PairObjective(Objective):
                     segments[r, at : at + n] = 2 * k + j
                     at += n
             positions[r, at:] = torch.arange(width - at)
-        return {
+        batch = {
             "input_ids": ids,
             "labels": labels,
             "position_ids": positions,
             "segments": segments,
             "weight": torch.tensor(weights),
         }
+        return self._with_reference(batch, [e for row in rows for e in row])
 
     def count(self, batch: dict[str, Any]) -> int:
         return int(round(float(batch["weight"].sum())))
@@ -174,8 +217,8 @@ class DPOObjective(PairObjective):
         s = self.settings
         out = self.policy(model, batch)
         chosen, rejected, c_len, r_len = self._split(out.logits, batch)
-        ref_logits = self.reference.forward(model, **self._inputs(batch))
-        ref_chosen, ref_rejected, _, _ = self._split(ref_logits, batch)
+        ref_chosen, ref_rejected = self.reference_logps(model, batch)
+        ref_chosen, ref_rejected = ref_chosen.to(chosen.dtype), ref_rejected.to(chosen.dtype)
         per_pair = dpo_loss(
             chosen,
             rejected,
@@ -335,6 +378,8 @@ class KTOObjective(Objective):
         return batch["input_ids"].numel()
 
     def loss(self, model: Any, batch: dict[str, Any]) -> LossOutput:
+        import torch
+
         s = self.settings
         inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
         logps, _ = sequence_logps(model(**inputs, use_cache=False).logits, batch["labels"])
@@ -342,7 +387,11 @@ class KTOObjective(Objective):
         n = batch["weight"].numel()
         weight = batch["weight"].to(logps.dtype)
         ratio, kl_ratio = (logps - ref_logps)[:n], (logps - ref_logps).detach()[n:]
-        kl = ((kl_ratio * weight).sum() / weight.sum().clamp(min=1)).clamp(min=0)
+        # z0: the mean log ratio of the mismatched pairs of this micro-batch on every rank (as
+        # TRL gathers it), clamped at 0 and detached. Every rank calls loss() equally often.
+        kl_sum = self.all_reduce_sum(float((kl_ratio * weight).sum()))
+        kl_n = self.all_reduce_sum(float(weight.sum()))
+        kl = torch.tensor(max(kl_sum / max(kl_n, 1.0), 0.0), dtype=logps.dtype, device=logps.device)
         per_example = kto_loss(
             ratio,
             batch["desirable"],

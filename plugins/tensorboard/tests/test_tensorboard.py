@@ -45,6 +45,7 @@ def test_scalars_text_and_resume_without_duplicates(tmp_path, run_recipe):
     run_recipe(
         _recipe(tmp_path, max_steps=6),
         resume_from=tmp_path / "run" / "checkpoints" / "step-2",
+        resume_changed=True,
     )
     acc = _events(log_dir)
     steps = [e.step for e in acc.Scalars("train/loss")]

@@ -123,7 +123,11 @@ def test_offline_history_config_and_resume_same_run(tmp_path, run_recipe):
     assert [a.name for a in models] == ["run-final"]
     assert "model.safetensors" in {f.path for f in models[0].manifest.contents}
 
-    run_recipe(_recipe(tmp_path, max_steps=6), resume_from=run_dir / "checkpoints" / "step-4")
+    run_recipe(
+        _recipe(tmp_path, max_steps=6),
+        resume_from=run_dir / "checkpoints" / "step-4",
+        resume_changed=True,
+    )
     second = next(p for p in (run_dir / "wandb").glob("offline-run-*") if p != first)
     again, rows2, _ = read_run(second)
     assert again.run_id == run.run_id
