@@ -29,6 +29,7 @@ from tune.hookspecs import hookimpl
 from tune.kinds import KINDS, LM_EXAMPLES
 from tune.recipe import Recipe, Selected
 from tune.settings import AdamStyleSettings, MultiProcessSettings, OptimizerSettings, Settings
+from tune.train.chunked_loss import token_logprobs
 from tune.train.evaluation import EvalData
 from tune.train.objective import LossOutput, Objective, RunData
 from tune.train.strategy import Strategy, load_trainable, trainable_state
@@ -70,6 +71,7 @@ __all__ = [
     "Objective",
     "LossOutput",
     "RunData",
+    "token_logprobs",
     "Strategy",
     "trainable_state",
     "load_trainable",

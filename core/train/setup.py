@@ -54,7 +54,38 @@ def build_model(pm: Any, recipe: Recipe, ctx: RunContext) -> tuple[Any, Any]:
         )
     if recipe.train.master_weights == "fp32":
         upcast_trainable(trainable)
+    if recipe.train.compile:
+        ctx.print(f"compile: {compile_model(model)}")
     return model, tokenizer
+
+
+def decoder_layers(model: Any) -> list[Any]:
+    """The repeated blocks of a model: the longest ModuleList whose entries share one class."""
+    import torch
+
+    best: list[Any] = []
+    for module in model.modules():
+        is_list = isinstance(module, torch.nn.ModuleList) and len(module) > len(best)
+        if is_list and len({type(m) for m in module}) == 1:
+            best = list(module)
+    return best
+
+
+def compile_model(model: Any) -> str:
+    """torch.compile each decoder layer in place, with dynamic shapes.
+
+    Layers, not the whole model: the loss, the output head (which the chunked loss swaps per
+    call) and the wrappers stay eager, so nothing recompiles per step; module names, state-dict
+    keys and PEFT saving are unchanged (in-place `Module.compile`). `dynamic=True` from the
+    first call: packing and length grouping give a new sequence length almost every step.
+    """
+    layers = decoder_layers(model)
+    if not layers:
+        model.compile(dynamic=True)
+        return "the whole model (no decoder layers found)"
+    for layer in layers:
+        layer.compile(dynamic=True)
+    return f"{len(layers)} decoder layers ({type(layers[0]).__name__}), dynamic shapes"
 
 
 def count_parameters(pm: Any, recipe: Recipe, model: Any) -> tuple[int, int]:

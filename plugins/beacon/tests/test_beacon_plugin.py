@@ -160,6 +160,10 @@ def test_llama_longctx_recipe_runs_on_cpu_with_a_tiny_model(tmp_path):
         f"data.train={json.dumps(str(PASSKEY_TRAIN))}",
         f"data.eval={json.dumps(str(PASSKEY_EVAL))}",
         f"data.mix.0.train={json.dumps(str(chats))}",
+        'data.source.split="train"',  # local files: one split each, read in full
+        'data.source.eval_split="train"',
+        "data.source.streaming=false",
+        "data.mix.0.epochs=1",
         'train.precision="fp32"',
         "train.max_steps=2",
         "train.grad_accum=2",

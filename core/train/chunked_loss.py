@@ -1,0 +1,241 @@
+"""Chunked linear cross-entropy: the next-token loss without the [batch, seq, vocab] logits.
+
+The plain loss projects every position onto the vocabulary, keeps those logits (and their float32
+copy) for backward and builds a gradient of the same size: with a 49k vocabulary that is most of
+a small model's training memory. Here the model runs its forward as usual, except that its
+output head is swapped, for the duration of the call, for a stand-in that receives the final
+hidden states. The stand-in keeps only the positions that have a target (prompt and padding
+positions contribute nothing to the loss, so dropping them is exact), and calls the head module
+on a few hundred rows at a time, each chunk under non-reentrant activation checkpointing: the
+chunk's logits are computed, reduced to its loss, freed, and computed again in backward. Peak
+memory is one chunk's logits and gradient.
+
+Calling the head *module* per chunk (not its weight) is what makes this generic: a LoRA-wrapped
+or `modules_to_save` head, a head tied to the embeddings, a quantized head all work as they are,
+and under DeepSpeed ZeRO-3 the module's own hooks gather its partitioned weight in forward and
+again when a chunk is recomputed in backward. Because the swap happens inside the model's forward
+(the engine's, DDP's, PEFT's wrappers are all called as usual), nothing else changes.
+
+It is used only where it is exact: a transformers model of a known architecture whose forward is
+transformers' own (not replaced by Unsloth, beacon or another patch) and whose logits go straight
+to the loss (no soft-capping or logit scaling). Elsewhere the plain loss runs; `plain_reason`
+says why. `token_logprobs` is the public helper for other objectives (DPO, KTO, ORPO need the
+log-probabilities of the label tokens, not the logits).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+IGNORE = -100
+
+# Architectures whose CausalLM forward is `logits = lm_head(hidden)` followed by the loss.
+EXACT_TYPES = frozenset(
+    {
+        "llama",
+        "mistral",
+        "qwen2",
+        "qwen3",
+        "phi3",
+        "gemma",
+        "olmo",
+        "olmo2",
+        "smollm3",
+        "starcoder2",
+        "stablelm",
+    }
+)
+# Config keys that put something between the head and the loss (soft-capping, logit scaling,
+# an auxiliary router loss): with any of them set, only the plain loss is exact.
+POST_HEAD_KEYS = (
+    "final_logit_softcapping",
+    "logit_softcapping",
+    "logit_scale",
+    "logits_scaling",
+    "output_router_logits",
+)
+CHUNK_ELEMENTS = 1 << 24  # logits per chunk (64 MB in float32): rows = this // vocab
+
+
+def unwrap(model: Any) -> Any:
+    """The transformers model inside DDP, a DeepSpeed engine, torch.compile and PEFT wrappers."""
+    for _ in range(8):
+        if hasattr(model, "_orig_mod"):  # torch.compile
+            model = model._orig_mod
+        elif type(model).__name__ in ("DistributedDataParallel", "DeepSpeedEngine"):
+            model = model.module
+        elif hasattr(model, "get_base_model"):  # PeftModel -> the transformers model
+            model = model.get_base_model()
+        else:
+            break
+    return model
+
+
+def find_head(model: Any) -> tuple[Any, str, Any] | None:
+    """(owner, attribute, head module) of the output head, or None when there is none to find."""
+    get = getattr(model, "get_output_embeddings", None)
+    head = get() if callable(get) else None
+    if head is None:
+        return None
+    for module in model.modules():
+        for attr, child in module.named_children():
+            if child is head:
+                return module, attr, head
+    return None
+
+
+def plain_reason(model: Any) -> str | None:
+    """Why the chunked loss would not be exact for `model` (None: it is)."""
+    inner = unwrap(model)
+    config = getattr(inner, "config", None)
+    model_type = getattr(config, "model_type", None)
+    if model_type not in EXACT_TYPES:
+        return f"model type {model_type!r} is not one known to feed its logits straight to the loss"
+    if "forward" in vars(inner):
+        return "the model's forward is replaced on the instance (e.g. beacon)"
+    if not type(inner).forward.__module__.startswith("transformers."):
+        return f"the model's forward comes from {type(inner).forward.__module__} (e.g. Unsloth)"
+    for key in POST_HEAD_KEYS:
+        if getattr(config, key, None):
+            return f"config.{key} is set: the logits are transformed before the loss"
+    if any(type(m).__name__.startswith("FSDP") for m in inner.modules()):
+        return "FSDP unshards the head only around the model's own forward and backward"
+    head = find_head(inner)
+    if head is None:
+        return "no output head found (get_output_embeddings)"
+    if any(p.numel() == 0 for p in head[2].parameters()):
+        return (
+            "the head's weights are partitioned (ZeRO-3): the backward recompute would not see them"
+        )
+    return None
+
+
+def _chunk_rows(vocab: int, rows: int | None) -> int:
+    return rows if rows else max(1, CHUNK_ELEMENTS // max(vocab, 1))
+
+
+def _chunk_nll(head: Any, hidden: Any, targets: Any) -> Any:
+    """Per-row negative log-likelihood of `targets` (float32, as transformers' loss upcasts)."""
+    import torch.nn.functional as F
+
+    return F.cross_entropy(head(hidden).float(), targets, reduction="none")
+
+
+def _chunk_nll_sum(head: Any, hidden: Any, targets: Any) -> Any:
+    import torch.nn.functional as F
+
+    return F.cross_entropy(head(hidden).float(), targets, reduction="sum")
+
+
+def _targets(hidden: Any, labels: Any) -> tuple[Any, Any, Any]:
+    """(rows of hidden states that predict a label, their labels, the [B, T-1] mask)."""
+    if hidden.shape[:2] != labels.shape:
+        raise RuntimeError(
+            f"chunked loss: hidden states {tuple(hidden.shape)} do not match labels "
+            f"{tuple(labels.shape)} (set [train] chunked_loss = false)"
+        )
+    targets = labels[:, 1:].to(hidden.device)
+    mask = targets != IGNORE
+    return hidden[:, :-1][mask], targets[mask], mask
+
+
+def head_nll(head: Any, hidden: Any, labels: Any, reduce: bool, rows: int | None = None) -> Any:
+    """The next-token NLL of `labels` given the final `hidden` states, chunk by chunk.
+
+    `reduce`: the summed NLL (a scalar), else per-token NLL as [B, T-1] with 0 where the label
+    is IGNORE. Each chunk runs under non-reentrant checkpointing: its logits live only while
+    that chunk is computed, in forward and again in backward.
+    """
+    import torch
+    from torch.utils.checkpoint import checkpoint
+
+    picked, targets, mask = _targets(hidden, labels)
+    n = picked.shape[0]
+    if n == 0:  # no target: a zero that still reaches the head (every weight gets a gradient)
+        zero = head(hidden[:, :1]).float().sum() * 0.0
+        return zero if reduce else zero + torch.zeros(mask.shape, device=hidden.device)
+    step = _chunk_rows(_vocab(head), rows)
+    fn = _chunk_nll_sum if reduce else _chunk_nll
+    parts = []
+    for start in range(0, n, step):
+        h, t = picked[start : start + step], targets[start : start + step]
+        if torch.is_grad_enabled():
+            parts.append(checkpoint(fn, head, h, t, use_reentrant=False))
+        else:
+            parts.append(fn(head, h, t))
+    if reduce:
+        return torch.stack(parts).sum()
+    out = torch.zeros(mask.shape, dtype=torch.float32, device=hidden.device)
+    return out.masked_scatter(mask, torch.cat(parts))
+
+
+def _vocab(head: Any) -> int:
+    for attr in ("out_features", "num_embeddings"):
+        if isinstance(getattr(head, attr, None), int):
+            return getattr(head, attr)
+    weight = getattr(head, "weight", None)
+    return int(weight.shape[0]) if weight is not None and weight.ndim == 2 else 32768
+
+
+def _stand_in(head: Any, labels: Any, reduce: bool, rows: int | None) -> Any:
+    import torch
+
+    class StandIn(torch.nn.Module):
+        """Takes the head's place for one forward; keeps the result instead of the logits."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.head = head
+            self.result: Any = None
+
+        def forward(self, hidden: Any) -> Any:
+            self.result = head_nll(self.head, hidden, labels, reduce, rows)
+            return hidden.new_zeros(())  # what the model returns as `logits`: unused
+
+    return StandIn()
+
+
+def forward_nll(
+    model: Any, inputs: dict[str, Any], labels: Any, reduce: bool, rows: int | None = None
+) -> tuple[Any, Any]:
+    """(NLL as in `head_nll`, the model's output) running `model(**inputs)` with its head
+    swapped for the chunked stand-in. The caller checked `plain_reason(model) is None`."""
+    inner = unwrap(model)
+    owner, attr, head = find_head(inner)
+    stand_in = _stand_in(head, labels, reduce, rows)
+    setattr(owner, attr, stand_in)
+    try:
+        out = model(**inputs, use_cache=False)
+    finally:
+        setattr(owner, attr, head)
+    if stand_in.result is None:
+        raise RuntimeError("chunked loss: the model never called its output head")
+    return stand_in.result, out
+
+
+def plain_nll(logits: Any, labels: Any, reduce: bool) -> Any:
+    """The same quantity from full logits (the fallback, and the reference in tests)."""
+    import torch
+    import torch.nn.functional as F
+
+    targets = labels[:, 1:].to(logits.device)
+    flat = logits[:, :-1].float().reshape(-1, logits.shape[-1])
+    nll = F.cross_entropy(flat, targets.reshape(-1), ignore_index=IGNORE, reduction="none")
+    nll = nll.view(targets.shape) * (targets != IGNORE)
+    return nll.sum() if reduce else nll.to(torch.float32)
+
+
+def token_logprobs(model: Any, inputs: dict[str, Any], labels: Any, chunked: bool = True) -> Any:
+    """Log-probabilities of the label tokens, [B, T-1]: entry t is log p(labels[:, t+1] | the
+    tokens up to t), 0 where that label is IGNORE (-100).
+
+    For objectives that need label log-probs rather than logits (DPO, KTO, ORPO, SimPO): the
+    full logits are never built where that is exact (`plain_reason`), and built once otherwise.
+    `inputs` are the model's inputs without labels; works under `torch.no_grad()` too (a
+    reference model).
+    """
+    if chunked and plain_reason(model) is None:
+        nll, _ = forward_nll(model, inputs, labels, reduce=False)
+        return -nll
+    logits = model(**inputs, use_cache=False).logits
+    return -plain_nll(logits, labels, reduce=False)
