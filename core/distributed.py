@@ -73,6 +73,22 @@ def join_world(ctx, strategy: str) -> tuple[EnvWorld, str]:
     return started, "cpu"
 
 
+def start_process_group(ctx, strategy: str, backend: str = "auto", timeout_s: float = 1800):
+    """`join_world`, then torch.distributed's default process group (nccl on CUDA, gloo on CPU
+    unless `backend` names one): the set-up every plain multi-process strategy shares."""
+    import datetime
+
+    import torch.distributed as dist
+    from tune.context import World
+
+    started, device = join_world(ctx, strategy)
+    if backend == "auto":
+        backend = "nccl" if device.startswith("cuda") else "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
+    return World(started.rank, started.world_size, started.local_rank, device)
+
+
 def relaunch(
     tune_args: list[str],
     nproc_per_node: int,

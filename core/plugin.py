@@ -22,7 +22,7 @@ from tune.data.source import DataSource
 from tune.data.templates import ROLES as CHAT_ROLES
 from tune.data.templates import use_template as use_chat_template
 from tune.devices import auto_device, resolve_dtype, resolve_precision
-from tune.distributed import EnvWorld, env_world, join_world
+from tune.distributed import EnvWorld, env_world, join_world, start_process_group
 from tune.errors import TuneError, did_you_mean
 from tune.generation import greedy_generate, text_prompt
 from tune.hookspecs import hookimpl
@@ -84,6 +84,7 @@ __all__ = [
     "EnvWorld",
     "env_world",
     "join_world",
+    "start_process_group",
     "greedy_generate",
     "text_prompt",
 ]

@@ -44,6 +44,7 @@ __all__ = [
     "registered",
     "run",
     "run_cli",
+    "SGD_PLUGIN",
     "sgd_step",
     "step_difference",
     "tiny_model",
@@ -278,13 +279,15 @@ def launch(recipe: Path, nproc: int = 2, *extra: str, env: dict[str, str] | None
 
 
 # Plain SGD, for strategy tests: its update is proportional to the gradient, so any error in
-# the loss normalization across ranks or micro-batches shows in the weights.
+# the loss normalization across ranks or micro-batches shows in the weights. With `momentum` the
+# optimizer has state, so a resume must restore it.
 SGD_PLUGIN = """
 from tune.plugin import Settings, hookimpl
 
 
 class SgdSettings(Settings):
     lr: float = 0.1
+    momentum: float = 0.0
 
 
 @hookimpl
@@ -296,7 +299,7 @@ def tune_provide(provide):
 def tune_build_optimizer(name, settings, params, ctx):
     import torch
 
-    return torch.optim.SGD(params, lr=settings.lr)
+    return torch.optim.SGD(params, lr=settings.lr, momentum=settings.momentum)
 """
 
 

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-import datetime
 
 import torch
 import torch.distributed as dist
-from tune.plugin import Strategy, World, join_world
+from tune.plugin import Strategy, World, start_process_group
 
 
 class DDPStrategy(Strategy):
@@ -18,16 +17,9 @@ class DDPStrategy(Strategy):
         self.settings = settings
 
     def setup(self, ctx) -> World:
-        started, device = join_world(ctx, "ddp")
-        backend = self.settings.backend
-        if backend == "auto":
-            backend = "nccl" if device.startswith("cuda") else "gloo"
-        if not dist.is_initialized():
-            dist.init_process_group(
-                backend=backend, timeout=datetime.timedelta(seconds=self.settings.timeout_s)
-            )
-        self.device = device
-        return World(started.rank, started.world_size, started.local_rank, device)
+        world = start_process_group(ctx, "ddp", self.settings.backend, self.settings.timeout_s)
+        self.device = world.device
+        return world
 
     def prepare(self, model, optimizer, ctx):
         from torch.nn.parallel import DistributedDataParallel

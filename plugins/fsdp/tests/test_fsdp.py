@@ -11,6 +11,7 @@ import sys
 
 import pytest
 from tune.testing import (
+    SGD_PLUGIN,
     final_weights,
     launch,
     max_weight_diff,
@@ -21,27 +22,9 @@ from tune.testing import (
     write_recipe,
 )
 
-# SGD with momentum: updates are proportional to the gradient (any normalization error shows in
-# the weights) and the optimizer has state, so resume must restore it from the DCP shards.
-SGDM_PLUGIN = """
-from tune.plugin import Settings, hookimpl
-
-
-class SgdmSettings(Settings):
-    lr: float = 0.1
-
-
-@hookimpl
-def tune_provide(provide):
-    provide.optimizer("sgdm", SgdmSettings, doc="SGD with momentum 0.9")
-
-
-@hookimpl
-def tune_build_optimizer(name, settings, params, ctx):
-    import torch
-
-    return torch.optim.SGD(params, lr=settings.lr, momentum=0.9)
-"""
+# SGD with momentum (tune.testing's SGD plugin): updates are proportional to the gradient (any
+# normalization error shows in the weights) and the optimizer has state, so resume must restore
+# it from the DCP shards.
 
 LORA = [{"method": "lora", "r": 4, "alpha": 8, "targets": "all-linear"}]
 
@@ -67,7 +50,7 @@ def write(tmp_path, out, strategy, adapt=(), **train):
     data = recipe_dict(
         tmp_path,
         adapt=list(adapt),
-        optimizer={"name": "sgdm", "lr": 0.2},
+        optimizer={"name": "sgd", "lr": 0.2, "momentum": 0.9},
         strategy=strategy,
         data={"shuffle": False},
         train={"output_dir": str(tmp_path / out), "max_grad_norm": 1.0, **train},
@@ -76,7 +59,7 @@ def write(tmp_path, out, strategy, adapt=(), **train):
 
 
 def go(path, nproc, env, *extra):
-    res = launch(path, nproc, "-p", "sgdm_plugin", *extra, env=env)
+    res = launch(path, nproc, "-p", "sgd_plugin", *extra, env=env)
     assert res.returncode == 0, res.stderr[-3000:]
     (path.parent / f"{path.stem}.out").write_text(res.stdout, encoding="utf-8")
 
@@ -86,7 +69,7 @@ def runs(tmp_path_factory):
     """Global batch 4 for 4 steps: one process (4 x 1) versus FSDP2 on 2 ranks (1 x 2 each, so
     accumulation without sync is exercised); the LoRA run saves at step 2 and is resumed."""
     tmp = tmp_path_factory.mktemp("fsdp")
-    env = write_plugin(tmp, "sgdm_plugin", SGDM_PLUGIN)
+    env = write_plugin(tmp, "sgd_plugin", SGD_PLUGIN)
     single = {"name": "single"}
     fsdp = {"name": "fsdp"}
     dist = {"micro_batch_size": 1, "grad_accum": 2}
@@ -102,7 +85,7 @@ def runs(tmp_path_factory):
     one = write(tmp, "fsdp_lora_ws1", fsdp, LORA, micro_batch_size=1, grad_accum=4)
     ckpt = str(tmp / "fsdp_lora/checkpoints/step-2")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=1"]
-    cmd += ["-m", "tune", "run", str(one), "-p", "sgdm_plugin", "--resume-from", ckpt]
+    cmd += ["-m", "tune", "run", str(one), "-p", "sgd_plugin", "--resume-from", ckpt]
     full_env = {**os.environ, **env}
     res = subprocess.run([*cmd, "--resume-changed"], capture_output=True, text=True, env=full_env)
     assert res.returncode == 0, res.stderr[-3000:]

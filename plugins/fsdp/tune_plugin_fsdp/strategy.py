@@ -8,13 +8,12 @@ shards meta tensors and fills each rank's shards only (see `lowmem`).
 from __future__ import annotations
 
 import contextlib
-import datetime
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
-from tune.plugin import Strategy, TuneError, World, join_world, resolve_precision
+from tune.plugin import Strategy, TuneError, World, resolve_precision, start_process_group
 
 DCP_DIR = "fsdp"  # the DCP folder inside checkpoints/step-N/
 
@@ -29,17 +28,10 @@ class FSDPStrategy(Strategy):
 
     # -- set-up ------------------------------------------------------------------------------
     def setup(self, ctx) -> World:
-        started, device = join_world(ctx, "fsdp")
-        backend = self.settings.backend
-        if backend == "auto":
-            backend = "nccl" if device.startswith("cuda") else "gloo"
-        if not dist.is_initialized():
-            dist.init_process_group(
-                backend=backend, timeout=datetime.timedelta(seconds=self.settings.timeout_s)
-            )
-        self.device = device
-        self.precision = resolve_precision(ctx.recipe.train.precision, device)
-        return World(started.rank, started.world_size, started.local_rank, device)
+        world = start_process_group(ctx, "fsdp", self.settings.backend, self.settings.timeout_s)
+        self.device = world.device
+        self.precision = resolve_precision(ctx.recipe.train.precision, world.device)
+        return world
 
     def loads_weights(self, ctx) -> bool:
         return ctx.world.rank == 0 or not self.settings.low_memory_load
