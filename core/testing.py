@@ -37,6 +37,7 @@ __all__ = [
     "build_model",
     "chat_rows",
     "final_weights",
+    "check_missing_library",
     "launch",
     "load_recipe",
     "max_weight_diff",
@@ -270,6 +271,31 @@ def write_plugin(folder: Path, name: str, source: str) -> dict[str, str]:
 
     (Path(folder) / f"{name}.py").write_text(textwrap.dedent(source), encoding="utf-8")
     return {"PYTHONPATH": os.pathsep.join([str(folder), *(p for p in sys.path if p)])}
+
+
+def check_missing_library(tmp_path: Path, module: str, plugin: str, uses: dict[str, Any]) -> None:
+    """Simulate `module` uninstalled (find_spec says no, in real `tune` subprocesses) and check
+    what every backend with `requires=(module,)` promises: `tune plugins list` shows `plugin`
+    with a "not installed" STATUS, a recipe using it (`uses`) is refused at validation naming
+    the distribution to install, and a recipe not using it still validates."""
+    shim = Path(tmp_path) / f"without-{module}"
+    shim.mkdir(exist_ok=True)
+    (shim / "sitecustomize.py").write_text(
+        "import importlib.util as u\n"
+        "_find = u.find_spec\n"
+        f"u.find_spec = lambda name, *a, **k: None if name == {module!r} else _find(name, *a, **k)\n"
+    )
+    env = {"PYTHONPATH": os.pathsep.join([str(shim), *(p for p in sys.path if p)])}
+    listed = run_cli("plugins", "list", env=env)
+    assert listed.returncode == 0, listed.stderr
+    line = next(ln for ln in listed.stdout.splitlines() if ln.strip().startswith(f"{plugin} "))
+    assert f"{module} not installed" in line, line
+    refused = run_cli("validate", str(write_recipe(tmp_path, uses, "uses.toml")), env=env)
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert f"pip install tune-plugin-{plugin}" in refused.stdout + refused.stderr
+    plain = write_recipe(tmp_path, recipe_dict(tmp_path), "plain.toml")
+    ok = run_cli("validate", str(plain), env=env)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
 
 
 def launch(recipe: Path, nproc: int = 2, *extra: str, env: dict[str, str] | None = None):

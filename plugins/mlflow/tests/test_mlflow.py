@@ -70,29 +70,7 @@ def test_flatten_keys_and_limits():
 
 @pytest.mark.slow
 def test_missing_library_listed_and_only_breaks_runs_using_it(tmp_path):
-    """Simulated uninstall: find_spec says no mlflow in a real `tune` subprocess."""
-    import os
-    import sys
+    """Simulated uninstall of mlflow: listed with why, refuses only recipes that use it."""
+    from tune.testing import check_missing_library
 
-    from tune.testing import run_cli, write_recipe
-
-    shim = tmp_path / "shim"
-    shim.mkdir()
-    (shim / "sitecustomize.py").write_text(
-        "import importlib.util as u\n"
-        "_find = u.find_spec\n"
-        "u.find_spec = lambda name, *a, **k: None if name == 'mlflow' else _find(name, *a, **k)\n"
-    )
-    env = {"PYTHONPATH": os.pathsep.join([str(shim), *(p for p in sys.path if p)])}
-    listed = run_cli("plugins", "list", env=env)
-    assert listed.returncode == 0, listed.stderr
-    line = next(ln for ln in listed.stdout.splitlines() if ln.strip().startswith("mlflow "))
-    assert "mlflow not installed" in line
-    refused = run_cli(
-        "validate", str(write_recipe(tmp_path, _recipe(tmp_path), "uses.toml")), env=env
-    )
-    assert refused.returncode == 2
-    assert "pip install tune-plugin-mlflow" in refused.stdout + refused.stderr
-    plain = write_recipe(tmp_path, recipe_dict(tmp_path), "plain.toml")
-    ok = run_cli("validate", str(plain), env=env)
-    assert ok.returncode == 0, ok.stdout + ok.stderr
+    check_missing_library(tmp_path, "mlflow", "mlflow", _recipe(tmp_path))

@@ -6,7 +6,7 @@ import json
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from tune.testing import recipe_dict, run_cli, write_recipe
+from tune.testing import recipe_dict
 from tune_plugin_tensorboard import samples_markdown
 
 
@@ -60,27 +60,7 @@ def test_samples_markdown_escapes_cells():
 
 @pytest.mark.slow
 def test_missing_library_listed_and_only_breaks_runs_using_it(tmp_path):
-    """Simulated uninstall: find_spec says no tensorboard in a real `tune` subprocess."""
-    shim = tmp_path / "shim"
-    shim.mkdir()
-    (shim / "sitecustomize.py").write_text(
-        "import importlib.util as u\n"
-        "_find = u.find_spec\n"
-        "u.find_spec = lambda name, *a, **k: None if name == 'tensorboard' else _find(name, *a, **k)\n"
-    )
-    import os
-    import sys
+    """Simulated uninstall of tensorboard: listed with why, refuses only recipes that use it."""
+    from tune.testing import check_missing_library
 
-    env = {"PYTHONPATH": os.pathsep.join([str(shim), *(p for p in sys.path if p)])}
-    listed = run_cli("plugins", "list", env=env)
-    assert listed.returncode == 0, listed.stderr
-    line = next(ln for ln in listed.stdout.splitlines() if ln.strip().startswith("tensorboard"))
-    assert "tensorboard not installed" in line
-
-    uses = write_recipe(tmp_path, _recipe(tmp_path), "uses.toml")
-    refused = run_cli("validate", str(uses), env=env)
-    assert refused.returncode == 2
-    assert "pip install tune-plugin-tensorboard" in refused.stdout + refused.stderr
-    plain = recipe_dict(tmp_path)
-    ok = run_cli("validate", str(write_recipe(tmp_path, plain, "plain.toml")), env=env)
-    assert ok.returncode == 0, ok.stdout + ok.stderr
+    check_missing_library(tmp_path, "tensorboard", "tensorboard", _recipe(tmp_path))
