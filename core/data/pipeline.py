@@ -220,7 +220,13 @@ def tokenize_entry(pm: Any, entry: Entry, tokenizer: Any, ctx: RunContext) -> Ex
     if cached is not None:
         train, evals, stats = cached
         stats["cache"] = "hit"
-        return Examples(train=train, eval=evals, render_prompt=fmt.render_prompt, stats=stats)
+        train, evals = drop_short(entry, train, evals, stats, ctx)
+        return Examples(
+            train=train,
+            eval=evals,
+            render_prompt=fmt.render_prompt,
+            stats=count_tokens(train, stats),
+        )
     read_counts: Counter[str] = Counter()
     train_rows, eval_rows = read_split(fmt, source, entry, ctx, read_counts)
     train, counts = encode_parallel(fmt, train_rows, data.num_proc)
@@ -236,15 +242,52 @@ def tokenize_entry(pm: Any, entry: Entry, tokenizer: Any, ctx: RunContext) -> Ex
             fix='raise [model] max_seq_len, set truncation = "truncate", or check that the '
             "examples have target tokens.",
         )
-    stats["train_examples"], stats["eval_examples"] = len(train), len(evals)
-    if "input_ids" in train[0]:
-        stats["train_tokens"] = sum(len(e["input_ids"]) for e in train)
-    if "labels" in train[0]:
-        stats["train_target_tokens"] = sum(target_count(e) for e in train)
     if key:
-        cache.store(key, train, evals, stats)
+        cache.store(key, train, evals, dict(stats))
+    train, evals = drop_short(entry, train, evals, stats, ctx)
     stats["cache"] = "miss" if key else "off"
-    return Examples(train=train, eval=evals, render_prompt=fmt.render_prompt, stats=stats)
+    return Examples(
+        train=train, eval=evals, render_prompt=fmt.render_prompt, stats=count_tokens(train, stats)
+    )
+
+
+def count_tokens(train: list, stats: dict[str, Any]) -> dict[str, Any]:
+    """Add the training tokens (all, and those scored) to `stats`."""
+    if train and "input_ids" in train[0]:
+        stats["train_tokens"] = sum(len(e["input_ids"]) for e in train)
+    if train and "labels" in train[0]:
+        stats["train_target_tokens"] = sum(target_count(e) for e in train)
+    return stats
+
+
+def min_tokens(entry: Entry, ctx: RunContext) -> int:
+    """The entry's `min_tokens` (0 = keep every example)."""
+    data = ctx.recipe.data
+    table = data if entry.label == "[data]" else data.mix[int(entry.label.rsplit("#", 1)[1]) - 1]
+    return table.min_tokens
+
+
+def drop_short(
+    entry: Entry, train: list, evals: list, stats: dict[str, Any], ctx: RunContext
+) -> tuple[list, list]:
+    """Examples of at least `min_tokens` tokens; the rest are counted as `short`. Applied after
+    the cache, so changing the bound does not tokenize again."""
+    bound = min_tokens(entry, ctx)
+    if bound and train and "input_ids" in train[0]:
+        kept = [e for e in train if len(e["input_ids"]) >= bound]
+        kept_eval = [e for e in evals if len(e["input_ids"]) >= bound]
+        stats["short"] = len(train) - len(kept) + len(evals) - len(kept_eval)
+        train, evals = kept, kept_eval
+        if not train:
+            raise TuneError(
+                f"no training example has at least min_tokens = {bound} tokens "
+                f"({stats['short']} shorter).",
+                where=f"{ctx.recipe.path}: {entry.label} min_tokens",
+                fix="lower min_tokens, or use longer documents (and a max_seq_len that keeps them "
+                "whole).",
+            )
+    stats["train_examples"], stats["eval_examples"] = len(train), len(evals)
+    return train, evals
 
 
 def _streaming(fmt, source, entry: Entry, ctx: RunContext) -> Examples:
@@ -256,12 +299,17 @@ def _streaming(fmt, source, entry: Entry, ctx: RunContext) -> Examples:
     from tune.data.format import row_bound, row_chars
 
     bound = row_bound(fmt.max_seq_len)
+    shortest = min_tokens(entry, ctx)
 
     def encode(row_where: str, row: dict) -> tuple[list, dict[str, int]]:
         oversized = row_chars(row, bound) > bound
         if oversized and not fmt.cuts_long_rows:
             return [], {"oversized": 1}
         examples, counts = encode_records(fmt, [(row_where, fmt.check(row, row_where))])
+        if shortest:
+            kept = [e for e in examples if len(e.get("input_ids", ())) >= shortest]
+            counts["short"] = counts.get("short", 0) + len(examples) - len(kept)
+            examples = kept
         return examples, {**counts, "oversized": int(oversized)}
 
     evals: list = []
@@ -308,8 +356,4 @@ def load_examples(pm: Any, tokenizer: Any, ctx: RunContext) -> Examples:
     stats["sources"] = counts
     stats["source_examples"] = [len(part.train) for part in parts]
     stats["train_examples"] = len(train)
-    if train and "input_ids" in train[0]:
-        stats["train_tokens"] = sum(len(e["input_ids"]) for e in train)
-    if train and "labels" in train[0]:
-        stats["train_target_tokens"] = sum(target_count(e) for e in train)
-    return dataclasses.replace(main, train=train, stats=stats)
+    return dataclasses.replace(main, train=train, stats=count_tokens(train, stats))

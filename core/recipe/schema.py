@@ -58,6 +58,12 @@ class _Entry(Open):
     format: str = "chat"
     train: str | list[str]
     source: SourceTable = Field(default_factory=SourceTable)
+    min_tokens: int = Field(
+        0,
+        ge=0,
+        description="drop examples shorter than this many tokens (e.g. long-context training "
+        "that needs several windows per document); 0 keeps all",
+    )
 
     weight: float | None = Field(
         None, gt=0, description="mix: sampling probability of this source (normalized over all)"

@@ -28,7 +28,11 @@ def announce(trainer: Any) -> None:
         f"{stats.get('truncated', 0)} truncated, {stats.get('dropped', 0)} dropped"
         + "".join(
             f", {stats[key]} {label}"
-            for key, label in (("oversized", "oversized"), ("empty_replies", "empty replies"))
+            for key, label in (
+                ("oversized", "oversized"),
+                ("empty_replies", "empty replies"),
+                ("short", "shorter than min_tokens"),
+            )
             if stats.get(key)
         )
         + f", tokenization cache {stats.get('cache', 'off')}; "

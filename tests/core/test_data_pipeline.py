@@ -124,3 +124,28 @@ def test_summary_reports_efficiency(tmp_path, run_recipe):
     )
     saved = json.loads((tmp_path / "run/summary.json").read_text())
     assert saved["data"]["train_examples"] == 64
+
+
+def test_min_tokens_drops_short_documents_after_the_cache(tmp_path):
+    """Long-context training wants documents of several windows: `min_tokens` drops the rest,
+    counts them, and changing it reuses the tokenization cache."""
+    rows = [{"text": "x" * n} for n in (10, 300, 40, 500)]
+    everything, _ = examples_for(tmp_path, rows, format="text", max_len=1024)
+    kept, _ = examples_for(tmp_path, rows, format="text", max_len=1024, min_tokens=200)
+    assert everything.stats["train_examples"] == 4
+    assert kept.stats["cache"] == "hit"  # the bound is applied after the cache
+    assert [len(e["input_ids"]) for e in kept.train] == [302, 502]  # bos + bytes + eos
+    assert kept.stats["short"] == 2 and kept.stats["train_examples"] == 2
+    assert kept.stats["train_tokens"] == 804
+
+    path = write_recipe(
+        tmp_path,
+        recipe_dict(
+            tmp_path,
+            data={"format": "text", "train": str(tmp_path / "d.jsonl"), "min_tokens": 5000},
+        ),
+    )
+    text = path.read_text().replace('template = "chatml"\n', "")
+    path.write_text(text)
+    out = run_cli("run", str(path))
+    assert out.returncode == 2 and "min_tokens" in out.stderr and "Traceback" not in out.stderr
