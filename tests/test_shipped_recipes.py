@@ -77,13 +77,20 @@ def test_gpu_recipe_runs_on_cpu_with_a_tiny_model(tmp_path, name):
     assert (tmp_path / "run/final/adapter_config.json").exists()
 
 
-def test_the_flagship_recipe_validates_offline_and_says_what_it_will_download():
+@pytest.mark.parametrize(
+    ("recipe", "datasets"),
+    [
+        ("llama-longctx.toml", ["emozilla/pg19"]),
+        ("llama-longctx-stage2.toml", ["THUDM/LongAlign-10k", "emozilla/pg19"]),
+    ],
+)
+def test_the_flagship_recipes_validate_offline_and_say_what_they_will_download(recipe, datasets):
     out = run_cli(
         "validate",
-        "recipes/llama-longctx.toml",
+        f"recipes/{recipe}",
         env={"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"},
     )
     assert out.returncode == 0, out.stderr
     text = " ".join(out.stdout.split())
     assert "will download" in text
-    assert "emozilla/pg19" in text and "THUDM/LongAlign-10k" in text
+    assert all(name in text for name in datasets)

@@ -8,7 +8,14 @@ import pytest
 import torch
 from tune.plugin import RunContext
 from tune.testing import load_recipe, recipe_dict, tiny_model, write_recipe
-from tune_plugin_beacon.model import BeaconConfig, attach, beacon_parameters, encode, max_position
+from tune_plugin_beacon.model import (
+    BeaconConfig,
+    attach,
+    beacon_parameters,
+    default_sink_size,
+    encode,
+    max_position,
+)
 
 
 def tiny(arch: str = "tiny-llama", **overrides):
@@ -90,8 +97,13 @@ def test_memory_length_and_positions_stay_bounded(ratio, sink):
     assert state.max_position < n // 2  # far inside what full attention would use (n)
 
 
-def test_decoding_token_by_token_equals_one_shot():
-    model = beaconed(BeaconConfig(window=16, ratios=[2], inference_ratio=2))
+@pytest.mark.parametrize("pos", ["interleave", "append"])
+@pytest.mark.parametrize("attn", ["full-coverage", "step-expansion"])
+def test_decoding_token_by_token_equals_one_shot(pos, attn):
+    """Each new token runs alone against the cached window KV; several windows complete while
+    decoding (beacons appended or interleaved on the fly) and the logits stay the one-shot ones."""
+    cfg = BeaconConfig(window=16, ratios=[2], inference_ratio=2, pos=pos, attn=attn)
+    model = beaconed(cfg)
     randomize_beacon(model, seed=3)
     ids = torch.randint(10, 250, (1, 75), generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
@@ -181,3 +193,34 @@ def test_a_padded_batch_equals_its_rows_run_alone(monkeypatch, pos, short, one_p
     assert torch.allclose(together.logits[0], alone_a.logits[0], atol=1e-5)
     assert torch.allclose(together.logits[1, :short], alone_b.logits[0], atol=1e-5)
     assert abs(float(together.loss) - float(alone_a.loss + alone_b.loss)) < 1e-4
+
+
+def test_sink_by_architecture_llama3_gets_one():
+    """The authors found Llama-3 needs an attention sink; Llama-2, Mistral and Qwen2 do not."""
+    from transformers import LlamaConfig, MistralConfig, Qwen2Config
+
+    assert default_sink_size(LlamaConfig(vocab_size=128_256)) == 1
+    assert default_sink_size(LlamaConfig(vocab_size=32_000, rope_scaling={"rope_type": "llama3",
+        "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 8192})) == 1  # fmt: skip
+    assert default_sink_size(LlamaConfig(vocab_size=32_000)) == 0
+    assert default_sink_size(MistralConfig()) == 0 and default_sink_size(Qwen2Config()) == 0
+    assert beaconed(BeaconConfig(window=16)).beacon_config.sink_size == 0  # tiny: 256 tokens
+    assert beaconed(BeaconConfig(window=16, sink_size=2)).beacon_config.sink_size == 2
+
+
+def test_adaptive_ratio_leaves_room_for_generation_and_is_chosen_once():
+    """256 positions, window 64: a 300-token prompt fits at ratio 2 alone (150 + 64 + 32 = 246),
+    but with 200 tokens to generate needs ratio 4; the choice then holds for every window that
+    follows, however long decoding goes on."""
+    cfg = BeaconConfig(window=64, ratios=[2, 4, 8, 16], inference_ratio="adapt", sink_size=0)
+    model = beaconed(cfg, max_position_embeddings=256)
+    prompt = torch.randint(10, 250, (1, 300), generator=torch.Generator().manual_seed(9))
+    with torch.no_grad():
+        assert model(input_ids=prompt, beacon_headroom=0).beacon_state.ratio == 2
+        state = model(input_ids=prompt, beacon_headroom=200).beacon_state
+        assert state.ratio == 4
+        more = torch.randint(10, 250, (1, 600), generator=torch.Generator().manual_seed(10))
+        state = model(input_ids=more, beacon_state=state).beacon_state
+    assert state.ratio == 4
+    assert state.memory_len() == (900 // 64) * 64 // 4  # every window compressed at 4

@@ -147,43 +147,82 @@ def test_generation_past_the_base_models_positions():
     assert torch.equal(out[:, :3000], prompt)
 
 
-@pytest.mark.slow
-def test_llama_longctx_recipe_runs_on_cpu_with_a_tiny_model(tmp_path):
-    """The GPU recipe, every key kept, with a tiny model, short sequences and our own data:
-    long text plus a [[data.mix]] chat source, beacon window 1024, ratios up to 32."""
-    chats = write_jsonl(tmp_path / "chats.jsonl", chat_rows(8))
-    out = tmp_path / "run"
+def tiny_longctx_run(recipe: str, out: Path, *extra: str):
+    """A shipped GPU long-context recipe, every key kept, with a tiny model, short sequences
+    and our own data (local files stand in for the Hub sources)."""
     overrides = [
         'model.path="tune:tiny-llama"',
         "model.max_seq_len=2048",
         'model.dtype="float32"',
-        f"data.train={json.dumps(str(PASSKEY_TRAIN))}",
-        f"data.eval={json.dumps(str(PASSKEY_EVAL))}",
-        f"data.mix.0.train={json.dumps(str(chats))}",
-        'data.source.split="train"',  # local files: one split each, read in full
-        'data.source.eval_split="train"',
-        "data.source.streaming=false",
-        "data.mix.0.epochs=1",
         'train.precision="fp32"',
         "train.max_steps=2",
         "train.grad_accum=2",
-        "train.eval_every=0",
         "train.save_every=0",
         f"train.output_dir={json.dumps(str(out))}",
         "eval.passkey.lengths=[1100]",
         "eval.passkey.depths=[0.5]",
         "eval.passkey.trials=1",
-        "eval.long_ppl.buckets=[1024,2048]",
+        *extra,
     ]
-    args = ["run", str(REPO / "recipes" / "llama-longctx.toml")]
+    args = ["run", str(REPO / "recipes" / recipe)]
     for o in overrides:
         args += ["-o", o]
     res = run_cli(*args)
     assert res.returncode == 0, res.stderr[-3000:]
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["data"]["sources"] == [300, 8]
+    return json.loads((out / "summary.json").read_text()), res.stdout
+
+
+@pytest.mark.slow
+def test_llama_longctx_stages_run_on_cpu_with_a_tiny_model(tmp_path):
+    """Stage 1 (long documents, window 1024, ratios up to 32, short documents skipped), then
+    stage 2 (long chats + a share of documents) starting from stage 1's beacon weights: with a
+    vanishing lr its final beacon equals stage 1's (fresh copies of the base would differ by
+    stage 1's updates), so the weights really carried over."""
+    from safetensors.torch import load_file
+
+    stage1 = tmp_path / "stage1"
+    summary, _ = tiny_longctx_run(
+        "llama-longctx.toml",
+        stage1,
+        f"data.train={json.dumps(str(PASSKEY_TRAIN))}",
+        f"data.eval={json.dumps(str(PASSKEY_EVAL))}",
+        'data.source.split="train"',  # local files: one split each, read in full
+        'data.source.eval_split="train"',
+        "data.source.streaming=false",
+        "data.min_tokens=1000",
+        "train.eval_every=0",
+        "eval.long_ppl.buckets=[1024,2048]",
+    )
+    assert summary["data"]["short"] > 0  # documents under 1,000 tokens were skipped
     assert {"passkey", "long_ppl@1-1024"} <= set(summary["eval"])
-    assert (out / "final/beacon.safetensors").exists()
+    chats = write_jsonl(tmp_path / "chats.jsonl", chat_rows(8))
+    stage2 = tmp_path / "stage2"
+    summary, stdout = tiny_longctx_run(
+        "llama-longctx-stage2.toml",
+        stage2,
+        f"adapt.0.init_from={json.dumps(str(stage1 / 'final'))}",
+        f"data.train={json.dumps(str(chats))}",
+        "data.min_tokens=0",
+        f"data.mix.0.train={json.dumps(str(PASSKEY_TRAIN))}",
+        'data.mix.0.source.split="train"',
+        "data.mix.0.epochs=1",
+        "data.mix.0.min_tokens=0",
+        "optimizer.lr=1e-30",  # steps too small to move a float32 weight
+    )
+    assert "beacon: weights from" in " ".join(stdout.split())
+    first = load_file(str(stage1 / "final/beacon.safetensors"))
+    second = load_file(str(stage2 / "final/beacon.safetensors"))
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_init_from_a_folder_without_beacon_weights_is_one_paragraph(tmp_path):
+    data = longctx(tmp_path)
+    data["adapt"][0]["init_from"] = str(tmp_path / "nowhere")
+    from tune.testing import write_recipe
+
+    res = run_cli("run", str(write_recipe(tmp_path, data)))
+    assert res.returncode == 2 and "init_from" in res.stderr and "Traceback" not in res.stderr
 
 
 @pytest.mark.slow

@@ -22,13 +22,29 @@ class BeaconSettings(Settings):
     )
     ratio_mix: Literal["step-random", "fixed"] = "step-random"
     inference_ratio: int | Literal["adapt"] = Field(
-        8, description='ratio at eval/generation, or "adapt"'
+        "adapt",
+        description='ratio at eval/generation, or "adapt": the smallest ratio that keeps the '
+        "input (plus the tokens to generate) inside the base model's positions, chosen once "
+        "per sequence",
+    )
+    adapt_headroom: int = Field(
+        1024, ge=0, description='"adapt" without generation: tokens to leave room for'
     )
     pos: Literal["interleave", "append"] = "interleave"
     attn: Literal["full-coverage", "step-expansion"] = "full-coverage"
     params: list[Literal["q", "k", "v", "o"]] = Field(default_factory=lambda: ["q", "k", "v"])
-    sink_size: int = Field(0, ge=0)
+    sink_size: int | None = Field(
+        None,
+        ge=0,
+        description="first tokens kept in memory as attention sinks; unset: by architecture "
+        "(1 for Llama-3, which the authors found needs a sink; 0 for Llama-2, Mistral, Qwen2)",
+    )
     only_train_beacon: bool = True
+    init_from: str | None = Field(
+        None,
+        description="a finished run's final/ (or any folder with beacon.safetensors) whose "
+        "beacon weights start this run: stage 2 after stage 1",
+    )
 
     @model_validator(mode="after")
     def _check(self):
@@ -36,8 +52,6 @@ class BeaconSettings(Settings):
             raise ValueError("stride must equal window (the released Activation Beacon setting)")
         if not [r for r in self.ratios if r == 0 or self.window % r == 0]:
             raise ValueError(f"no ratio in {self.ratios} divides window {self.window}")
-        if self.attn == "step-expansion" and self.pos != "append":
-            raise ValueError('attn = "step-expansion" needs pos = "append"')
         return self
 
 
@@ -72,7 +86,7 @@ def tune_provide(provide):
 def to_config(settings: BeaconSettings, seed: int = 0):
     from tune_plugin_beacon.model import BeaconConfig
 
-    data = settings.model_dump(exclude={"only_train_beacon"})
+    data = settings.model_dump(exclude={"only_train_beacon", "init_from"})
     return BeaconConfig(**data, seed=seed)
 
 
@@ -81,6 +95,8 @@ def tune_adapt_model(name, settings, model, ctx):
     from tune_plugin_beacon.model import attach, beacon_parameters
 
     attach(model, to_config(settings, ctx.recipe.train.seed))
+    if settings.init_from:
+        load_beacon_weights(model, settings.init_from, ctx)
     if settings.only_train_beacon:
         for param in model.parameters():
             param.requires_grad_(False)
@@ -88,8 +104,11 @@ def tune_adapt_model(name, settings, model, ctx):
         param.requires_grad_(True)
     ctx.keep_trainable.append("beacon_")  # stays trainable if LoRA follows
     n = sum(p.numel() for p in beacon_parameters(model).values())
+    cfg = model.beacon_config
     ctx.print(
-        f"beacon: window {settings.window}, ratios {settings.ratios}, {settings.pos}; {n:,} beacon parameters"
+        f"beacon: window {cfg.window}, ratios {cfg.ratios}, {cfg.pos} + {cfg.attn}, sink "
+        f"{cfg.sink_size}{'' if settings.sink_size is not None else ' (by architecture)'}, "
+        f"inference ratio {cfg.inference_ratio}; {n:,} beacon parameters"
     )
     return model
 
@@ -138,6 +157,37 @@ def _canonical(name: str) -> str:
             head = name[name.index(marker) :]
             return head.replace(".base_layer", "")
     return name
+
+
+def load_beacon_weights(model, folder: str, ctx) -> None:
+    """Copy a previous run's trained beacon weights into the freshly attached beacon."""
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+    from tune.plugin import TuneError
+
+    path = Path(folder).expanduser()  # relative to the working directory, like output_dir
+    file = path / BEACON_FILE
+    where = f"{ctx.recipe.path}: [[adapt]] beacon init_from"
+    if not file.is_file():
+        raise TuneError(
+            f"init_from = {folder!r}: there is no {BEACON_FILE} in {path}.",
+            where=where,
+            fix="point init_from at the final/ folder of a finished beacon run (or a checkpoint "
+            "folder that holds beacon.safetensors), e.g. runs/llama-longctx/final.",
+        )
+    state = load_file(str(file))
+    own = set(model.state_dict())
+    wrong = sorted(k for k in state if k not in own)
+    if wrong:
+        raise TuneError(
+            f"init_from = {folder!r}: its beacon weights do not fit this model "
+            f"({len(wrong)} names unknown, e.g. {wrong[0]}).",
+            where=where,
+            fix="start from a beacon run of the same base model and the same beacon params.",
+        )
+    model.load_state_dict(state, strict=False)
+    ctx.print(f"beacon: weights from {file}")
 
 
 def load_beacon(model, path):

@@ -35,16 +35,25 @@ class BeaconConfig:
     stride: int | None = None  # = window (the released setting)
     ratios: list[int] = field(default_factory=lambda: [2, 4, 8, 16, 32])
     ratio_mix: str = "step-random"  # step-random | fixed | adapt
-    inference_ratio: int | str = 8  # an int, or "adapt"
+    inference_ratio: int | str = "adapt"  # an int, or "adapt" (chosen once per sequence)
     pos: str = "interleave"  # interleave | append
     attn: str = "full-coverage"  # full-coverage | step-expansion
     params: list[str] = field(default_factory=lambda: ["q", "k", "v"])
-    sink_size: int = 0
+    sink_size: int | None = None  # None: by architecture (see default_sink_size)
+    adapt_headroom: int = 1024  # tokens "adapt" leaves room for after the input
     seed: int = 0
 
     def usable_ratios(self) -> list[int]:
         """Training ratios that divide the window (0 = no compression is always allowed)."""
         return [r for r in self.ratios if r == 0 or self.window % r == 0]
+
+
+def default_sink_size(config: Any) -> int:
+    """The authors' finding: Llama-3 needs an attention sink (one token), Llama-2, Mistral and
+    Qwen2 train without. Llama-3 is told apart by its 128k vocabulary or its rope scaling."""
+    rope = getattr(config, "rope_scaling", None) or getattr(config, "rope_parameters", None) or {}
+    llama3 = getattr(config, "vocab_size", 0) >= 128_000 or rope.get("rope_type") == "llama3"
+    return 1 if getattr(config, "model_type", "") == "llama" and llama3 else 0
 
 
 def _decoder(model: nn.Module) -> nn.Module:
@@ -56,6 +65,8 @@ def attach(model: nn.Module, cfg: BeaconConfig) -> nn.Module:
     model_type = getattr(model.config, "model_type", "")
     if model_type not in SUPPORTED:
         raise ValueError(f"beacon supports {SUPPORTED}, not {model_type!r}")
+    if cfg.sink_size is None:
+        cfg.sink_size = default_sink_size(model.config)
     decoder = _decoder(model)
     embed = decoder.embed_tokens.weight
     eos = model.config.eos_token_id
@@ -100,10 +111,11 @@ def generate(
     **_: Any,
 ) -> torch.Tensor:
     """Greedy decoding for prompts of any length: prefill window by window, then one token at a
-    time with beacons inserted on the fly as the current window fills."""
+    time: each new token runs alone against the memory and its window's cached KV, with beacons
+    added as the window fills. The adaptive ratio leaves room for `max_new_tokens`."""
     stops = eos_token_id if eos_token_id is not None else model.generation_config.eos_token_id
     stops = set(stops if isinstance(stops, (list, tuple)) else [stops]) - {None}
-    out = model(input_ids=input_ids)
+    out = model(input_ids=input_ids, beacon_headroom=max_new_tokens)
     state, tokens = out.beacon_state, [input_ids]
     for _ in range(max_new_tokens):
         nxt = out.logits[:, -1:].argmax(-1)
@@ -130,54 +142,79 @@ class _BoundForward:
 
 
 # -- layout of one window -------------------------------------------------------------------------
-def window_layout(n_raw: int, ratio: int, cfg: BeaconConfig, complete: bool) -> torch.Tensor:
-    """Boolean `is_beacon` for the window's sequence of raw tokens and beacons.
+@dataclass
+class Layout:
+    """A window's tokens (raw and beacons) as the reference lays them out.
 
-    Interleave: a beacon after every `ratio` raw tokens present (so decoding can add them on the
-    fly). Append: `window // ratio` beacons after the raw tokens, only once the window is whole.
+    `positions` are relative to the window's first position (the memory's length); `mask[i, j]`
+    says whether token i may attend to token j of the same window (memory is always visible).
+    Every rule is causal in the layout order, and the layout of a window's first tokens does not
+    change when more tokens arrive, so a window can be run piece by piece (decoding) exactly.
+    """
+
+    is_beacon: torch.Tensor  # (L,) bool
+    positions: torch.Tensor  # (L,) long
+    mask: torch.Tensor  # (L - first_row, L) bool
+
+
+def window_layout(
+    n_raw: int, ratio: int, cfg: BeaconConfig, complete: bool, first_row: int = 0
+) -> Layout:
+    """Interleave: a beacon after every `ratio` raw tokens present (so decoding adds them on the
+    fly). Append: `n_raw // ratio` beacons after the raw tokens, once the window is whole.
+
+    Full-coverage: plain causal attention and consecutive positions over the laid-out window.
+    Step-expansion, append: beacon i sees the raw tokens [0, (i+1)r) and the beacons up to
+    itself, and sits right after the raw span it covers: position (i+1)(r+1) - 1, the place it
+    would have if interleaved. Step-expansion, interleave: no token sees the window's beacons
+    (a beacon sees itself), raw tokens keep consecutive positions, and a beacon shares the
+    position of the raw token after it.
+
+    `mask` holds only the rows from `first_row` on (decoding needs the new tokens' rows alone).
     """
     if ratio == 0:
-        return torch.zeros(n_raw, dtype=torch.bool)
-    if cfg.pos == "append":
+        n_beacons, flags = 0, torch.zeros(n_raw, dtype=torch.bool)
+    elif cfg.pos == "append":
         n_beacons = n_raw // ratio if complete else 0
-        return torch.cat(
-            [torch.zeros(n_raw, dtype=torch.bool), torch.ones(n_beacons, dtype=torch.bool)]
-        )
-    flags = []
-    for j in range(n_raw):
-        flags.append(False)
-        if (j + 1) % ratio == 0:
-            flags.append(True)
-    return torch.tensor(flags, dtype=torch.bool)
-
-
-def window_mask(
-    is_beacon: torch.Tensor, memory_len: int, ratio: int, cfg: BeaconConfig
-) -> torch.Tensor:
-    """(L, memory_len + L) boolean: memory fully visible; causal within the window.
-
-    step-expansion (append mode): beacon i sees raw tokens [0, (i+1)*r) of its window and the
-    beacons before it, instead of every raw token of the window.
-    """
-    length = is_beacon.shape[0]
-    causal = torch.ones(length, length, dtype=torch.bool).tril()
-    if cfg.attn == "step-expansion" and cfg.pos == "append" and ratio > 0 and bool(is_beacon.any()):
-        raw = (~is_beacon).nonzero().flatten()
-        beacons = is_beacon.nonzero().flatten()
-        for i, b in enumerate(beacons.tolist()):
-            causal[b, raw[(i + 1) * ratio :]] = False
-    memory = torch.ones(length, memory_len, dtype=torch.bool)
-    return torch.cat([memory, causal], dim=1)
+        flags = torch.zeros(n_raw + n_beacons, dtype=torch.bool)
+        flags[n_raw:] = True
+    else:
+        n_beacons = n_raw // ratio
+        flags = torch.zeros(n_raw + n_beacons, dtype=torch.bool)
+        flags[torch.arange(1, n_beacons + 1) * (ratio + 1) - 1] = True
+    length = flags.shape[0]
+    positions = torch.arange(length)
+    rows = torch.arange(first_row, length)
+    mask = rows[:, None] >= torch.arange(length)[None, :]
+    if cfg.attn == "step-expansion" and n_beacons:
+        order = torch.arange(1, n_beacons + 1)
+        if cfg.pos == "append":
+            positions[n_raw:] = order * (ratio + 1) - 1
+            beacon_rows = rows >= n_raw
+            covered = torch.arange(n_raw)[None, :] < ((rows - n_raw + 1) * ratio)[:, None]
+            mask[:, :n_raw] = torch.where(beacon_rows[:, None], covered, mask[:, :n_raw])
+        else:
+            raw = (~flags).long()
+            positions = torch.cumsum(raw, 0) - raw
+            mask[:, flags] = False
+            mask[flags[first_row:], rows[flags[first_row:]]] = True
+    return Layout(flags, positions, mask)
 
 
 # -- the forward ------------------------------------------------------------------------------------
 @dataclass
 class BeaconState:
-    """Per-layer pre-RoPE memory, plus the raw tokens of the window still being read."""
+    """What a sequence leaves behind for its continuation: per layer, the memory (sinks and
+    beacons of completed windows, pre-RoPE) and the pre-RoPE KV of the window being read, so a
+    new token runs alone through the layers instead of re-running its window."""
 
     memory_k: list[torch.Tensor | None]
     memory_v: list[torch.Tensor | None]
-    pending: torch.Tensor | None = None  # raw token ids of the current, incomplete window
+    window_k: list[torch.Tensor] | None = None  # tokens of the current, incomplete window
+    window_v: list[torch.Tensor] | None = None
+    window_raw: int = 0  # raw tokens in the current window
+    window_ratio: int = 0  # the ratio the current window started with
+    ratio: int | None = None  # the inference ratio, chosen once per sequence
     seen: int = 0  # raw tokens consumed by completed windows
     max_position: int = 0  # the largest position id used so far
 
@@ -188,30 +225,45 @@ class BeaconState:
     def memory_len(self) -> int:
         return 0 if self.memory_k[0] is None else int(self.memory_k[0].shape[2])
 
+    def window_len(self) -> int:
+        return 0 if self.window_k is None else int(self.window_k[0].shape[2])
 
-def choose_ratio(model: nn.Module, n_total: int) -> int:
+
+def adapt_ratio(cfg: BeaconConfig, n_total: int, limit: int) -> int:
+    """The smallest ratio whose compressed sequence (`n_total` tokens, generated ones included)
+    stays inside the base model's `limit` positions; the largest when none does."""
+    ratios = sorted(r for r in cfg.usable_ratios() if r > 0)
+    for r in ratios:
+        if cfg.sink_size + math.ceil(n_total / r) + cfg.window + cfg.window // r <= limit:
+            return r
+    return ratios[-1] if ratios else 0
+
+
+def choose_ratio(model: nn.Module, state: BeaconState, n_total: int) -> int:
+    """Training: a ratio per window (step-random) or the first (fixed). Inference: the fixed
+    inference ratio or "adapt", chosen once for the sequence (`n_total` raw tokens expected)."""
     cfg: BeaconConfig = model.beacon_config
     if model.training and cfg.ratio_mix == "step-random":
         return model.beacon_rng.choice(cfg.usable_ratios())
     if model.training and cfg.ratio_mix == "fixed":
         return cfg.usable_ratios()[0]
-    if cfg.inference_ratio == "adapt":
-        # the smallest ratio whose compressed input fits the base model's positions
-        limit = getattr(model.config, "max_position_embeddings", 4096)
-        for r in sorted(r for r in cfg.usable_ratios() if r > 0):
-            if cfg.sink_size + n_total // r + cfg.window + cfg.window // r <= limit:
-                return r
-        return max(cfg.usable_ratios())
-    return int(cfg.inference_ratio)
+    if state.ratio is None:
+        if cfg.inference_ratio == "adapt":
+            limit = getattr(model.config, "max_position_embeddings", 4096)
+            state.ratio = adapt_ratio(cfg, n_total, limit)
+        else:
+            state.ratio = int(cfg.inference_ratio)
+    return state.ratio
 
 
 def _proj(attn: nn.Module, name: str, x: torch.Tensor, is_beacon: torch.Tensor) -> torch.Tensor:
     """The base projection for raw tokens, its beacon copy (if any) for beacon tokens."""
-    base = getattr(attn, name)(x)
     beacon = getattr(attn, f"beacon_{name}", None)
     if beacon is None or not bool(is_beacon.any()):
-        return base
-    out = base.clone()
+        return getattr(attn, name)(x)
+    if bool(is_beacon.all()):
+        return beacon(x)
+    out = getattr(attn, name)(x).clone()
     out[:, is_beacon] = beacon(x[:, is_beacon])
     return out
 
@@ -223,46 +275,52 @@ def _rope(q_or_k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return q_or_k * cos + rotated * sin
 
 
-def run_window(
-    model: nn.Module, raw_ids: torch.Tensor, ratio: int, state: BeaconState, complete: bool
-) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
-    """One window through every layer; returns (final hidden of raw tokens, per-layer new KV).
+def _cat(parts: list[torch.Tensor | None], dtype: torch.dtype) -> torch.Tensor:
+    present = [p.to(dtype) for p in parts if p is not None]
+    return present[0] if len(present) == 1 else torch.cat(present, dim=2)
 
-    The new KV (pre-RoPE) is what this window adds to memory if it is complete: its beacons'
-    KV, or its raw KV when ratio = 0 (plus the sinks for the very first window).
+
+def run_segment(
+    model: nn.Module, raw_ids: torch.Tensor, ratio: int, state: BeaconState, complete: bool
+) -> torch.Tensor:
+    """The next raw tokens of the current window through every layer; returns their final
+    hidden states. Only the new tokens (and the beacons they bring) are computed: earlier tokens
+    of the window are in `state` as pre-RoPE KV. A complete window commits what it keeps to
+    memory (its beacons' KV, or its raw KV when ratio = 0, plus the sinks of the first window).
     """
     cfg: BeaconConfig = model.beacon_config
     decoder = _decoder(model)
-    is_beacon = window_layout(raw_ids.shape[1], ratio, cfg, complete).to(raw_ids.device)
-    batch = raw_ids.shape[0]
+    device = raw_ids.device
+    cached = state.window_len()
+    layout = window_layout(state.window_raw + raw_ids.shape[1], ratio, cfg, complete, cached)
+    is_beacon = layout.is_beacon[cached:].to(device)
+    batch, length = raw_ids.shape[0], layout.is_beacon.shape[0] - cached
     raw_embeds = decoder.embed_tokens(raw_ids)
-    hidden = raw_embeds.new_zeros(batch, is_beacon.shape[0], raw_embeds.shape[-1])
-    hidden[:, ~is_beacon] = raw_embeds
     if bool(is_beacon.any()):
+        hidden = raw_embeds.new_zeros(batch, length, raw_embeds.shape[-1])
+        hidden[:, ~is_beacon] = raw_embeds
         hidden[:, is_beacon] = decoder.beacon_embedding.to(hidden.dtype)
+    else:
+        hidden = raw_embeds
     memory_len = state.memory_len()
-    length = is_beacon.shape[0]
-    positions = torch.arange(memory_len + length, device=raw_ids.device).unsqueeze(0)
-    cos, sin = decoder.rotary_emb(hidden, positions)
-    mask = window_mask(is_beacon.cpu(), memory_len, ratio, cfg).to(raw_ids.device)
-    keep = is_beacon if ratio > 0 else ~is_beacon
-    if cfg.sink_size and state.seen == 0 and ratio > 0:
-        sinks = (~is_beacon).nonzero().flatten()[: cfg.sink_size]
-        keep = keep.clone()
-        keep[sinks] = True
-    state.max_position = max(state.max_position, memory_len + length - 1)
+    positions = torch.cat([torch.arange(memory_len), memory_len + layout.positions])
+    cos, sin = decoder.rotary_emb(hidden, positions.to(device).unsqueeze(0))
+    q_cos, q_sin = cos[:, memory_len + cached :], sin[:, memory_len + cached :]
+    mask = torch.cat([torch.ones(length, memory_len, dtype=torch.bool), layout.mask], dim=1).to(
+        device
+    )
+    state.max_position = max(state.max_position, int(positions.max()))
 
-    def layer_step(layer, hidden, mem_k, mem_v):
+    def layer_step(layer, hidden, mem_k, mem_v, win_k, win_v):
         attn = layer.self_attn
         x = layer.input_layernorm(hidden)
         head_dim = attn.head_dim
         q = _proj(attn, "q_proj", x, is_beacon).view(batch, length, -1, head_dim).transpose(1, 2)
         k = _proj(attn, "k_proj", x, is_beacon).view(batch, length, -1, head_dim).transpose(1, 2)
         v = _proj(attn, "v_proj", x, is_beacon).view(batch, length, -1, head_dim).transpose(1, 2)
-        k_all = k if mem_k is None else torch.cat([mem_k.to(k.dtype), k], dim=2)
-        v_all = v if mem_v is None else torch.cat([mem_v.to(v.dtype), v], dim=2)
-        q = _rope(q, cos[:, memory_len:], sin[:, memory_len:])
-        k_all = _rope(k_all, cos, sin)
+        k_all = _rope(_cat([mem_k, win_k, k], k.dtype), cos, sin)
+        v_all = _cat([mem_v, win_v, v], v.dtype)
+        q = _rope(q, q_cos, q_sin)
         groups = q.shape[1] // k_all.shape[1]
         if groups > 1:
             k_all = k_all.repeat_interleave(groups, dim=1)
@@ -271,24 +329,38 @@ def run_window(
         out = out.transpose(1, 2).reshape(batch, length, -1)
         hidden = hidden + _proj(attn, "o_proj", out, is_beacon)
         hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
-        return hidden, k[:, :, keep], v[:, :, keep]
+        return hidden, k, v
 
     checkpointing = model.training and bool(
         getattr(model, "is_activation_checkpointing", None)
         or getattr(model, "is_gradient_checkpointing", False)
     )
-    new_kv = []
+    window_k, window_v = [], []
     for i, layer in enumerate(decoder.layers):
-        args = (layer, hidden, state.memory_k[i], state.memory_v[i])
+        win_k = state.window_k[i] if cached else None
+        win_v = state.window_v[i] if cached else None
+        args = (layer, hidden, state.memory_k[i], state.memory_v[i], win_k, win_v)
         if checkpointing:  # recompute each layer-window in backward: memory stays flat
             hidden, k_new, v_new = torch.utils.checkpoint.checkpoint(
                 layer_step, *args, use_reentrant=False
             )
         else:
             hidden, k_new, v_new = layer_step(*args)
-        new_kv.append((k_new, v_new))
-    hidden = decoder.norm(hidden)
-    return hidden[:, ~is_beacon], new_kv
+        window_k.append(k_new if win_k is None else torch.cat([win_k, k_new], dim=2))
+        window_v.append(v_new if win_v is None else torch.cat([win_v, v_new], dim=2))
+    n_raw = state.window_raw + raw_ids.shape[1]
+    if complete:
+        keep = layout.is_beacon.clone() if ratio > 0 else ~layout.is_beacon
+        if cfg.sink_size and state.seen == 0 and ratio > 0:
+            keep[(~layout.is_beacon).nonzero().flatten()[: cfg.sink_size]] = True
+        kept = [(k[:, :, keep], v[:, :, keep]) for k, v in zip(window_k, window_v, strict=True)]
+        commit(state, kept, n_raw)
+        state.window_k = state.window_v = None
+        state.window_raw = 0
+    else:
+        state.window_k, state.window_v = window_k, window_v
+        state.window_raw, state.window_ratio = n_raw, ratio
+    return decoder.norm(hidden)[:, ~is_beacon]
 
 
 def commit(state: BeaconState, new_kv: list[tuple[torch.Tensor, torch.Tensor]], n_raw: int) -> None:
@@ -306,42 +378,33 @@ def encode(
     input_ids: torch.Tensor,
     state: BeaconState | None = None,
     ratios: list[int] | None = None,
+    headroom: int | None = None,
 ) -> tuple[torch.Tensor, BeaconState]:
     """Hidden states of every raw token of `input_ids` (one autograd graph across windows).
 
-    Continues `state` (memory and the pending partial window) when given, which is how
-    prompt-then-decode works: the partial window is recomputed with the new tokens.
+    Continues `state` (memory and the current window's KV) when given, which is how
+    prompt-then-decode works. `ratios` fixes the ratio of each window this call starts;
+    `headroom` is how many tokens may follow (the adaptive ratio leaves positions for them).
     """
     cfg: BeaconConfig = model.beacon_config
     state = state or BeaconState.empty(len(_decoder(model).layers))
-    if state.pending is not None and state.pending.shape[1]:
-        input_ids = torch.cat([state.pending, input_ids], dim=1)
-        carried = state.pending.shape[1]
-    else:
-        carried = 0
-    total = state.seen + input_ids.shape[1]
-    outputs = []
-    start, w = 0, cfg.window
-    index = 0
+    if headroom is None:
+        headroom = cfg.adapt_headroom
+    total = state.seen + state.window_raw + input_ids.shape[1] + headroom
+    outputs, start, started = [], 0, 0
     while start < input_ids.shape[1]:
-        chunk = input_ids[:, start : start + w]
-        complete = chunk.shape[1] == w
-        ratio = (
-            ratios[index]
-            if ratios is not None and index < len(ratios)
-            else choose_ratio(model, total)
-        )
-        hidden, new_kv = run_window(model, chunk, ratio, state, complete)
-        outputs.append(hidden)
-        if complete:
-            commit(state, new_kv, w)
-            state.pending = None
+        chunk = input_ids[:, start : start + cfg.window - state.window_raw]
+        complete = state.window_raw + chunk.shape[1] == cfg.window
+        if state.window_raw:
+            ratio = state.window_ratio
+        elif ratios is not None and started < len(ratios):
+            ratio = ratios[started]
         else:
-            state.pending = chunk
-            state.pending_ratio = ratio
-        start += w
-        index += 1
-    hidden = torch.cat(outputs, dim=1)[:, carried:]
+            ratio = choose_ratio(model, state, total)
+        started += not state.window_raw
+        outputs.append(run_segment(model, chunk, ratio, state, complete))
+        start += chunk.shape[1]
+    hidden = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)
     return hidden, state
 
 
@@ -353,6 +416,7 @@ def beacon_forward(
     attention_mask: torch.Tensor | None = None,
     beacon_state: BeaconState | None = None,
     beacon_ratios: list[int] | None = None,
+    beacon_headroom: int | None = None,
     **_: Any,
 ):
     """Logits for the raw tokens; loss on raw tokens only, summed over all windows.
@@ -368,7 +432,7 @@ def beacon_forward(
         return _by_window_count(
             model, input_ids, labels, num_items_in_batch, attention_mask, beacon_ratios
         )
-    hidden, state = encode(model, input_ids, beacon_state, beacon_ratios)
+    hidden, state = encode(model, input_ids, beacon_state, beacon_ratios, beacon_headroom)
     logits = model.lm_head(hidden)
     loss = None
     if labels is not None:
