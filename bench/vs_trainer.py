@@ -13,7 +13,7 @@ tune / Trainer. Tokens/s counts real (non-pad) tokens over the steps after `--wa
 
 Cases: padded (both); packed (tune, rows of 512 filled end to end) vs Trainer with its
 padding-free collator (DataCollatorWithFlattening); tune with chunked_loss off; tune with
-compile on; tune with gradient checkpointing (less memory for recomputation); QLoRA nf4 (both,
+compile on; tune with lean_activations off; tune with gradient checkpointing (less memory for recomputation); QLoRA nf4 (both,
 bitsandbytes).
 
     python bench/vs_trainer.py [--steps 4] [--warmup 1] [--cases padded,packed,...]
@@ -57,12 +57,13 @@ CASES = {
     "padded": [("tune", {}), ("trainer", {})],
     "packed": [("tune", {"pack": True}), ("trainer", {"flatten": True})],
     "chunked_off": [("tune", {"chunked_loss": False})],
+    "lean_off": [("tune", {"lean_activations": False})],
     "compile": [("tune", {"compile": True})],
     "checkpointing": [("tune", {"gradient_checkpointing": True})],
     "qlora": [("tune", {"qlora": True}), ("trainer", {"qlora": True})],
 }
 # the order of a full run: the headline comparisons first
-ORDER = ["padded", "packed", "chunked_off", "checkpointing", "compile", "qlora"]
+ORDER = ["padded", "packed", "chunked_off", "lean_off", "checkpointing", "compile", "qlora"]
 
 
 # -- shared set-up (parent) -------------------------------------------------------------------------
@@ -130,6 +131,7 @@ def recipe(work: Path, model_dir: Path, steps: int, opts: dict) -> Path:
             "micro_batch_size": MICRO,
             "chunked_loss": opts.get("chunked_loss", True),
             "compile": bool(opts.get("compile")),
+            "lean_activations": opts.get("lean_activations", True),
             "gradient_checkpointing": bool(opts.get("gradient_checkpointing")),
             "save_every": 0,
         },

@@ -174,6 +174,11 @@ class TrainSection(Strict):
         "(exact; off = the plain loss)",
     )
     compile: bool = Field(False, description="torch.compile the model (dynamic shapes)")
+    lean_activations: bool = Field(
+        True,
+        description="Llama/Mistral/Qwen gated MLPs keep 2 of their 4 intermediate activations "
+        "for backward and recompute the rest (exact; off = autograd's usual)",
+    )
     max_grad_norm: float = Field(1.0, ge=0.0, description="0 disables clipping")
     seed: int = 42
     log_every: int = Field(1, ge=1)

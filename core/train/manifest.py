@@ -31,6 +31,7 @@ FREE_KEYS = {
         "early_stopping_threshold",
         "chunked_loss",
         "compile",
+        "lean_activations",
         "gradient_checkpointing",
     },
     "data": {"eval", "cache", "num_proc"},

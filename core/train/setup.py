@@ -56,6 +56,10 @@ def build_model(pm: Any, recipe: Recipe, ctx: RunContext) -> tuple[Any, Any]:
         upcast_trainable(trainable)
     if recipe.train.compile:
         ctx.print(f"compile: {compile_model(model)}")
+    elif recipe.train.lean_activations:  # compiled layers fuse and save less on their own
+        from tune.train.lean import apply_lean_activations
+
+        apply_lean_activations(model)
     return model, tokenizer
 
 
