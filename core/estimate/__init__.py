@@ -164,11 +164,18 @@ def build_setup(recipe: Any, shapes: Shapes, device: str, ranks: int) -> Setup:
         seq=recipe.model.max_seq_len,
         checkpointing=recipe.train.gradient_checkpointing,
         chunked=chunked,
+        lean=bool(recipe.train.lean_activations)
+        and not recipe.train.compile
+        and shapes.config.get("model_type") in LEAN_TYPES
+        and shapes.config.get("hidden_act", "silu") == "silu",
         notes=notes,
         grad_accum=recipe.train.grad_accum,
         gpus=gpus,
         file_dtype=str(shapes.config.get("torch_dtype") or shapes.config.get("dtype") or "float32"),
     )
+
+
+LEAN_TYPES = ("llama", "mistral", "qwen2", "qwen3")  # the gated MLPs tune.train.lean changes
 
 
 def _chunk_exact(shapes: Shapes) -> bool:

@@ -4,7 +4,8 @@ Per token and decoder layer (element counts, checked against autograd's saved te
 tests): each RMSNorm keeps its input and 1/rms, plus the normalized input when its weight
 trains; the norm outputs are kept when the projections after them train (or carry LoRA);
 attention keeps rotated q, k, v, its output and one log-sum-exp per head; the gated MLP keeps
-gate, up and silu(gate), and their product when down_proj trains; each LoRA keeps its
+gate, up and silu(gate), and their product when down_proj trains (only gate and up with
+`[train] lean_activations`, which recomputes the rest); each LoRA keeps its
 r-wide middle. With checkpointing only each layer's input is kept, and one layer is
 recomputed at a time in backward.
 """
@@ -36,10 +37,12 @@ def act_elements(s: Setup, full: bool) -> tuple[float, str]:
     down_in = i if trains["down_proj"] else 0
     lora_mid = sum(a.rank * len(a.targets) for a in s.adapters if a.method != "ia3")
     elements = 2 * h + 2 + norm_w + norm1_out + norm2_out + q + 2 * kv + q + sh.heads
-    elements += 3 * i + down_in + lora_mid
+    # lean activations: only gate and up are kept; silu(gate) and the product are recomputed
+    mlp = 2 if s.lean else 3 + (1 if down_in else 0)
+    elements += mlp * i + lora_mid
     formula = (
         f"norms 2x(h+1{' +h' if full else ''}) + norm outs + attn (2q + 2kv + heads)"
-        f" + mlp {3 + (1 if down_in else 0)}i" + (f" + lora {lora_mid}" if lora_mid else "")
+        f" + mlp {mlp}i{' (lean)' if s.lean else ''}" + (f" + lora {lora_mid}" if lora_mid else "")
     )
     return elements, formula
 

@@ -50,6 +50,7 @@ class Setup:
     seq: int
     checkpointing: bool
     chunked: bool
+    lean: bool = False  # [train] lean_activations applies to this model's MLPs
     notes: list[str] = field(default_factory=list)
     grad_accum: int = 1
     gpus: int = 1  # devices asked for (--gpus), even where the strategy uses one
