@@ -1,5 +1,5 @@
 """Peak host RSS per rank while loading a ~1B-parameter Llama: ZeRO-3 and FSDP2, 2 ranks,
-with and without low-memory loading.
+with and without low-memory loading (ZeRO-3 with LoRA on the frozen base, see `configs`).
 
 A random-init Llama-3.2-1B-shaped model (1.24B parameters, tied embeddings) is written once as
 safetensors. Each configuration is a real `tune run --nproc-per-node 2` of a recipe whose
@@ -10,9 +10,8 @@ probe plugin (written to a temp folder, loaded with `-p`) records on every rank:
 - `prepared`: peak RSS once the strategy prepared (sharded) the model (Objective.setup), after
   which the probe ends the process: no training step is measured.
 
-"load peak" is the peak up to the end of `prepare` for FSDP2 (its shards are filled there) and
-up to the loader's return for ZeRO-3 (deepspeed.initialize then adds its fp32 master partition,
-which is optimizer state, shown separately). Ratios are per rank, after / before.
+The load peak is the peak up to the end of `prepare`: FSDP2 fills its shards there, and ZeRO-3
+without low-memory loading partitions there. Ratios are per rank, after / before.
 
     python bench/lowmem_load.py [--dtype bfloat16|float32] [--size 1b|0.5b]
 """
@@ -83,6 +82,8 @@ def tune_run_start(recipe):
 
 @hookimpl
 def tune_adapt_model(name, settings, model, ctx):
+    if name != "probe_loaded":
+        return None
     record("loaded", peak_mb())
     return model
 
@@ -131,14 +132,17 @@ print(sum(p.numel() for p in model.parameters()))
     return path
 
 
-def recipe(tmp: Path, model: Path, dtype: str, strategy: dict) -> Path:
+def recipe(tmp: Path, model: Path, dtype: str, strategy: dict, lora: bool) -> Path:
     from tune.testing import recipe_dict, write_recipe
 
+    adapt = [{"method": "probe_loaded"}]
+    if lora:  # a frozen base: prepare adds no optimizer state worth counting
+        adapt.append({"method": "lora", "r": 8, "alpha": 16, "targets": "all-linear"})
     data = recipe_dict(
         tmp,
         n_rows=16,
         model={"path": str(model), "max_seq_len": 64, "dtype": dtype},
-        adapt=[{"method": "probe_loaded"}],
+        adapt=adapt,
         objective={"name": "probe_prepared"},
         strategy=strategy,
         train={
@@ -152,7 +156,7 @@ def recipe(tmp: Path, model: Path, dtype: str, strategy: dict) -> Path:
     return write_recipe(tmp, data)
 
 
-def measure(model: Path, dtype: str, strategy: dict) -> list[dict]:
+def measure(model: Path, dtype: str, strategy: dict, lora: bool) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         (tmp / "probe_plugin.py").write_text(PROBE, encoding="utf-8")
@@ -164,7 +168,7 @@ def measure(model: Path, dtype: str, strategy: dict) -> list[dict]:
             "PYTHONPATH": os.pathsep.join([str(tmp), *(p for p in sys.path if p)]),
             "OMP_NUM_THREADS": "1",
         }
-        path = recipe(tmp, model, dtype, strategy)
+        path = recipe(tmp, model, dtype, strategy, lora)
         cmd = [sys.executable, "-m", "tune", "run", "--nproc-per-node", "2", str(path)]
         res = subprocess.run([*cmd, "-p", "probe_plugin"], capture_output=True, text=True, env=env)
         ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
@@ -182,23 +186,27 @@ def main() -> None:
     args = parser.parse_args()
     model = make_model(Path(args.models), args.size, args.dtype)
     weights = sum(f.stat().st_size for f in model.glob("*.safetensors")) / 2**20
+    # (label, strategy, LoRA?): ZeRO-3 is measured with LoRA on a frozen base, because for a
+    # full fine-tune deepspeed.initialize also allocates fp32 master and gradient partitions,
+    # which are training state, not loading; without low-memory loading ZeRO-3 partitions only
+    # there, so its loading peak is only seen at `prepared`.
     configs = [
-        ("FSDP2", {"name": "fsdp"}, "prepared"),
-        ("ZeRO-3", {"name": "deepspeed", "zero_stage": 3}, "loaded"),
+        ("FSDP2", {"name": "fsdp"}, False),
+        ("ZeRO-3", {"name": "deepspeed", "zero_stage": 3}, True),
     ]
     configs = [c for c in configs if c[0] in args.strategies.split(",")]
     rows = []
     # Alternate before/after so drift on the shared machine hits both sides alike.
-    for label, strategy, point in configs:
+    for label, strategy, lora in configs:
         for low in (False, True):
             start = time.perf_counter()
-            ranks = measure(model, args.dtype, {**strategy, "low_memory_load": low})
+            ranks = measure(model, args.dtype, {**strategy, "low_memory_load": low}, lora)
             wall = time.perf_counter() - start
             rows.append(
                 {
                     "strategy": label,
                     "low_memory_load": low,
-                    "point": point,
+                    "training": "LoRA r8, frozen base" if lora else "full fine-tune",
                     "wall_s": round(wall, 1),
                     "ranks": ranks,
                 }
@@ -239,16 +247,17 @@ def write(rows: list[dict], args, weights_mb: float) -> None:
         "x weights = (prepared - base) / the checkpoint's size, i.e. the fraction of a "
         "whole-model load this rank held at its peak.",
         "",
-        "| model | strategy | low_memory_load | rank | base MiB | loaded MiB | prepared MiB "
-        "| x weights | date |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| model | strategy | training | low_memory_load | rank | base MiB | loaded MiB "
+        "| prepared MiB | x weights | date |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for run in runs.values():
         for rank, r in enumerate(run["ranks"]):
             share = (r["prepared"] - r["base"]) / run["weights_mb"]
             lines.append(
                 f"| {run['size']} {run['dtype']} ({run['weights_mb']:,.0f} MiB) | "
-                f"{run['strategy']} | {str(run['low_memory_load']).lower()} | {rank} | "
+                f"{run['strategy']} | {run.get('training', 'full fine-tune')} | "
+                f"{str(run['low_memory_load']).lower()} | {rank} | "
                 f"{r['base']:,.0f} | {r['loaded']:,.0f} | {r['prepared']:,.0f} | "
                 f"{share:.2f} | {run['date']} |"
             )
@@ -264,12 +273,17 @@ def write(rows: list[dict], args, weights_mb: float) -> None:
         "plain reads (no mapping) into shards allocated by `to_empty` on a meta-sharded model; "
         "adapters and buffers come from rank 0. Peak per rank: about half the weights plus "
         "one 64 MiB block.",
-        "- ZeRO-3 `low_memory_load = true` (zero.Init through HfDeepSpeedConfig) is worse here: "
-        "under ZeRO-3 transformers 5 has rank 0 read the whole state dict into memory and "
-        "gathers each module while copying it in, and `prepared` also includes DeepSpeed's fp32 "
-        "master and gradient partitions (optimizer state, not loading). The plugin therefore "
-        "keeps it off by default. 1b was not run for ZeRO-3: it needs ~7 GiB per rank on a "
-        "shared 24 GiB machine.",
+        "- ZeRO-3 `low_memory_load = true`: every rank builds the model under "
+        "`deepspeed.zero.Init` with initialization off (each parameter partitioned as its "
+        "module is created) and reads its own flat partition of each weight from the files "
+        "with plain reads, inside the loader (so adapters see real weights). Without it every "
+        "rank loads the whole model and deepspeed.initialize partitions it. ZeRO-3 rows train "
+        "LoRA on the frozen base so `prepared` holds no optimizer state worth counting (a full "
+        "fine-tune adds DeepSpeed's fp32 master and gradient partitions there, which are "
+        "training state, not loading).",
+        "- Rows dated 2026-11-23 for ZeRO-3 measured the earlier low-memory path (transformers' "
+        "own ZeRO-3 load, where rank 0 reads the whole state dict) on a full fine-tune; they "
+        "were replaced by the rows above.",
     ]
     (results / "lowmem_load.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     print("\n".join(lines))

@@ -42,6 +42,9 @@ class RunContext:
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("tune"))
     metrics: Trackers = field(default_factory=lambda: Trackers({}))
     quantization_config: Any = None
+    # Where the loader reads the weights from (a local folder or hub id), set before it asks the
+    # strategy `loading`/`loads_weights`: a sharding strategy may read its shard from there.
+    checkpoint: str | None = None
     # Parameter-name fragments an [[adapt]] step wants trainable whatever later steps freeze
     # (beacon weights stay trainable when LoRA follows and freezes everything else).
     keep_trainable: list[str] = field(default_factory=list)

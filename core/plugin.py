@@ -34,6 +34,7 @@ from tune.train.evaluation import EvalData
 from tune.train.objective import LossOutput, Objective, RunData
 from tune.train.strategy import Strategy, load_trainable, trainable_state
 from tune.train.tracker import RunInfo, Tracker
+from tune.weights import FileTensor, checkpoint_index, file_tensor, read_elements, weight_files
 
 __all__ = [
     # the plugin API version, and tune's
@@ -75,6 +76,11 @@ __all__ = [
     "Strategy",
     "trainable_state",
     "load_trainable",
+    "FileTensor",
+    "checkpoint_index",
+    "file_tensor",
+    "read_elements",
+    "weight_files",
     "Tracker",
     "RunInfo",
     # devices, processes, generation

@@ -83,12 +83,13 @@ def tune_load_model(settings: TransformersLoaderSettings, ctx):
     from tune.train.strategy import current_strategy
 
     strategy = current_strategy(ctx)
+    ctx.checkpoint = path
     try:
         with strategy.loading(ctx) if strategy else contextlib.nullcontext():
             if overrides or (strategy and not strategy.loads_weights(ctx)):
                 kwargs["config"] = _config(path, settings, overrides, gguf)
             if strategy and not strategy.loads_weights(ctx):
-                model = _meta_model(kwargs)
+                model = strategy.empty_model(lambda: _bare_model(kwargs), ctx)
             else:
                 model = load_model(path, kwargs, gguf)
         tokenizer = AutoTokenizer.from_pretrained(
@@ -135,19 +136,17 @@ def _config(
     return config
 
 
-def _meta_model(kwargs: dict[str, Any]) -> Any:
-    """The architecture alone on the meta device: no memory, no weights read (the strategy
-    fills this rank's shard in `prepare`)."""
-    import torch
+def _bare_model(kwargs: dict[str, Any]) -> Any:
+    """The architecture alone, built from its config without reading any weight; the strategy
+    chooses where (`Strategy.empty_model`: the meta device by default)."""
     from transformers import AutoModelForCausalLM
 
     if "quantization_config" in kwargs:
-        raise RuntimeError("a strategy asked for a meta-device model of a quantized load")
+        raise RuntimeError("a strategy asked for a model without weights of a quantized load")
     extra = {
         k: kwargs[k] for k in ("dtype", "trust_remote_code", "attn_implementation") if k in kwargs
     }
-    with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(kwargs["config"], **extra)
+    return AutoModelForCausalLM.from_config(kwargs["config"], **extra)
 
 
 @hookimpl

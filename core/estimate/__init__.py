@@ -279,7 +279,7 @@ def advise(setup: Setup, budget: float, recipe: Any) -> list[str]:
             (
                 "-o strategy.name=deepspeed -o strategy.zero_stage=3",
                 "deepspeed",
-                _Strat(zero_stage=3, low_memory_load=False),
+                _Strat(zero_stage=3),
             ),
         ):
             tries.append(
@@ -297,7 +297,7 @@ def advise(setup: Setup, budget: float, recipe: Any) -> list[str]:
                     "strat": _Strat(
                         zero_stage=max(z, 1),
                         offload_optimizer="cpu",
-                        low_memory_load=bool(getattr(setup.strat, "low_memory_load", False)),
+                        low_memory_load=bool(getattr(setup.strat, "low_memory_load", True)),
                     )
                 },
             )

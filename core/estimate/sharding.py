@@ -47,8 +47,9 @@ def load_terms(s: Setup, total: int, wb: int, sharded: bool) -> list[Term]:
     """What loading holds beyond the (sharded) weights.
 
     Without low-memory loading every rank reads the whole model before the strategy shards
-    it. DeepSpeed's low-memory load (zero.Init) partitions each tensor as it is read; FSDP's
-    reads the whole model on rank 0 only (host RAM on a GPU machine) and sends the shards.
+    it. DeepSpeed's low-memory load builds every parameter already partitioned and each rank
+    reads its partitions from the files; FSDP's reads the whole model on rank 0 only (host RAM
+    on a GPU machine) and sends the shards.
     """
     if not sharded:
         return []
@@ -73,12 +74,11 @@ def load_terms(s: Setup, total: int, wb: int, sharded: bool) -> list[Term]:
                 host=s.device == "gpu",
             )
         ]
-    biggest = s.shapes.vocab * s.shapes.hidden * wb
     return [
         Term(
-            "largest tensor while loading",
-            biggest,
-            f"vocab x hidden x {wb} B (read, then partitioned)",
+            "read block while loading",
+            64 << 20,
+            "64 MiB (each rank reads its partitions from the files block by block)",
             phases=("load",),
         )
     ]

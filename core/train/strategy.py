@@ -8,6 +8,7 @@ reductions for logging and the save/load of its own checkpoint shards.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +68,19 @@ class Strategy:
         from the checkpoint files or sent by a rank that loaded them (FSDP2). Asked inside
         `loading`."""
         return True
+
+    def empty_model(self, build: Callable[[], Any], ctx: RunContext) -> Any:
+        """Build the architecture on a rank that does not read the weights (`loads_weights` is
+        False); `build()` makes the model from its config. Asked inside `loading`.
+
+        The default builds it on the meta device: no memory, and `prepare` gives the rank its
+        shard (FSDP2). A strategy that partitions parameters as they are created (ZeRO-3's
+        `zero.Init`) builds them for real and fills its partitions here, so adapters and every
+        later step see the checkpoint's weights."""
+        import torch
+
+        with torch.device("meta"):
+            return build()
 
     # -- steps -------------------------------------------------------------------------------
     def autocast(self, ctx: RunContext):

@@ -61,7 +61,7 @@ def check_parity(single, tmp_path, strategy, micro, accum):
 @pytest.mark.slow
 @pytest.mark.parametrize(("stage", "low_memory"), [(2, False), (3, False), (3, True)])
 def test_zero_step_equals_single_process(single_sgd, tmp_path, stage, low_memory):
-    """low_memory: ZeRO-3 builds the model under zero.Init (HfDeepSpeedConfig) while loading."""
+    """low_memory: ZeRO-3 builds the model partitioned and each rank reads its partitions."""
     strategy = {"name": "deepspeed", "zero_stage": stage, "low_memory_load": low_memory}
     check_parity(single_sgd, tmp_path, strategy, 1, 2)
 
@@ -71,6 +71,9 @@ def test_zero3_lora_trains_and_final_loads_without_deepspeed(tmp_path):
     z3 = lora_recipe(tmp_path, "z3", {"name": "deepspeed", "zero_stage": 3}, max_steps=4)
     res = launch(z3)
     assert res.returncode == 0, res.stderr[-3000:]
+    # Low-memory loading is the default: each rank read its partitions from the files (the
+    # comparison with ZeRO-2 below fails if any partition were read wrong).
+    assert "each rank read its ZeRO-3 partition of" in res.stdout
     assert train_losses(tmp_path / "z3")[-1] < train_losses(tmp_path / "z3")[0]
     out = subprocess.run(
         [sys.executable, "-c", PLAIN_PEFT, str(tmp_path / "z3/final")],

@@ -27,11 +27,11 @@ class DeepSpeedSettings(MultiProcessSettings):
     contiguous_gradients: bool = True
     reduce_bucket_size: int | None = None
     low_memory_load: bool = Field(
-        False,
-        description="ZeRO-3: build the model under deepspeed.zero.Init (through transformers' "
-        "HfDeepSpeedConfig) so each rank materializes only its partition while loading; off "
-        "by default: with transformers 5's lazily mapped safetensors it measured higher peaks "
-        "(bench/results/lowmem_load.md)",
+        True,
+        description="ZeRO-3: build the model already partitioned (deepspeed.zero.Init) and "
+        "have each rank read only its partition of every weight from the safetensors files, "
+        "so no rank holds the whole model while loading (bench/results/lowmem_load.md); "
+        "without local safetensors files transformers loads under zero.Init itself",
     )
 
 

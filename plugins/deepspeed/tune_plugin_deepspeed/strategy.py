@@ -94,15 +94,48 @@ class DeepSpeedStrategy(Strategy):
         return World(started.rank, started.world_size, started.local_rank, device)
 
     def loading(self, ctx):
-        """ZeRO-3: while transformers builds the model, each parameter is partitioned as it is
-        created (zero.Init) and filled from the checkpoint partition by partition, so no rank
-        holds the whole model. The config object stays alive for the run: transformers and PEFT
-        ask `is_deepspeed_zero3_enabled()` later (resizing, adapter init, generation)."""
+        """ZeRO-3 with low_memory_load: transformers' DeepSpeed config stays alive for the run,
+        so transformers and PEFT know parameters are partitioned from the start (adapter
+        creation, resizing, generation). Off: every rank loads the whole model and
+        deepspeed.initialize partitions it."""
         if self.sharded_params and self.settings.low_memory_load and not ctx.recipe.model.quantize:
             from transformers.integrations import HfDeepSpeedConfig
 
             self._hf_config = HfDeepSpeedConfig(self.config)
         return contextlib.nullcontext()
+
+    def loads_weights(self, ctx) -> bool:
+        """False when every rank can read its partitions from the checkpoint's safetensors
+        files (`empty_model` does); otherwise transformers loads under zero.Init itself."""
+        return not self._reads_partitions(ctx)
+
+    def _reads_partitions(self, ctx) -> bool:
+        if not hasattr(self, "_partitioned_load"):
+            from tune.plugin import weight_files
+
+            s = self.settings
+            wanted = (
+                self.sharded_params
+                and s.low_memory_load
+                and not ctx.recipe.model.quantize
+                and s.offload_params != "nvme"
+                and not self.config["zero_optimization"].get("zero_quantized_nontrainable_weights")
+            )
+            able = torch.tensor([int(bool(wanted and weight_files(ctx.checkpoint or "")))])
+            dist.all_reduce(able, op=dist.ReduceOp.MIN)  # every rank, or none
+            self._partitioned_load = bool(able.item())
+        return self._partitioned_load
+
+    def empty_model(self, build, ctx):
+        from tune_plugin_deepspeed.lowmem import build_partitioned, fill_partitions
+
+        model = build_partitioned(build, self.config)
+        read = fill_partitions(model, f"{ctx.recipe.path}: [strategy] low_memory_load")
+        ctx.print(
+            f"deepspeed low-memory load: each rank read its ZeRO-3 partition of {read} weights "
+            "from the checkpoint files"
+        )
+        return model
 
     def prepare(self, model, optimizer, ctx):
         import deepspeed

@@ -17,25 +17,13 @@ The collectives run in the same order on every rank: parameters in name order, t
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 from typing import Any
 
 import torch
 import torch.distributed as dist
+from tune.plugin import FileTensor, checkpoint_index, file_tensor, read_elements
 
-BLOCK_BYTES = 64 << 20  # rows are read or broadcast in blocks of at most this size
-DTYPES = {
-    "F64": torch.float64,
-    "F32": torch.float32,
-    "F16": torch.float16,
-    "BF16": torch.bfloat16,
-    "I64": torch.int64,
-    "I32": torch.int32,
-    "I8": torch.int8,
-    "U8": torch.uint8,
-    "BOOL": torch.bool,
-}
+BLOCK_BYTES = 64 << 20  # rows are broadcast in blocks of at most this size
 
 
 class Filler:
@@ -43,19 +31,19 @@ class Filler:
 
     def __init__(self, model: Any, world: Any, device: str):
         self.model, self.rank, self.size, self.device = model, world.rank, world.world_size, device
-        self.files: dict[str, tuple[str, int, str, list[int]]] = {}
+        self.files: dict[str, FileTensor] = {}
         self.stash: dict[str, torch.Tensor] = {}
         self.buffers: dict[str, torch.Tensor] = {}
 
     def start(self) -> None:
         _check_same_structure(self.model, self.rank)
-        index = _checkpoint_index(self.model)
+        index = checkpoint_index(self.model)
         aliases: dict[int, list[str]] = {}  # tied weights may be saved under either name
         for name, param in self.model.named_parameters(remove_duplicate=False):
             aliases.setdefault(id(param), []).append(name)
         for name, param in self.model.named_parameters():
             for alias in aliases[id(param)]:
-                found = _file_entry(alias, param, index)
+                found = file_tensor(alias, param.shape, index)
                 if found is not None:
                     self.files[name] = found
                     break
@@ -110,67 +98,6 @@ def _check_same_structure(model: Any, rank: int) -> None:
         )
 
 
-def _checkpoint_index(model: Any) -> dict[str, tuple[str, int, str, list[int]]]:
-    """{key: (file, absolute byte offset, dtype, shape)} of the model's safetensors files."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    source = getattr(getattr(base, "config", None), "_name_or_path", "") or ""
-    files = _weight_files(source)
-    index: dict[str, tuple[str, int, str, list[int]]] = {}
-    for path in files:
-        with open(path, "rb") as f:
-            size = int.from_bytes(f.read(8), "little")
-            header = json.loads(f.read(size))
-        for key, entry in header.items():
-            if key != "__metadata__":
-                start = 8 + size + entry["data_offsets"][0]
-                index[key] = (path, start, entry["dtype"], entry["shape"])
-    return index
-
-
-def _weight_files(source: str) -> list[str]:
-    """The safetensors files of a local directory or an already downloaded hub model."""
-    if not source:
-        return []
-
-    def find(name: str) -> str | None:
-        if os.path.isdir(source):
-            path = os.path.join(source, name)
-            return path if os.path.exists(path) else None
-        try:
-            from transformers.utils import cached_file
-
-            return cached_file(
-                source,
-                name,
-                local_files_only=True,
-                _raise_exceptions_for_missing_entries=False,
-                _raise_exceptions_for_connection_errors=False,
-            )
-        except Exception:  # not cached here: fall back to broadcasting from rank 0
-            return None
-
-    index = find("model.safetensors.index.json")
-    if index:
-        with open(index, encoding="utf-8") as f:
-            shards = sorted(set(json.load(f)["weight_map"].values()))
-        found = [find(s) for s in shards]
-        return [f for f in found if f] if all(found) else []
-    single = find("model.safetensors")
-    return [single] if single else []
-
-
-def _file_entry(name: str, param: Any, index: dict) -> tuple | None:
-    """The checkpoint entry of a model parameter: its name without PEFT's wrappers."""
-    bare = name.removeprefix("base_model.model.")
-    for wrapper in (".base_layer", ".original_module", ".modules_to_save.default"):
-        bare = bare.replace(wrapper, "")
-    for key in (name, bare):
-        entry = index.get(key)
-        if entry and list(entry[3]) == list(param.shape) and entry[2] in DTYPES:
-            return entry
-    return None
-
-
 def _to_meta(model: Any) -> None:
     """Replace every parameter and buffer by a meta tensor, keeping tied parameters tied."""
     new: dict[int, torch.nn.Parameter] = {}
@@ -198,21 +125,10 @@ def _block_rows(shape: Any, element_size: int) -> int:
     return max(1, BLOCK_BYTES // row)
 
 
-def _read_rows(local: torch.Tensor, entry: tuple, lo: int, hi: int) -> None:
-    """Read rows [lo, hi) of a checkpoint tensor into this rank's shard, block by block."""
-    path, start, dtype_name, shape = entry
-    dtype = DTYPES[dtype_name]
-    element = torch.empty((), dtype=dtype).element_size()
-    row_bytes = int(torch.Size(shape[1:]).numel()) * element
-    step = _block_rows(shape, element)
-    with open(path, "rb", buffering=0) as f:
-        for a in range(lo, hi, step):
-            b = min(a + step, hi)
-            raw = torch.empty((b - a) * row_bytes, dtype=torch.uint8)
-            f.seek(start + a * row_bytes)
-            f.readinto(memoryview(raw.numpy()))
-            block = raw.view(dtype).view(b - a, *shape[1:])
-            local[a - lo : b - lo].copy_(block)
+def _read_rows(local: torch.Tensor, entry: FileTensor, lo: int, hi: int) -> None:
+    """Rows [lo, hi) of a checkpoint tensor into this rank's shard: one contiguous range."""
+    row = int(torch.Size(entry.shape[1:]).numel())
+    read_elements(entry, lo * row, hi * row, local)
 
 
 def _broadcast_rows(local: torch.Tensor, full: torch.Tensor | None, shape: Any, lo: int, hi: int):

@@ -1,0 +1,110 @@
+"""Low-memory loading for ZeRO-3: every rank builds the model already partitioned and reads only
+its own partition of each weight from the checkpoint files.
+
+transformers' own ZeRO-3 load builds under `zero.Init` too, but then has rank 0 read the whole
+state dict and copies it in module by module, so rank 0 holds the full model at its peak. Here
+no rank ever does:
+
+- the model is built under `deepspeed.zero.Init` with weight initialization switched off (the
+  same contexts transformers enters) and without Init's broadcast of each new parameter, so
+  each parameter is partitioned as soon as its module exists, its full-size pages are never
+  written, and nothing is computed or sent for values about to be overwritten;
+- a ZeRO-3 partition is a flat element range of the weight (`ds_tensor`, padded at the end), and
+  a safetensors tensor is contiguous, so each rank fills its partition with plain reads of that
+  byte range (no memory map: file pages never count in its RSS).
+
+This runs inside the loader, before any [[adapt]] step, so adapters that read the base weights
+(DoRA's magnitudes, PiSSA, beacon projections copied from attention) see the real values.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from tune.plugin import TuneError, checkpoint_index, file_tensor, read_elements
+
+LARGE_BYTES = 32 << 20
+
+
+def build_partitioned(build, config: dict[str, Any]) -> Any:
+    """Build under zero.Init with init switched off; transformers then adds neither its own
+    zero.Init nor its gathered re-initialization (set_zero3_state marks Init as entered)."""
+    import deepspeed
+    from transformers.initialization import no_init_weights
+    from transformers.integrations.deepspeed import prevent_arange_dtype_change
+    from transformers.modeling_utils import set_zero3_state
+
+    class PartitionOnly(deepspeed.zero.Init):
+        """zero.Init without its per-parameter broadcast from rank 0. Every value is read from
+        the files next, and receiving rank 0's uninitialized memory would write (and count in
+        RSS) a whole copy of each weight on every other rank; untouched, a new parameter's
+        pages stay unallocated and only this rank's partition is ever written (by the fill)."""
+
+        def _zero_init_param(self, param):
+            self._convert_to_deepspeed_param(param)
+            param.partition()
+            # partition() copied the (never written) full tensor into the new partition, writing
+            # its pages. For a large partition, swap in fresh memory: allocations this big are
+            # mapped on their own (glibc maps anything over 32 MiB), so the written pages go back
+            # to the system and the new ones stay unallocated until the fill writes them once.
+            # A tied head's partition, dropped when the weights are tied, is never written.
+            # Smaller ones come from the heap, where fresh memory would be reused memory anyway.
+            # (Host memory only; pinned partitions for GPU offload keep their pinned pages.)
+            tensor = param.ds_tensor
+            large = tensor.numel() * tensor.element_size() > LARGE_BYTES
+            if large and tensor.device.type == "cpu" and not tensor.is_pinned():
+                tensor.data = torch.empty_like(tensor.data)
+
+    with (
+        no_init_weights(),
+        prevent_arange_dtype_change(),  # RoPE tables stay float32 under zero.Init's dtype
+        PartitionOnly(config_dict_or_path=config),
+        set_zero3_state(),
+    ):
+        model = build()
+    if hasattr(model, "tie_weights"):
+        model.tie_weights()
+    return model
+
+
+def fill_partitions(model: Any, where: str) -> int:
+    """Read this rank's partition of every parameter (and any persistent buffer saved in the
+    checkpoint) from the files; returns how many weights were read."""
+    import deepspeed.comm as dist
+
+    index = checkpoint_index(model)
+    aliases: dict[int, list[str]] = {}  # tied weights may be saved under either name
+    for name, param in model.named_parameters(remove_duplicate=False):
+        aliases.setdefault(id(param), []).append(name)
+    missing, read = [], 0
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            entry = next(
+                (e for a in aliases[id(param)] if (e := file_tensor(a, param.ds_shape, index))),
+                None,
+            )
+            if entry is None:
+                missing.append(name)
+                continue
+            part = param.ds_tensor.ds_numel
+            rank = dist.get_rank(group=param.ds_process_group)
+            lo = min(rank * part, param.ds_numel)
+            hi = min(lo + part, param.ds_numel)
+            if hi > lo:
+                read_elements(entry, lo, hi, param.ds_tensor.data[: hi - lo])
+            read += 1
+        for name, buffer in model.named_buffers():
+            entry = file_tensor(name, buffer.shape, index)
+            if entry is not None:
+                read_elements(entry, 0, entry.numel, buffer)
+    if missing:
+        raise TuneError(
+            f"low-memory loading found no weight for {', '.join(missing[:5])}"
+            f"{' ...' if len(missing) > 5 else ''} in the checkpoint's safetensors files, so "
+            "those parameters would keep uninitialized values.",
+            where=where,
+            fix="set low_memory_load = false in [strategy] (transformers then loads and "
+            "initializes missing weights the ordinary way).",
+        )
+    return read
