@@ -140,3 +140,31 @@ def test_raw_json_may_not_disagree_on_batch_sizes(tmp_path):
     res = launch(path)
     assert res.returncode != 0
     assert "train_micro_batch_size_per_gpu = 16" in res.stdout + res.stderr
+
+
+@pytest.mark.slow
+def test_low_memory_load_refuses_a_checkpoint_missing_a_weight(tmp_path):
+    """Each rank reads its partitions from the files; a weight the files lack would keep
+    uninitialized values, so the run stops with the fix instead of training on garbage."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+    from tune.testing import tiny_model
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model(), folder)
+    weights = load_file(folder / "model.safetensors")
+    del weights["model.norm.weight"]
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+    data = recipe_dict(
+        tmp_path,
+        model={"path": str(folder), "max_seq_len": 64},
+        adapt=[{"method": "lora", "r": 8, "alpha": 16, "targets": "all-linear"}],
+        strategy={"name": "deepspeed", "zero_stage": 3},
+        train={"output_dir": str(tmp_path / "run"), "max_steps": 1},
+    )
+    res = launch(write_recipe(tmp_path, data))
+    out = res.stdout + res.stderr
+    assert res.returncode != 0
+    assert "low-memory loading found no weight for model.norm.weight" in out
+    assert "low_memory_load = false" in out
