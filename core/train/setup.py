@@ -38,12 +38,6 @@ def build_model(pm: Any, recipe: Recipe, ctx: RunContext) -> tuple[Any, Any]:
         model = pm.call_optional(
             "tune_prepare_quantized_model", quantization, lambda: model, model=model, ctx=ctx
         )
-    # Adapters start from the seed whatever loading drew from the generator (a partitioned or
-    # meta-device build, a tiny model made on first use), so runs that differ only in strategy
-    # or loading start from the same adapter weights.
-    from transformers import set_seed
-
-    set_seed(recipe.train.seed)
     for selected in recipe.backends["adapt"]:
         model = pm.call("tune_adapt_model", selected, model=model, ctx=ctx)
     if ctx.keep_trainable:
