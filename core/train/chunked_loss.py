@@ -11,10 +11,10 @@ chunk's logits are computed, reduced to its loss, freed, and computed again in b
 memory is one chunk's logits and gradient.
 
 Calling the head *module* per chunk (not its weight) is what makes this generic: a LoRA-wrapped
-or `modules_to_save` head, a head tied to the embeddings, a quantized head all work as they are,
-and under DeepSpeed ZeRO-3 the module's own hooks gather its partitioned weight in forward and
-again when a chunk is recomputed in backward. Because the swap happens inside the model's forward
-(the engine's, DDP's, PEFT's wrappers are all called as usual), nothing else changes.
+or `modules_to_save` head, a head tied to the embeddings, a quantized head all work as they are.
+Because the swap happens inside the model's forward (the engine's, DDP's, PEFT's wrappers are all
+called as usual), nothing else changes. A head partitioned by DeepSpeed ZeRO-3 gets the plain
+loss: its weight is not gathered again when a chunk is recomputed in backward.
 
 It is used only where it is exact: a transformers model of a known architecture whose forward is
 transformers' own (not replaced by Unsloth, beacon or another patch) and whose logits go straight
@@ -103,7 +103,10 @@ def plain_reason(model: Any) -> str | None:
     head = find_head(inner)
     if head is None:
         return "no output head found (get_output_embeddings)"
-    if any(p.numel() == 0 for p in head[2].parameters()):
+    # ZeRO-3: a partitioned parameter has a `ds_tensor`. Small ones may be gathered at this
+    # moment (persistence, prefetch), so the size alone does not tell; the decision must not
+    # depend on when it is asked.
+    if any(p.numel() == 0 or hasattr(p, "ds_tensor") for p in head[2].parameters()):
         return (
             "the head's weights are partitioned (ZeRO-3): the backward recompute would not see them"
         )

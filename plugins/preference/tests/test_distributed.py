@@ -23,20 +23,26 @@ def _records(run_dir) -> list[dict]:
     [
         {"name": "ddp"},
         {"name": "deepspeed", "zero_stage": 2},
-        {"name": "deepspeed", "zero_stage": 3},
+        # An ordinary load: a partitioned one draws nothing from the random generator, so
+        # LoRA's random A would start from other draws than the single process's.
+        {"name": "deepspeed", "zero_stage": 3, "low_memory_load": False},
     ],
     ids=["ddp", "zero2", "zero3"],
 )
 def test_two_processes_equal_one(tmp_path, pairs, dpo_recipe_of, strategy):
     rows = pairs(STEPS * 4)
+    # ZeRO-3 partitions the output head, so it takes the full-logits log-probs, not the chunked
+    # ones; both sides do the same here (the two differ by float rounding, which Adam's first
+    # steps amplify past this test's 1e-5).
+    same = {"chunked_loss": strategy.get("zero_stage") != 3}
     single = tmp_path / "single"
-    recipe = dpo_recipe_of(rows, train={"max_steps": STEPS, "output_dir": str(single)})
+    recipe = dpo_recipe_of(rows, train={"max_steps": STEPS, "output_dir": str(single), **same})
     run(write_recipe(tmp_path, recipe, "single.toml"))
     dist = tmp_path / "dist"
     recipe = dpo_recipe_of(
         rows,
         strategy=strategy,
-        train={"max_steps": STEPS, "micro_batch_size": 2, "output_dir": str(dist)},
+        train={"max_steps": STEPS, "micro_batch_size": 2, "output_dir": str(dist), **same},
     )
     result = launch(write_recipe(tmp_path, recipe, "dist.toml"), 2)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -305,9 +305,59 @@ def test_sft_weight_adds_the_chosen_per_token_nll(tmp_path, dpo_recipe_of):
         batch = objective.collate(tokenize(recipe).train[:4], 0)
         losses.append(float(objective.loss(model, batch).loss))
     import torch
+    from tune.plugin import token_logprobs
     from tune_plugin_preference.objectives import sequence_logps
 
     with torch.no_grad():
-        sums, counts = sequence_logps(model(input_ids=batch["input_ids"]).logits, batch["labels"])
+        per_token = token_logprobs(model, {"input_ids": batch["input_ids"]}, batch["labels"], False)
+        sums, counts = sequence_logps(per_token, batch["labels"])
     nll = float((-sums[:4] / counts[:4]).sum())
     assert losses[1] - losses[0] == pytest.approx(0.5 * nll, rel=1e-5)
+
+
+@pytest.mark.parametrize("pack", [False, True])
+def test_log_probs_come_chunked_and_equal_the_full_logits_way(tmp_path, dpo_recipe_of, pack):
+    """The objectives take label log-probs from tune.plugin.token_logprobs: the head only ever
+    sees a chunk of target positions (no [rows, width, vocab] logits), and the loss and its
+    gradients equal those computed from the full logits (padded and packed batches)."""
+    import tune_plugin_preference.objectives as objectives
+    from tune.plugin import token_logprobs
+    from tune.testing import build_model, tokenize
+
+    recipe = load_recipe(write_recipe(tmp_path, dpo_recipe_of()))
+    model, _ = build_model(recipe, tmp_path)
+    objective = tune_plugin_preference.tune_build_objective(
+        "dpo", recipe.selected("objective").settings, None
+    )
+    objective.setup(model, None)
+    pairs = tokenize(recipe).train[:4]
+    batch = (
+        objective.collate_packed([pairs[:2], pairs[2:]], 0) if pack else objective.collate(pairs, 0)
+    )
+    head = model.get_output_embeddings()
+    seen = []
+    hook = head.register_forward_pre_hook(lambda m, args: seen.append(tuple(args[0].shape)))
+
+    def run_loss():
+        model.zero_grad(set_to_none=True)
+        out = objective.loss(model, batch)
+        out.loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        return float(out.loss), out.metrics, grads
+
+    chunked = run_loss()
+    hook.remove()
+    rows, width = batch["input_ids"].shape
+    assert seen and all(len(shape) == 2 and shape[0] < rows * width for shape in seen), seen
+    plain = objectives.token_logprobs
+    try:
+        objectives.token_logprobs = lambda m, i, lab, _: token_logprobs(m, i, lab, chunked=False)
+        full = run_loss()
+    finally:
+        objectives.token_logprobs = plain
+    assert chunked[0] == pytest.approx(full[0], abs=1e-5)
+    for key, value in full[1].items():
+        assert chunked[1][key] == pytest.approx(value, abs=1e-4), key
+    assert chunked[2].keys() == full[2].keys() and chunked[2]
+    worst = max(float((chunked[2][n] - full[2][n]).abs().max()) for n in full[2])
+    assert worst <= 1e-5, worst

@@ -126,15 +126,17 @@ def test_zero3_full_fine_tune_with_precomputed_reference(tmp_path, pairs, dpo_re
     rank pads with an empty batch) give the losses and weights of one process."""
     rows = pairs(9)
     tables = {"objective": {"precompute_ref": True, "beta": 0.5}}
+    # ZeRO-3's partitioned head takes full-logits log-probs: the single process does too.
+    plain = {"max_steps": 2, "chunked_loss": False}
     single = tmp_path / "single"
-    recipe = dpo_recipe_of(rows, train={"max_steps": 2, "output_dir": str(single)}, **tables)
+    recipe = dpo_recipe_of(rows, train={**plain, "output_dir": str(single)}, **tables)
     recipe.pop("adapt")
     run(write_recipe(tmp_path, recipe, "single.toml"))
     dist = tmp_path / "dist"
     recipe = dpo_recipe_of(
         rows,
         strategy={"name": "deepspeed", "zero_stage": 3},
-        train={"max_steps": 2, "micro_batch_size": 2, "output_dir": str(dist)},
+        train={**plain, "micro_batch_size": 2, "output_dir": str(dist)},
         **tables,
     )
     recipe.pop("adapt")
@@ -144,7 +146,8 @@ def test_zero3_full_fine_tune_with_precomputed_reference(tmp_path, pairs, dpo_re
     assert len(a) == len(b) == 2
     for one, two in zip(a, b, strict=True):
         for key in ("loss", "rewards/margins", "logps/chosen"):
-            assert one[key] == pytest.approx(two[key], abs=1e-5), (key, one, two)
+            # summed log-probs are ~30 in size: 1e-6 of them is float32 rounding
+            assert one[key] == pytest.approx(two[key], abs=1e-5, rel=1e-6), (key, one, two)
     assert a[1]["rewards/margins"] != 0.0  # the policy moved away from the cached reference
     # Adam scales near-zero gradients up to ~lr: reduction-order noise shows at ~1e-5 here
     assert max_weight_diff(final_weights(single), final_weights(dist)) < 1e-4

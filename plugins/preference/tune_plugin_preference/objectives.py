@@ -3,6 +3,8 @@
 A micro-batch stacks the chosen rows over the rejected rows and runs one forward of the policy
 and one of the reference, as TRL does. Packed micro-batches hold whole pairs end to end in a
 row; each token carries the index of its sequence, so log-probs are summed per sequence.
+Every objective here needs only the log-probs of the label tokens, which `token_logprobs` gives
+chunk by chunk: the [rows, width, vocab] logits are never built where that is exact.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
-from tune.plugin import IGNORE, LossOutput, Objective, Settings
+from tune.plugin import IGNORE, LossOutput, Objective, Settings, token_logprobs
 
 from .losses import dpo_loss, kto_loss, orpo_odds_term, simpo_loss
 from .reference import Reference
@@ -57,27 +59,32 @@ class DPOSettings(Settings):
         return self
 
 
-def sequence_logps(logits: Any, labels: Any, segments: Any = None, n_segments: int = 0):
+def sequence_logps(per_token: Any, labels: Any, segments: Any = None, n_segments: int = 0):
     """Sum of log p(label) over each sequence's target tokens, and how many there are.
 
+    `per_token` is [rows, width - 1] as `token_logprobs` gives it (0 where the label is IGNORE).
     Padded: one sequence per row (returns [rows]). Packed: `segments` [rows, width] names each
     token's sequence (-1 for padding), and the sums are per segment (returns [n_segments]).
     """
     import torch
 
-    logits, targets = logits[:, :-1].float(), labels[:, 1:]
-    mask = targets != IGNORE
-    picked = logits.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    per_token = (picked - torch.logsumexp(logits, dim=-1)) * mask
+    mask = labels[:, 1:] != IGNORE
+    per_token = per_token * mask
     if segments is None:
         return per_token.sum(-1), mask.sum(-1)
     seg = segments[:, 1:].clamp(min=0).reshape(-1)
     keep = (segments[:, 1:] >= 0) & mask
-    sums = torch.zeros(n_segments, dtype=per_token.dtype, device=logits.device)
+    sums = torch.zeros(n_segments, dtype=per_token.dtype, device=per_token.device)
     sums = sums.index_add(0, seg, (per_token * keep).reshape(-1))
-    counts = torch.zeros(n_segments, dtype=torch.long, device=logits.device)
+    counts = torch.zeros(n_segments, dtype=torch.long, device=per_token.device)
     counts = counts.index_add(0, seg, keep.reshape(-1).long())
     return sums, counts
+
+
+def chunked_loss(ctx: Any) -> bool:
+    """`[train] chunked_loss` (on unless the recipe turns it off), as the core objective reads it."""
+    train = getattr(getattr(ctx, "recipe", None), "train", None)
+    return bool(getattr(train, "chunked_loss", True))
 
 
 class PairObjective(Objective):
@@ -90,6 +97,7 @@ class PairObjective(Objective):
         super().__init__(settings, ctx)
         self.reference = Reference() if self.needs_reference else None
         self.precomputed = False
+        self.chunked = chunked_loss(ctx)
 
     def prepare(self, model: Any, ctx: Any, run: Any) -> None:
         """With `precompute_ref`, the reference log-probs of every pair now (no frozen copy)."""
@@ -113,9 +121,10 @@ class PairObjective(Objective):
             return batch["ref_chosen"], batch["ref_rejected"]
         if self.precomputed:
             raise RuntimeError("precompute_ref: this batch's pairs were not scored before training")
-        ref_chosen, ref_rejected, _, _ = self._split(
-            self.reference.forward(model, **self._inputs(batch)), batch
+        per_token = self.reference.logprobs(
+            model, batch["labels"], self.chunked, **self._inputs(batch)
         )
+        ref_chosen, ref_rejected, _, _ = self._split(per_token, batch)
         return ref_chosen, ref_rejected
 
     def _with_reference(self, batch: dict[str, Any], examples: list[dict[str, Any]]) -> dict:
@@ -193,19 +202,20 @@ class PairObjective(Objective):
         keys = ("input_ids", "attention_mask", "position_ids")
         return {k: batch[k] for k in keys if k in batch}
 
-    def _split(self, logits: Any, batch: dict[str, Any]):
+    def _split(self, per_token: Any, batch: dict[str, Any]):
         """(chosen logps, rejected logps, chosen lengths, rejected lengths), one per pair."""
         if "segments" in batch:
             n = 2 * batch["weight"].numel()
-            sums, counts = sequence_logps(logits, batch["labels"], batch["segments"], n)
+            sums, counts = sequence_logps(per_token, batch["labels"], batch["segments"], n)
             return sums[0::2], sums[1::2], counts[0::2], counts[1::2]
-        sums, counts = sequence_logps(logits, batch["labels"])
+        sums, counts = sequence_logps(per_token, batch["labels"])
         half = sums.shape[0] // 2
         return sums[:half], sums[half:], counts[:half], counts[half:]
 
     def policy(self, model: Any, batch: dict[str, Any]):
-        """The policy forward, through the strategy's wrapper so its hooks fire."""
-        return model(**self._inputs(batch), use_cache=False)
+        """The policy's per-token label log-probs, through the strategy's wrapper so its hooks
+        fire."""
+        return token_logprobs(model, self._inputs(batch), batch["labels"], self.chunked)
 
 
 class DPOObjective(PairObjective):
@@ -215,8 +225,7 @@ class DPOObjective(PairObjective):
 
     def loss(self, model: Any, batch: dict[str, Any]) -> LossOutput:
         s = self.settings
-        out = self.policy(model, batch)
-        chosen, rejected, c_len, r_len = self._split(out.logits, batch)
+        chosen, rejected, c_len, r_len = self._split(self.policy(model, batch), batch)
         ref_chosen, ref_rejected = self.reference_logps(model, batch)
         ref_chosen, ref_rejected = ref_chosen.to(chosen.dtype), ref_rejected.to(chosen.dtype)
         per_pair = dpo_loss(
@@ -278,7 +287,7 @@ class SimPOObjective(PairObjective):
 
     def loss(self, model: Any, batch: dict[str, Any]) -> LossOutput:
         s = self.settings
-        chosen, rejected, c_len, r_len = self._split(self.policy(model, batch).logits, batch)
+        chosen, rejected, c_len, r_len = self._split(self.policy(model, batch), batch)
         chosen_avg, rejected_avg = chosen / c_len.clamp(min=1), rejected / r_len.clamp(min=1)
         per_pair = simpo_loss(
             chosen_avg, rejected_avg, beta=s.beta, gamma=s.gamma, label_smoothing=s.label_smoothing
@@ -299,7 +308,7 @@ class ORPOObjective(PairObjective):
 
     def loss(self, model: Any, batch: dict[str, Any]) -> LossOutput:
         s = self.settings
-        chosen, rejected, c_len, r_len = self._split(self.policy(model, batch).logits, batch)
+        chosen, rejected, c_len, r_len = self._split(self.policy(model, batch), batch)
         chosen_avg, rejected_avg = chosen / c_len.clamp(min=1), rejected / r_len.clamp(min=1)
         term, log_odds = orpo_odds_term(chosen_avg, rejected_avg)
         per_pair = -chosen_avg - s.beta * term
@@ -334,6 +343,7 @@ class KTOObjective(Objective):
     def __init__(self, settings: Any = None, ctx: Any = None):
         super().__init__(settings, ctx)
         self.reference = Reference()
+        self.chunked = chunked_loss(ctx)
 
     def setup(self, model: Any, ctx: Any) -> None:
         self.reference.setup(model)
@@ -382,8 +392,10 @@ class KTOObjective(Objective):
 
         s = self.settings
         inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-        logps, _ = sequence_logps(model(**inputs, use_cache=False).logits, batch["labels"])
-        ref_logps, _ = sequence_logps(self.reference.forward(model, **inputs), batch["labels"])
+        labels = batch["labels"]
+        logps, _ = sequence_logps(token_logprobs(model, inputs, labels, self.chunked), labels)
+        ref_per_token = self.reference.logprobs(model, labels, self.chunked, **inputs)
+        ref_logps, _ = sequence_logps(ref_per_token, labels)
         n = batch["weight"].numel()
         weight = batch["weight"].to(logps.dtype)
         ratio, kl_ratio = (logps - ref_logps)[:n], (logps - ref_logps).detach()[n:]

@@ -108,9 +108,8 @@ def _score(objective: Any, model: Any, run: Any, splits: dict) -> dict[str, dict
                 values = parts.setdefault(name, {})
                 for idx, batch in run.shard(examples, objective):
                     with run.autocast():
-                        logits = model(**objective._inputs(batch), use_cache=False).logits
-                    chosen, rejected, _, _ = objective._split(logits, batch)
-                    del logits
+                        per_token = objective.policy(model, batch)
+                    chosen, rejected, _, _ = objective._split(per_token, batch)
                     for i, c, r in zip(idx, chosen.tolist(), rejected.tolist(), strict=False):
                         values[i] = (c, r)
     finally:

@@ -38,9 +38,11 @@ class Reference:
         self.copy.requires_grad_(False)
         self.copy.eval()
 
-    def forward(self, model: Any, **inputs: Any) -> Any:
-        """The reference model's logits for `inputs`, without gradients."""
+    def logprobs(self, model: Any, labels: Any, chunked: bool = True, **inputs: Any) -> Any:
+        """The reference model's per-token label log-probs for `inputs` (as `token_logprobs`
+        gives them: chunked, no full logits where exact), without gradients."""
         import torch
+        from tune.plugin import token_logprobs
 
         inner = unwrap(model)
         if self.mode == "unset":  # loss() called without setup (e.g. directly in a test)
@@ -49,5 +51,5 @@ class Reference:
             if self.mode == "adapter":
                 ctx = inner.disable_adapter() if is_peft(inner) else contextlib.nullcontext()
                 with ctx:
-                    return inner(**inputs, use_cache=False).logits
-            return self.copy(**inputs, use_cache=False).logits
+                    return token_logprobs(inner, inputs, labels, chunked)
+            return token_logprobs(self.copy, inputs, labels, chunked)
