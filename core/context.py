@@ -44,6 +44,7 @@ class RunContext:
     quantization_config: Any = None
     # Where the loader reads the weights from (a local folder or hub id), set before it asks the
     # strategy `loading`/`loads_weights`: a sharding strategy may read its shard from there.
+    # None when they are not plain safetensors there (GGUF input, a pinned revision).
     checkpoint: str | None = None
     # Parameter-name fragments an [[adapt]] step wants trainable whatever later steps freeze
     # (beacon weights stay trainable when LoRA follows and freezes everything else).

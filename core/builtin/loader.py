@@ -83,14 +83,19 @@ def tune_load_model(settings: TransformersLoaderSettings, ctx):
     from tune.train.strategy import current_strategy
 
     strategy = current_strategy(ctx)
-    ctx.checkpoint = path
+    # A strategy reading its shard from the files reads `path`'s safetensors as they are: not
+    # for GGUF input or a pinned revision (the cache's files may be another revision's).
+    ctx.checkpoint = None if gguf or settings.revision else path
     try:
         with strategy.loading(ctx) if strategy else contextlib.nullcontext():
             if overrides or (strategy and not strategy.loads_weights(ctx)):
                 kwargs["config"] = _config(path, settings, overrides, gguf)
+            model = None
             if strategy and not strategy.loads_weights(ctx):
                 model = strategy.empty_model(lambda: _bare_model(kwargs), ctx)
-            else:
+                if model is not None:
+                    _generation_defaults(model, path)
+            if model is None:
                 model = load_model(path, kwargs, gguf)
         tokenizer = AutoTokenizer.from_pretrained(
             settings.tokenizer or path,
@@ -134,6 +139,15 @@ def _config(
     for key, value in overrides.items():
         setattr(config, key, value)
     return config
+
+
+def _generation_defaults(model: Any, path: str) -> None:
+    """The checkpoint's generation_config.json (eos ids, sampling defaults), which
+    from_pretrained reads and a model built from its config alone lacks; saved with final/."""
+    from transformers import GenerationConfig
+
+    with contextlib.suppress(OSError):  # none in the checkpoint: keep the config's defaults
+        model.generation_config = GenerationConfig.from_pretrained(path)
 
 
 def _bare_model(kwargs: dict[str, Any]) -> Any:

@@ -76,7 +76,8 @@ class Strategy:
         The default builds it on the meta device: no memory, and `prepare` gives the rank its
         shard (FSDP2). A strategy that partitions parameters as they are created (ZeRO-3's
         `zero.Init`) builds them for real and fills its partitions here, so adapters and every
-        later step see the checkpoint's weights."""
+        later step see the checkpoint's weights. Returning None asks the loader to load the
+        ordinary way after all (e.g. the files hold converted keys the strategy cannot read)."""
         import torch
 
         with torch.device("meta"):

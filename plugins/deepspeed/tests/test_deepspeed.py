@@ -64,6 +64,14 @@ def test_zero_step_equals_single_process(single_sgd, tmp_path, stage, low_memory
     """low_memory: ZeRO-3 builds the model partitioned and each rank reads its partitions."""
     strategy = {"name": "deepspeed", "zero_stage": stage, "low_memory_load": low_memory}
     check_parity(single_sgd, tmp_path, strategy, 1, 2)
+    if low_memory:  # built from the config alone: the checkpoint's generation defaults kept
+        from tune.testing import tiny_model
+
+        saved = json.loads((tmp_path / "dist/final/generation_config.json").read_text())
+        base = json.loads((tiny_model() / "generation_config.json").read_text())
+        assert {k: saved.get(k) for k in base if k != "transformers_version"} == {
+            k: v for k, v in base.items() if k != "transformers_version"
+        }
 
 
 @pytest.mark.slow
@@ -154,9 +162,10 @@ def test_raw_json_may_not_disagree_on_batch_sizes(tmp_path):
 
 
 @pytest.mark.slow
-def test_low_memory_load_refuses_a_checkpoint_missing_a_weight(tmp_path):
-    """Each rank reads its partitions from the files; a weight the files lack would keep
-    uninitialized values, so the run stops with the fix instead of training on garbage."""
+def test_low_memory_load_falls_back_when_the_files_lack_a_weight(tmp_path):
+    """Each rank reads its partitions from the files only when they hold every weight under its
+    own name; otherwise (a missing weight here; fused or renamed keys in converted checkpoints)
+    transformers loads under zero.Init the ordinary way and initializes what is missing."""
     import shutil
 
     from safetensors.torch import load_file, save_file
@@ -175,7 +184,7 @@ def test_low_memory_load_refuses_a_checkpoint_missing_a_weight(tmp_path):
         train={"output_dir": str(tmp_path / "run"), "max_steps": 1},
     )
     res = launch(write_recipe(tmp_path, data))
-    out = res.stdout + res.stderr
-    assert res.returncode != 0
-    assert "low-memory loading found no weight for model.norm.weight" in out
-    assert "low_memory_load = false" in out
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = " ".join(res.stdout.split())
+    assert "do not hold every weight under its own name" in out
+    assert "each rank read its ZeRO-3 partition" not in out

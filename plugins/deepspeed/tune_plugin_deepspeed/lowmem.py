@@ -22,9 +22,37 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from tune.plugin import TuneError, checkpoint_index, file_tensor, read_elements
+from tune.plugin import FileTensor, checkpoint_index, file_tensor, read_elements
 
 LARGE_BYTES = 32 << 20
+
+
+def file_entries(model: Any, index: dict[str, FileTensor]) -> dict[str, FileTensor] | None:
+    """{parameter name: its checkpoint entry} when the files hold every parameter under its
+    own name and shape (tied weights under either name); None otherwise: checkpoints that
+    transformers converts while loading (fused MoE experts, renamed keys, FP8), or a weight
+    missing from the files, which the ordinary load would initialize."""
+    aliases: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        aliases.setdefault(id(param), []).append(name)
+    entries = {}
+    for name, param in model.named_parameters():
+        shape = getattr(param, "ds_shape", param.shape)
+        entry = next((e for a in aliases[id(param)] if (e := file_tensor(a, shape, index))), None)
+        if entry is None:
+            return None
+        entries[name] = entry
+    return entries
+
+
+def probe_entries(build) -> dict[str, FileTensor] | None:
+    """`file_entries` of the architecture built on the meta device (no memory, no collective;
+    set_zero3_state keeps transformers from entering zero.Init for this build)."""
+    from transformers.modeling_utils import set_zero3_state
+
+    with torch.device("meta"), set_zero3_state():
+        probe = build()
+    return file_entries(probe, checkpoint_index(probe))
 
 
 def build_partitioned(build, config: dict[str, Any]) -> Any:
@@ -36,12 +64,18 @@ def build_partitioned(build, config: dict[str, Any]) -> Any:
     from transformers.modeling_utils import set_zero3_state
 
     class PartitionOnly(deepspeed.zero.Init):
-        """zero.Init without its per-parameter broadcast from rank 0. Every value is read from
-        the files next, and receiving rank 0's uninitialized memory would write (and count in
-        RSS) a whole copy of each weight on every other rank; untouched, a new parameter's
-        pages stay unallocated and only this rank's partition is ever written (by the fill)."""
+        """zero.Init without its per-parameter broadcast from rank 0, while the model is built.
+        Every value is read from the files next, and receiving rank 0's uninitialized memory
+        would write (and count in RSS) a whole copy of each weight on every other rank;
+        untouched, a new parameter's pages stay unallocated and only this rank's partition is
+        ever written (by the fill). DeepSpeed keeps this Init object for parameters added later
+        (adapters, when deepspeed.initialize converts them): those get the ordinary path."""
+
+        building = False
 
         def _zero_init_param(self, param):
+            if not self.building:
+                return super()._zero_init_param(param)
             self._convert_to_deepspeed_param(param)
             param.partition()
             # partition() copied the (never written) full tensor into the new partition, writing
@@ -56,55 +90,37 @@ def build_partitioned(build, config: dict[str, Any]) -> Any:
             if large and tensor.device.type == "cpu" and not tensor.is_pinned():
                 tensor.data = torch.empty_like(tensor.data)
 
-    with (
-        no_init_weights(),
-        prevent_arange_dtype_change(),  # RoPE tables stay float32 under zero.Init's dtype
-        PartitionOnly(config_dict_or_path=config),
-        set_zero3_state(),
-    ):
-        model = build()
+    init = PartitionOnly(config_dict_or_path=config)
+    with no_init_weights(), prevent_arange_dtype_change(), init, set_zero3_state():
+        init.building = True
+        try:
+            model = build()
+        finally:
+            init.building = False
     if hasattr(model, "tie_weights"):
         model.tie_weights()
     return model
 
 
-def fill_partitions(model: Any, where: str) -> int:
+def fill_partitions(model: Any, entries: dict[str, FileTensor]) -> None:
     """Read this rank's partition of every parameter (and any persistent buffer saved in the
-    checkpoint) from the files; returns how many weights were read."""
+    checkpoint) from the files."""
     import deepspeed.comm as dist
 
     index = checkpoint_index(model)
-    aliases: dict[int, list[str]] = {}  # tied weights may be saved under either name
-    for name, param in model.named_parameters(remove_duplicate=False):
-        aliases.setdefault(id(param), []).append(name)
-    missing, read = [], 0
     with torch.no_grad():
         for name, param in model.named_parameters():
-            entry = next(
-                (e for a in aliases[id(param)] if (e := file_tensor(a, param.ds_shape, index))),
-                None,
-            )
-            if entry is None:
-                missing.append(name)
-                continue
             part = param.ds_tensor.ds_numel
             rank = dist.get_rank(group=param.ds_process_group)
             lo = min(rank * part, param.ds_numel)
             hi = min(lo + part, param.ds_numel)
             if hi > lo:
-                read_elements(entry, lo, hi, param.ds_tensor.data[: hi - lo])
-            read += 1
-        for name, buffer in model.named_buffers():
-            entry = file_tensor(name, buffer.shape, index)
-            if entry is not None:
-                read_elements(entry, 0, entry.numel, buffer)
-    if missing:
-        raise TuneError(
-            f"low-memory loading found no weight for {', '.join(missing[:5])}"
-            f"{' ...' if len(missing) > 5 else ''} in the checkpoint's safetensors files, so "
-            "those parameters would keep uninitialized values.",
-            where=where,
-            fix="set low_memory_load = false in [strategy] (transformers then loads and "
-            "initializes missing weights the ordinary way).",
-        )
-    return read
+                read_elements(entries[name], lo, hi, param.ds_tensor.data[: hi - lo])
+        for module_name, module in model.named_modules():
+            for key, buffer in module._buffers.items():
+                if buffer is None or key in module._non_persistent_buffers_set:
+                    continue  # computed at construction, never read from a checkpoint
+                name = f"{module_name}.{key}" if module_name else key
+                entry = file_tensor(name, buffer.shape, index)
+                if entry is not None:
+                    read_elements(entry, 0, entry.numel, buffer)

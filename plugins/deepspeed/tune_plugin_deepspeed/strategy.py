@@ -120,22 +120,44 @@ class DeepSpeedStrategy(Strategy):
                 and not ctx.recipe.model.quantize
                 and s.offload_params != "nvme"
                 and not self.config["zero_optimization"].get("zero_quantized_nontrainable_weights")
+                and ctx.checkpoint is not None
             )
-            able = torch.tensor([int(bool(wanted and weight_files(ctx.checkpoint or "")))])
-            dist.all_reduce(able, op=dist.ReduceOp.MIN)  # every rank, or none
-            self._partitioned_load = bool(able.item())
+            able = False
+            if wanted:  # the same on every rank: only then ask whether every rank sees the files
+                found = torch.tensor([int(bool(weight_files(ctx.checkpoint)))])
+                able = bool(self._all_min(found))
+            self._partitioned_load = able
         return self._partitioned_load
 
     def empty_model(self, build, ctx):
-        from tune_plugin_deepspeed.lowmem import build_partitioned, fill_partitions
+        """Every rank builds the model partitioned and reads its partitions from the files; None
+        (load the ordinary way) when the files do not hold every weight under its own name."""
+        from tune_plugin_deepspeed.lowmem import build_partitioned, fill_partitions, probe_entries
 
+        entries = probe_entries(build)
+        if not self._all_min(torch.tensor([int(entries is not None)])):
+            ctx.print(
+                "deepspeed low-memory load: the checkpoint's safetensors files do not hold every "
+                "weight under its own name (keys converted while loading, or missing): loading "
+                "the ordinary way, transformers under zero.Init"
+            )
+            return None
         model = build_partitioned(build, self.config)
-        read = fill_partitions(model, f"{ctx.recipe.path}: [strategy] low_memory_load")
+        fill_partitions(model, entries)
         ctx.print(
-            f"deepspeed low-memory load: each rank read its ZeRO-3 partition of {read} weights "
-            "from the checkpoint files"
+            f"deepspeed low-memory load: each rank read its ZeRO-3 partition of {len(entries)} "
+            "weights from the checkpoint files"
         )
         return model
+
+    def _reduce_device(self) -> str:
+        """Where collectives' tensors live: NCCL takes CUDA tensors only."""
+        return f"cuda:{torch.cuda.current_device()}" if dist.get_backend() == "nccl" else "cpu"
+
+    def _all_min(self, tensor) -> int:
+        tensor = tensor.to(self._reduce_device())
+        dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
+        return int(tensor.item())
 
     def prepare(self, model, optimizer, ctx):
         import deepspeed
@@ -165,8 +187,7 @@ class DeepSpeedStrategy(Strategy):
         return float(norm) if norm is not None else None
 
     def all_reduce_sum(self, value: float) -> float:
-        device = f"cuda:{torch.cuda.current_device()}" if dist.get_backend() == "nccl" else "cpu"
-        tensor = torch.tensor([float(value)], dtype=torch.float64, device=device)
+        tensor = torch.tensor([float(value)], dtype=torch.float64, device=self._reduce_device())
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         return float(tensor.item())
 

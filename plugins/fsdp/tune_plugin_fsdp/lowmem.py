@@ -31,12 +31,15 @@ class Filler:
 
     def __init__(self, model: Any, world: Any, device: str):
         self.model, self.rank, self.size, self.device = model, world.rank, world.world_size, device
+        # Collectives run on the process group's device: NCCL takes CUDA tensors only, even
+        # when the shards themselves are offloaded to the CPU.
+        self.comm = world.device if str(world.device).startswith("cuda") else "cpu"
         self.files: dict[str, FileTensor] = {}
         self.stash: dict[str, torch.Tensor] = {}
         self.buffers: dict[str, torch.Tensor] = {}
 
     def start(self) -> None:
-        _check_same_structure(self.model, self.rank)
+        _check_same_structure(self.model, self.rank, self.comm)
         index = checkpoint_index(self.model)
         aliases: dict[int, list[str]] = {}  # tied weights may be saved under either name
         for name, param in self.model.named_parameters(remove_duplicate=False):
@@ -49,7 +52,7 @@ class Filler:
                     break
         # Every rank must agree on what is read and what is broadcast (a rank on another node
         # may not see the files): if they do not, rank 0 broadcasts everything.
-        counts = torch.tensor([len(self.files), -len(self.files)], dtype=torch.int64)
+        counts = torch.tensor([len(self.files), -len(self.files)], device=self.comm)
         dist.all_reduce(counts, op=dist.ReduceOp.MAX)
         if int(counts[0]) != -int(counts[1]):
             self.files = {}
@@ -70,24 +73,28 @@ class Filler:
                 if name in self.files:
                     _read_rows(local, self.files[name], lo, hi)
                 else:
-                    _broadcast_rows(local, self.stash.pop(name, None), param.shape, lo, hi)
+                    full = self.stash.pop(name, None)
+                    _broadcast_rows(local, full, param.shape, lo, hi, self.comm)
             for name, buffer in sorted(self.model.named_buffers()):
-                value = self.buffers.get(name)
+                sent = torch.empty_like(buffer, device=self.comm)
                 if self.rank == 0:
-                    buffer.copy_(value)
-                dist.broadcast(buffer, src=0)
+                    sent.copy_(self.buffers[name])
+                dist.broadcast(sent, src=0)
+                buffer.copy_(sent)
         self.stash.clear()
         self.buffers.clear()
 
 
-def _check_same_structure(model: Any, rank: int) -> None:
+def _check_same_structure(model: Any, rank: int, device: str) -> None:
     """The meta-built model must match rank 0's, or the broadcasts would pair wrong tensors."""
     spec = [
         (n, tuple(p.shape), str(p.dtype))
         for n, p in (*model.named_parameters(), *model.named_buffers())
     ]
     digest = hashlib.sha256(repr(spec).encode()).digest()[:8]
-    mine = torch.tensor([int.from_bytes(digest, "little", signed=True)], dtype=torch.int64)
+    mine = torch.tensor(
+        [int.from_bytes(digest, "little", signed=True)], dtype=torch.int64, device=device
+    )
     theirs = mine.clone()
     dist.broadcast(theirs, src=0)
     if int(theirs) != int(mine):
@@ -131,16 +138,19 @@ def _read_rows(local: torch.Tensor, entry: FileTensor, lo: int, hi: int) -> None
     read_elements(entry, lo * row, hi * row, local)
 
 
-def _broadcast_rows(local: torch.Tensor, full: torch.Tensor | None, shape: Any, lo: int, hi: int):
-    """Rank 0 sends the full tensor in row blocks; every rank keeps rows [lo, hi)."""
+def _broadcast_rows(
+    local: torch.Tensor, full: torch.Tensor | None, shape: Any, lo: int, hi: int, device: str
+):
+    """Rank 0 sends the full tensor in row blocks (on the group's `device`); every rank keeps
+    rows [lo, hi)."""
     rows = shape[0]
     step = _block_rows(shape, local.element_size())
     for start in range(0, max(rows, 1), step):
         stop = min(start + step, rows)
         if full is not None:
-            block = full[start:stop].to(device=local.device, dtype=local.dtype).contiguous()
+            block = full[start:stop].to(device=device, dtype=local.dtype).contiguous()
         else:
-            block = torch.empty((stop - start, *shape[1:]), dtype=local.dtype, device=local.device)
+            block = torch.empty((stop - start, *shape[1:]), dtype=local.dtype, device=device)
         dist.broadcast(block, src=0)
         a, b = max(start, lo), min(stop, hi)
         if a < b:
