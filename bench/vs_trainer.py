@@ -13,8 +13,12 @@ tune / Trainer. Tokens/s counts real (non-pad) tokens over the steps after `--wa
 
 Cases: padded (both); packed (tune, rows of 512 filled end to end) vs Trainer with its
 padding-free collator (DataCollatorWithFlattening); tune with chunked_loss off; tune with
-compile on; tune with lean_activations off; tune with gradient checkpointing (less memory for recomputation); QLoRA nf4 (both,
-bitsandbytes).
+compile on; tune with lean_activations off; tune with gradient checkpointing (less memory for
+recomputation); QLoRA nf4 (both, bitsandbytes); malloc_swapped: tune on glibc's default
+allocator settings and Trainer on the ones `tune run` starts with (tune.hostmem).
+
+Each side starts as its tool would: the tune side with the environment `tune run` re-executes
+itself with (glibc's tcache and fastbins off, see tune.hostmem), Trainer with this process's.
 
     python bench/vs_trainer.py [--steps 4] [--warmup 1] [--cases padded,packed,...]
 
@@ -61,9 +65,20 @@ CASES = {
     "compile": [("tune", {"compile": True})],
     "checkpointing": [("tune", {"gradient_checkpointing": True})],
     "qlora": [("tune", {"qlora": True}), ("trainer", {"qlora": True})],
+    # the host allocator each side starts with, swapped: what of the memory gap it explains
+    "malloc_swapped": [("tune", {"malloc": "system"}), ("trainer", {"malloc": "tuned"})],
 }
 # the order of a full run: the headline comparisons first
-ORDER = ["padded", "packed", "chunked_off", "lean_off", "checkpointing", "compile", "qlora"]
+ORDER = [
+    "padded",
+    "malloc_swapped",
+    "packed",
+    "chunked_off",
+    "lean_off",
+    "checkpointing",
+    "compile",
+    "qlora",
+]
 
 
 # -- shared set-up (parent) -------------------------------------------------------------------------
@@ -247,7 +262,24 @@ def run_trainer(path: Path, steps: int, opts: dict) -> tuple[list[float], list[i
     return [start, *stamps], tokens, losses
 
 
+def side_environment(side: str, opts: dict) -> dict[str, str]:
+    """The environment a side starts with: `tune run`'s for tune (unless the case swaps it),
+    this process's own for Trainer (unless the case gives it tune's)."""
+    from tune.hostmem import OPT_OUT, tuned_environment
+
+    plain = {k: v for k, v in os.environ.items() if k != OPT_OUT}
+    if opts.get("malloc") == "system":
+        return plain
+    if side == "tune":
+        return tuned_environment(plain) or plain
+    if opts.get("malloc") == "tuned":
+        return tuned_environment({**plain, OPT_OUT: "tuned"}) or plain
+    return plain
+
+
 def child(side: str, case: str, work: Path, model_dir: Path, steps: int, warmup: int) -> dict:
+    from tune.hostmem import describe as describe_host_malloc
+
     opts = next(o for s, o in CASES[case] if s == side)
     path = recipe(work, model_dir, steps, opts)
     if side == "tune":
@@ -268,6 +300,7 @@ def child(side: str, case: str, work: Path, model_dir: Path, steps: int, warmup:
         "first_step_s": round(stamps[1] - stamps[0], 3) if len(stamps) > 1 else None,
         "tokens_per_s": round(sum(tokens[warmup:]) / max(sum(step_s), 1e-9), 1),
         "peak_rss_gb": round(rss / 2**30, 3),
+        "host_allocator": describe_host_malloc(),
         "losses": [round(x, 4) for x in losses],
     }
 
@@ -337,13 +370,19 @@ def overhead(work: Path, steps: int, log_every: int) -> dict:
 
 
 # -- report -----------------------------------------------------------------------------------------
+def malloc_label(described: str) -> str:
+    if "tcache and fastbins off" in described:
+        return "tcache+fastbins off"
+    return "glibc defaults" if described.startswith("glibc defaults") else described or "-"
+
+
 def table(results: list[dict]) -> str:
     by = {(r["case"], r["side"]): r for r in results}
     base = by.get(("padded", "trainer"))
     lines = [
         "| case | side | tokens/s | vs Trainer padded | vs Trainer same case | peak RSS GiB | "
-        "vs Trainer padded | vs Trainer same case | step s | first losses |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        "vs Trainer padded | vs Trainer same case | step s | host malloc | first losses |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
 
     def ratio(a: float, b: dict | None, key: str) -> str:
@@ -358,6 +397,7 @@ def table(results: list[dict]) -> str:
             f"{ratio(r['tokens_per_s'], same, 'tokens_per_s')} | {r['peak_rss_gb']:.2f} | "
             f"{ratio(r['peak_rss_gb'], base, 'peak_rss_gb')} | "
             f"{ratio(r['peak_rss_gb'], same, 'peak_rss_gb')} | {step:.1f} | "
+            f"{malloc_label(r.get('host_allocator', ''))} | "
             f"{', '.join(f'{x:.3f}' for x in r['losses'][:3])} |"
         )
     return "\n".join(lines)
@@ -392,7 +432,8 @@ def main() -> None:
             (work / f"{case}-{side}").mkdir(parents=True, exist_ok=True)
             cmd = [*cmd_base, "--work", str(work), "--child", side, case]
             print(f"== {case} / {side}", flush=True)
-            proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+            env = side_environment(side, next(o for s, o in CASES[case] if s == side))
+            proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env)
             found = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
             if proc.returncode or not found:
                 print(proc.stdout[-3000:], proc.stderr[-3000:], file=sys.stderr)

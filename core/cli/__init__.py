@@ -84,8 +84,15 @@ def find_recipe(text: str) -> Path:
     return path
 
 
+# True when this process's own command line is the command (`tune ...`, `python -m tune ...`),
+# so `tune run` may re-execute it (tune.hostmem); False under main(argv) or click's test runner.
+OWN_COMMAND_LINE = False
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user mistakes print one paragraph and exit 2; bugs keep their traceback."""
+    global OWN_COMMAND_LINE
+    OWN_COMMAND_LINE = argv is None
     try:
         cli.main(args=argv, prog_name="tune", standalone_mode=True)
     except TuneError as exc:

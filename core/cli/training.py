@@ -55,7 +55,10 @@ def validate(ctx, recipe: str, overrides: tuple[str, ...], plugin_opts: tuple[st
     for label, sel in rows:
         table.add_row(label, sel.backend.name, sel.backend.plugin)
     console = _console()
-    console.print(f"[green]ok[/green] {rec.path}" + (f": {data_summary}" if data_summary else ""))
+    console.print(  # one line however long the path: scripts and tests grep it
+        f"[green]ok[/green] {rec.path}" + (f": {data_summary}" if data_summary else ""),
+        soft_wrap=True,
+    )
     console.print(table)
 
 
@@ -110,8 +113,13 @@ def run(
     With --nproc-per-node N (and --nnodes ...), tune validates once, then relaunches itself under
     torch.distributed.run; a run started by torchrun, deepspeed or srun joins by itself.
     """
+    import tune.cli
     from tune.distributed import env_world, relaunch
 
+    if tune.cli.OWN_COMMAND_LINE:  # glibc's allocator settings are read at process start
+        from tune.hostmem import restart_with_tuned_malloc
+
+        restart_with_tuned_malloc()
     pm, rec, _ = _validated(ctx, recipe, overrides, plugin_opts)
     args = ["run", str(rec.path)]
     for item in overrides:

@@ -6,6 +6,7 @@ import json
 import time
 from typing import Any
 
+from tune.hostmem import describe as describe_host_malloc
 from tune.train.meter import Meter, human_bytes
 
 
@@ -38,6 +39,7 @@ def announce(trainer: Any) -> None:
         + f", tokenization cache {stats.get('cache', 'off')}; "
         f"{trainer.total_steps} steps ({trainer.steps_per_epoch}/epoch) -> {ctx.output_dir}"
     )
+    ctx.print(f"host allocator: {describe_host_malloc()}", markup=False)
 
 
 def progress(ctx: Any):
@@ -85,6 +87,7 @@ def summarize(trainer: Any, state, meter: Meter, wall: float, final_metrics, sam
         "plan_efficiency": round(plan_efficiency(trainer, session), 4),
         "wall_s": round(wall, 2),
         "peak_memory": memory,
+        "host_allocator": describe_host_malloc(),
         "first_loss": state.get("first_loss", losses[0][1] if losses else None),
         "last_loss": state.get("last_loss", losses[-1][1] if losses else None),
         "eval": final_metrics,
