@@ -4,10 +4,11 @@ Why: PyTorch allocates every CPU tensor with `posix_memalign(64)`. glibc serves 
 request from a block of size + 64 + 32 bytes and gives the unused head and tail back; the small
 freed heads sit in the per-thread cache (tcache) and the fastbins, which never coalesce with
 their neighbours. So a freed activation leaves a hole that the next tensor of the same size
-does not fit, and during a forward pass the heap grows by almost twice what is alive (glibc
-2.36: 1.85x on a small LoRA Llama; the SmolLM2-shaped bench's peak RSS 4.5 GiB for 1.9 GiB of
-live tensors). With the tcache and fastbins off, freed blocks coalesce again: 1.25x, and the
-bench's peak falls to 3.5 GiB at the same speed (bench/results/vs-trainer-2026-12-04.md).
+does not fit, and during a forward pass the heap grows by up to twice what is alive (glibc
+2.36: a small LoRA Llama ends four steps with 1.5-2.0x its peak of live blocks in heap; the
+SmolLM2-shaped bench's peak RSS 4.5 GiB for 1.9 GiB of live tensors). With the tcache and
+fastbins off, freed blocks coalesce again: 0.8-1.0x, and the bench's peak falls to 3.5 GiB at
+the same speed (bench/results/vs-trainer-2026-12-04.md).
 
 glibc reads these settings (GLIBC_TUNABLES) only when a process starts, so `tune run`
 re-executes itself once with them: the same process id, interpreter and arguments, before

@@ -1,5 +1,5 @@
 """The host allocator `tune run` starts with (tune.hostmem): the settings, the re-execution, and
-that they keep a LoRA forward's heap close to what is alive."""
+that they keep a LoRA model's heap close to what is alive."""
 
 from __future__ import annotations
 
@@ -58,8 +58,9 @@ def test_tune_run_restarts_itself_with_the_settings(tmp_path):
     assert "host allocator: glibc defaults" in out.stdout
 
 
-# A LoRA Llama's first forward, in a fresh process: how much the heap grew for what is alive.
-FORWARD = textwrap.dedent(
+# A LoRA Llama trained for four steps of different lengths, in a fresh process: the heap it
+# is left with, against the most that was alive at once (after each forward).
+STEPS = textwrap.dedent(
     """
     import ctypes, json, torch
     from peft import LoraConfig, get_peft_model
@@ -72,17 +73,21 @@ FORWARD = textwrap.dedent(
 
     libc = ctypes.CDLL("libc.so.6")
     libc.mallinfo2.restype = Info
+    torch.set_num_threads(1)
     torch.manual_seed(0)
     config = LlamaConfig(hidden_size=192, intermediate_size=512, num_hidden_layers=8,
                          num_attention_heads=6, num_key_value_heads=2, vocab_size=1000)
     model = get_peft_model(LlamaForCausalLM(config), LoraConfig(r=8, target_modules="all-linear"))
-    ids = torch.randint(0, 1000, (4, 200))
-    before = libc.mallinfo2()
-    hidden = model.model.model(input_ids=ids).last_hidden_state
+    before, peak_live = libc.mallinfo2(), 0
+    for length in (200, 240, 220, 180):
+        ids = torch.randint(0, 1000, (4, length))
+        hidden = model.model.model(input_ids=ids).last_hidden_state
+        now = libc.mallinfo2()
+        peak_live = max(peak_live, now.uordblks + now.hblkhd - before.uordblks - before.hblkhd)
+        hidden.sum().backward()
+        del hidden
     after = libc.mallinfo2()
-    live = after.uordblks + after.hblkhd - before.uordblks - before.hblkhd
-    grown = after.arena + after.hblkhd - before.arena - before.hblkhd
-    print(json.dumps({"growth": grown / live}))
+    print(json.dumps({"growth": (after.arena + after.hblkhd - before.arena - before.hblkhd) / peak_live}))
     """
 )
 
@@ -91,7 +96,7 @@ def heap_growth(env: dict[str, str]) -> float:
     full = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
     full.update(PYTHONPATH=os.pathsep.join(p for p in sys.path if p), **env)
     out = subprocess.run(
-        [sys.executable, "-c", FORWARD], capture_output=True, text=True, env=full, timeout=300
+        [sys.executable, "-c", STEPS], capture_output=True, text=True, env=full, timeout=300
     )
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout.strip().splitlines()[-1])["growth"]
@@ -99,12 +104,10 @@ def heap_growth(env: dict[str, str]) -> float:
 
 @on_cpu_glibc
 def test_tuned_heap_stays_close_to_what_is_alive():
-    """With the settings the heap grows by little more than the saved activations; with glibc's
-    defaults (2.36 here) it grows by far more: the holes that tensors of the same size cannot
-    reuse. Newer glibc may fragment less by itself, so only the tuned bound is required."""
+    """With the settings, four steps leave a heap no larger than about the most that was alive
+    (measured 0.82-1.0x, also under the suite's load). glibc's defaults (2.36 here) left
+    1.28-1.97x in six runs: the holes that tensors of the same size cannot reuse. That side
+    varies with load and glibc version, so only the tuned bound is asserted; with the tunables
+    missing or misspelled it fails."""
     tuned = heap_growth({"GLIBC_TUNABLES": hostmem.TUNABLES})
-    assert tuned < 1.4, tuned
-    version = tuple(int(x) for x in platform.libc_ver()[1].split(".")[:2])
-    if version < (2, 38):
-        default = heap_growth({})
-        assert default > 1.6 and default > tuned + 0.3, (default, tuned)
+    assert tuned < 1.2, tuned
