@@ -40,12 +40,17 @@ def _gpu_visible() -> bool:
     return any(os.path.exists(node) for node in GPU_NODES)
 
 
+def _choice(env: Mapping[str, str]) -> str:
+    """The user's TUNE_HOST_MALLOC: "system", "tuned" or "" (tune decides)."""
+    return env.get(OPT_OUT, "").strip().lower()
+
+
 def tuned_environment(environ: Mapping[str, str] | None = None) -> dict[str, str] | None:
     """The environment to start a training process with, or None where nothing should change:
     off glibc, opted out, a GPU visible (unless asked for), or the user's own malloc tunables
     already set."""
     env = dict(os.environ if environ is None else environ)
-    choice = env.get(OPT_OUT, "").strip().lower()
+    choice = _choice(env)
     if not _is_glibc() or choice == "system" or (choice != "tuned" and _gpu_visible()):
         return None
     current = env.get("GLIBC_TUNABLES", "")
@@ -80,6 +85,6 @@ def describe(environ: Mapping[str, str] | None = None) -> str:
         return f"glibc with tcache and fastbins off ({OPT_OUT}=system for glibc's defaults)"
     if "glibc.malloc." in current:
         return f"glibc with your GLIBC_TUNABLES ({current})"
-    if _gpu_visible() and env.get(OPT_OUT, "").strip().lower() != "system":
+    if _gpu_visible() and _choice(env) != "system":
         return f"glibc defaults (a GPU is visible; {OPT_OUT}=tuned for the host-heap settings)"
     return "glibc defaults (freed activations fragment the heap; see tune.hostmem)"

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import subprocess
 import sys
 import textwrap
@@ -15,9 +14,7 @@ from tune import hostmem
 from tune.testing import recipe_dict, run_cli, write_recipe
 
 on_cpu_glibc = pytest.mark.skipif(
-    not (sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc")
-    or hostmem._gpu_visible(),
-    reason="glibc, no GPU visible",
+    not hostmem._is_glibc() or hostmem._gpu_visible(), reason="glibc, no GPU visible"
 )
 
 
