@@ -95,8 +95,8 @@ def score(got: str, key: str) -> tuple[int, int]:
 
 def load(final: Path):
     from transformers.utils import logging as hf_logging
-    from tune.merge import load_trained, locate
-    from tune.plugins import get_plugin_manager
+    from tune.registry.manager import get_plugin_manager
+    from tune.trained.merge import load_trained, locate
 
     hf_logging.set_verbosity_error()
     pm = get_plugin_manager()

@@ -178,8 +178,8 @@ def copy_losses(final: Path, docs: Path, n: int = 32) -> dict[str, float]:
     2-5 of its second mention (a copy inside one window) and the answer (across windows)."""
     import torch
     from transformers.utils import logging as hf_logging
-    from tune.merge import load_trained, locate
-    from tune.plugins import get_plugin_manager
+    from tune.registry.manager import get_plugin_manager
+    from tune.trained.merge import load_trained, locate
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     hf_logging.set_verbosity_error()

@@ -25,8 +25,8 @@ KEYS = ("steps", "tokens", "tokens_per_s", "wall_s", "token_efficiency", "plan_e
 
 
 def run(data_path: Path, rows: int, pack: bool, workdir: Path) -> dict:
-    from tune.plugins import get_plugin_manager
     from tune.recipe import dump_toml, load_recipe
+    from tune.registry.manager import get_plugin_manager
     from tune.train.run import run_training
 
     subset = workdir / "data.json"

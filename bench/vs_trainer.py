@@ -15,10 +15,10 @@ Cases: padded (both); packed (tune, rows of 512 filled end to end) vs Trainer wi
 padding-free collator (DataCollatorWithFlattening); tune with chunked_loss off; tune with
 compile on; tune with lean_activations off; tune with gradient checkpointing (less memory for
 recomputation); QLoRA nf4 (both, bitsandbytes); malloc_swapped: tune on glibc's default
-allocator settings and Trainer on the ones `tune run` starts with (tune.hostmem).
+allocator settings and Trainer on the ones `tune run` starts with (tune.machine.hostmem).
 
 Each side starts as its tool would: the tune side with the environment `tune run` re-executes
-itself with (glibc's tcache and fastbins off, see tune.hostmem), Trainer with this process's.
+itself with (glibc's tcache and fastbins off, see tune.machine.hostmem), Trainer with this process's.
 
     python bench/vs_trainer.py [--steps 4] [--warmup 1] [--cases padded,packed,...]
 
@@ -265,7 +265,7 @@ def run_trainer(path: Path, steps: int, opts: dict) -> tuple[list[float], list[i
 def side_environment(side: str, opts: dict) -> dict[str, str]:
     """The environment a side starts with: `tune run`'s for tune (unless the case swaps it),
     this process's own for Trainer (unless the case gives it tune's)."""
-    from tune.hostmem import OPT_OUT, tuned_environment
+    from tune.machine.hostmem import OPT_OUT, tuned_environment
 
     plain = {k: v for k, v in os.environ.items() if k != OPT_OUT}
     if opts.get("malloc") == "system":
@@ -278,7 +278,7 @@ def side_environment(side: str, opts: dict) -> dict[str, str]:
 
 
 def child(side: str, case: str, work: Path, model_dir: Path, steps: int, warmup: int) -> dict:
-    from tune.hostmem import describe as describe_host_malloc
+    from tune.machine.hostmem import describe as describe_host_malloc
 
     opts = next(o for s, o in CASES[case] if s == side)
     path = recipe(work, model_dir, steps, opts)
@@ -313,10 +313,10 @@ def overhead(work: Path, steps: int, log_every: int) -> dict:
     not per-step work."""
     import tomllib
     from tune.builtin.objective import CausalLM
+    from tune.contract.strategy import Strategy
     from tune.recipe import dump_toml
     from tune.testing import run
     from tune.train import loop
-    from tune.train.strategy import Strategy
 
     data = tomllib.loads((REPO / "recipes/quickstart.toml").read_text(encoding="utf-8"))
     data["data"]["train"] = str(REPO / "recipes" / data["data"]["train"])

@@ -13,28 +13,39 @@ from __future__ import annotations
 
 from tune import PLUGIN_API as API_VERSION
 from tune import __version__
-from tune.context import RunContext, World
+from tune.contract.context import RunContext, World
+from tune.contract.format import DataFormat
+from tune.contract.objective import LossOutput, Objective, RunData
+from tune.contract.settings import (
+    AdamStyleSettings,
+    MultiProcessSettings,
+    OptimizerSettings,
+    Settings,
+)
+from tune.contract.source import DataSource
+from tune.contract.strategy import Strategy, load_trainable, trainable_state
+from tune.contract.tracker import RunInfo, Tracker
 from tune.data.batching import collate_packed
 from tune.data.examples import IGNORE, Examples, collate, target_count
 from tune.data.files import resolve_input
-from tune.data.format import DataFormat
-from tune.data.source import DataSource
 from tune.data.templates import ROLES as CHAT_ROLES
 from tune.data.templates import use_template as use_chat_template
-from tune.devices import auto_device, resolve_dtype, resolve_precision
-from tune.distributed import EnvWorld, env_world, join_world, start_process_group
 from tune.errors import TuneError, did_you_mean
-from tune.generation import greedy_generate, text_prompt
-from tune.hookspecs import hookimpl
-from tune.kinds import KINDS, LM_EXAMPLES
+from tune.machine.devices import auto_device, resolve_dtype, resolve_precision
+from tune.machine.distributed import EnvWorld, env_world, join_world, start_process_group
+from tune.model.generation import greedy_generate, text_prompt
+from tune.model.weights import (
+    FileTensor,
+    checkpoint_index,
+    file_tensor,
+    read_elements,
+    weight_files,
+)
 from tune.recipe import Recipe, Selected
-from tune.settings import AdamStyleSettings, MultiProcessSettings, OptimizerSettings, Settings
+from tune.registry.hookspecs import hookimpl
+from tune.registry.kinds import KINDS, LM_EXAMPLES
 from tune.train.chunked_loss import token_logprobs
 from tune.train.evaluation import EvalData
-from tune.train.objective import LossOutput, Objective, RunData
-from tune.train.strategy import Strategy, load_trainable, trainable_state
-from tune.train.tracker import RunInfo, Tracker
-from tune.weights import FileTensor, checkpoint_index, file_tensor, read_elements, weight_files
 
 __all__ = [
     # the plugin API version, and tune's

@@ -100,7 +100,7 @@ def _tune_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 @pytest.fixture
 def tune_plugin():
     """`tune_plugin(obj, name=None)`: obj is a plugin for the rest of this test (in-process)."""
-    from tune import plugins
+    from tune.registry import manager as plugins
 
     added: list[tuple[str, Any]] = []
 
@@ -193,7 +193,7 @@ def write_recipe(tmp_path: Path, data: dict[str, Any], name: str = "recipe.toml"
 @contextlib.contextmanager
 def registered(*plugins: Any) -> Iterator[None]:
     """Within the block, these plugin objects are registered in every in-process manager."""
-    from tune import plugins as manager
+    from tune.registry import manager
 
     added = [(getattr(p, "__name__", None) or type(p).__name__, p) for p in plugins]
     manager._test_plugins.extend(added)
@@ -206,8 +206,8 @@ def registered(*plugins: Any) -> Iterator[None]:
 
 def load_recipe(path: Path, plugins: tuple[str, ...] = (), overrides: list[str] | None = None):
     """A validated `Recipe` with its backends chosen (`plugins`: extra plugin modules, as -p)."""
-    from tune.plugins import get_plugin_manager
     from tune.recipe import load_recipe as load
+    from tune.registry.manager import get_plugin_manager
 
     return load(path, overrides, plugins=get_plugin_manager(extra_modules=plugins))
 
@@ -224,13 +224,13 @@ def run(
 ) -> tuple[dict[str, Any], Any]:
     """Validate and train a recipe file in this process; returns (summary, Recipe)."""
     from tune.data.pipeline import validate_data
-    from tune.plugins import get_plugin_manager
     from tune.recipe import load_recipe as load
+    from tune.registry.manager import get_plugin_manager
     from tune.train.run import run_training
 
     pm = get_plugin_manager(extra_modules=plugins)
     recipe = load(path, plugins=pm)
-    from tune.context import RunContext
+    from tune.contract.context import RunContext
 
     validate_data(pm, RunContext(recipe=recipe, output_dir=Path(recipe.train.output_dir)))
     summary = run_training(
@@ -375,8 +375,8 @@ def tiny_tokenizer(name: str = "tiny-llama"):
 def build_model(recipe: Any, tmp_path: Path | None = None) -> tuple[Any, Any]:
     """(model, tokenizer) as `tune run` builds them for `recipe` (from `load_recipe`): the
     loader, quantization and every adapt step, on CPU, before the strategy wraps anything."""
-    from tune.context import RunContext
-    from tune.plugins import get_plugin_manager
+    from tune.contract.context import RunContext
+    from tune.registry.manager import get_plugin_manager
     from tune.train.setup import build_model as build
 
     ctx = RunContext(recipe=recipe, output_dir=tmp_path or Path(recipe.train.output_dir))
@@ -385,9 +385,9 @@ def build_model(recipe: Any, tmp_path: Path | None = None) -> tuple[Any, Any]:
 
 def tokenize(recipe: Any):
     """The recipe's data as training sees it: `tune.plugin.Examples` (recipe from `load_recipe`)."""
-    from tune.context import RunContext
+    from tune.contract.context import RunContext
     from tune.data.pipeline import load_examples
-    from tune.plugins import get_plugin_manager
+    from tune.registry.manager import get_plugin_manager
 
     pm = get_plugin_manager()
     ctx = RunContext(recipe=recipe, output_dir=Path(recipe.train.output_dir))

@@ -9,10 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
+from tune.contract.source import DataSource
 from tune.data.files import iter_rows, resolve_input, stream_jsonl
-from tune.data.source import DataSource
 from tune.errors import TuneError
-from tune.hookspecs import hookimpl
+from tune.registry.hookspecs import hookimpl
 
 
 class FilesSettings(BaseModel):

@@ -10,10 +10,10 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
-from tune.data.format import DataFormat
+from tune.contract.format import DataFormat
 from tune.data.normalize import need, normalize_alpaca, normalize_chat, text_of
 from tune.errors import TuneError
-from tune.hookspecs import hookimpl
+from tune.registry.hookspecs import hookimpl
 
 TemplateName = Literal["tokenizer", "llama-3.1", "chatml", "mistral"]
 
@@ -144,7 +144,7 @@ class TextFormat(DataFormat):
         return self.settings.truncation == "truncate"
 
     def check(self, row, where):
-        from tune.data.format import row_bound
+        from tune.contract.format import row_bound
 
         need(row, [self.settings.text_field], where, "text")
         text = text_of(row[self.settings.text_field], where, self.settings.text_field)

@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tune.hookspecs import hookimpl
-from tune.train.tracker import RunInfo, Tracker
+from tune.contract.tracker import RunInfo, Tracker
+from tune.registry.hookspecs import hookimpl
 
 
 class JsonlTracker(Tracker):

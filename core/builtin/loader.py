@@ -6,9 +6,9 @@ import contextlib
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
-from tune.devices import resolve_dtype
 from tune.errors import TuneError
-from tune.hookspecs import hookimpl
+from tune.machine.devices import resolve_dtype
+from tune.registry.hookspecs import hookimpl
 
 TINY_PREFIX = "tune:"
 
@@ -57,7 +57,7 @@ def tiny_name(ctx) -> str:
 @hookimpl
 def tune_load_model(settings: TransformersLoaderSettings, ctx):
     from transformers import AutoTokenizer
-    from tune.gguf_input import gguf_location, load_model
+    from tune.model.gguf_input import gguf_location, load_model
 
     recipe = ctx.recipe
     path, gguf = gguf_location(recipe.model, recipe.path)
@@ -80,7 +80,7 @@ def tune_load_model(settings: TransformersLoaderSettings, ctx):
         kwargs["quantization_config"] = ctx.quantization_config
         if ctx.world.device.startswith("cuda"):
             kwargs["device_map"] = {"": ctx.world.device}
-    from tune.train.strategy import current_strategy
+    from tune.contract.strategy import current_strategy
 
     strategy = current_strategy(ctx)
     # A strategy reading its shard from the files reads `path`'s safetensors as they are: not
@@ -166,7 +166,7 @@ def _bare_model(kwargs: dict[str, Any]) -> Any:
 @hookimpl
 def tune_load_tokenizer(settings: TransformersLoaderSettings, ctx):
     from transformers import AutoTokenizer
-    from tune.gguf_input import gguf_location
+    from tune.model.gguf_input import gguf_location
 
     path, gguf = gguf_location(ctx.recipe.model, ctx.recipe.path)
     if path.startswith(TINY_PREFIX) and not settings.tokenizer:

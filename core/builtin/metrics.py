@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from tune.hookspecs import hookimpl
+from tune.registry.hookspecs import hookimpl
 
 
 @hookimpl

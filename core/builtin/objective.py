@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from tune.hookspecs import hookimpl
-from tune.train.objective import Batch, LossOutput, Objective
+from tune.contract.objective import Batch, LossOutput, Objective
+from tune.registry.hookspecs import hookimpl
 
 
 class CausalLM(Objective):

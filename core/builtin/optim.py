@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from pydantic import Field
-from tune.hookspecs import hookimpl
-from tune.settings import AdamStyleSettings
+from tune.contract.settings import AdamStyleSettings
+from tune.registry.hookspecs import hookimpl
 
 
 class AdamWSettings(AdamStyleSettings):

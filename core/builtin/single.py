@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
-from tune.hookspecs import hookimpl
+from tune.registry.hookspecs import hookimpl
 
 
 class SingleSettings(BaseModel):
@@ -23,7 +23,7 @@ def tune_provide(provide):
 
 @hookimpl
 def tune_choose_strategy(settings: SingleSettings, ctx):
-    from tune.train.strategy import Strategy
+    from tune.contract.strategy import Strategy
 
     device = None if settings.device == "auto" else settings.device
     if device == "cuda":

@@ -35,7 +35,7 @@ def plugin_option(func):
 
 
 def _plugin_manager(ctx: click.Context, local: tuple[str, ...], strict: bool = True):
-    from tune.plugins import get_plugin_manager, split_plugin_options
+    from tune.registry.manager import get_plugin_manager, split_plugin_options
 
     options = list((ctx.find_root().obj or {}).get("plugin_opts", ())) + list(local)
     disable, modules = split_plugin_options(options)
@@ -85,7 +85,7 @@ def find_recipe(text: str) -> Path:
 
 
 # True when this process's own command line is the command (`tune ...`, `python -m tune ...`),
-# so `tune run` may re-execute it (tune.hostmem); False under main(argv) or click's test runner.
+# so `tune run` may re-execute it (tune.machine.hostmem); False under main(argv) or click's test runner.
 OWN_COMMAND_LINE = False
 
 

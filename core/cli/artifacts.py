@@ -29,7 +29,7 @@ from tune.errors import TuneError
 @click.pass_context
 def merge(ctx, source: Path, out: Path, dtype: str, plugin_opts: tuple[str, ...]) -> None:
     """Merge a run's adapter (or a PEFT adapter dir) into its base: a plain transformers model."""
-    from tune.merge import merge as merge_adapter
+    from tune.trained.merge import merge as merge_adapter
 
     pm = _plugin_manager(ctx, plugin_opts)
     written = merge_adapter(source, out, dtype, pm)
@@ -67,7 +67,7 @@ def chat(
     plugin_opts: tuple[str, ...],
 ) -> None:
     """Talk to a trained run (its output_dir or final/): one message per line, /exit to stop."""
-    from tune.chat import open_session, repl
+    from tune.trained.chat import open_session, repl
 
     messages = list(prompts)
     if prompt_file is not None:
@@ -78,7 +78,7 @@ def chat(
         messages.append(prompt_file.read_text(encoding="utf-8"))
     pm = _plugin_manager(ctx, plugin_opts)
     if dtype is None:
-        from tune.devices import auto_device, resolve_precision
+        from tune.machine.devices import auto_device, resolve_precision
 
         dtype = resolve_precision("auto", auto_device())
     session = open_session(source, pm, dtype, max_new_tokens, system, raw)
@@ -124,8 +124,8 @@ def evaluate(ctx, source: Path, metrics, overrides, dtype, plugin_opts) -> None:
     tune eval runs/qs --metric lm_eval -o eval.lm_eval.tasks='["hellaswag"]'
     """
     from rich.table import Table
-    from tune.devices import auto_device, resolve_precision
-    from tune.evaluate import evaluate_run
+    from tune.machine.devices import auto_device, resolve_precision
+    from tune.trained.evaluate import evaluate_run
 
     pm = _plugin_manager(ctx, plugin_opts)
     console = _console()

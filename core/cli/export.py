@@ -37,7 +37,7 @@ def export(ctx, source, fmt, quant, out, options, dtype, plugin_opts) -> None:
     """Write a run (or a model folder) in another format: tune export runs/qs --format gguf --quant q8_0 --out qs.gguf"""
     import time
 
-    from tune.export import export as run_export
+    from tune.trained.export import export as run_export
 
     pm = _plugin_manager(ctx, plugin_opts)
     start = time.perf_counter()
@@ -67,7 +67,7 @@ def export(ctx, source, fmt, quant, out, options, dtype, plugin_opts) -> None:
 @click.pass_context
 def push(ctx, source, repo_id, private, merged, gguf_quant, dry_run, dtype, plugin_opts) -> None:
     """Upload a run to the Hugging Face Hub with a generated model card (token: HF_TOKEN or login)."""
-    from tune.push import push as run_push
+    from tune.trained.push import push as run_push
 
     pm = _plugin_manager(ctx, plugin_opts)
     console = _console()

@@ -113,7 +113,7 @@ def plugins_list(ctx: click.Context, as_json: bool, plugin_opts: tuple[str, ...]
 def plugins_new(name: str, kind: str, backend: str | None, dest: Path) -> None:
     """Create tune-plugin-NAME: a working plugin of KIND with tests, ready to pip install."""
     from rich.markup import escape
-    from tune.scaffold import new_plugin
+    from tune.registry.scaffold import new_plugin
 
     root = new_plugin(name, kind, dest, backend)
     _console().print(

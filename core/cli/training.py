@@ -20,7 +20,7 @@ from tune.cli import (
 
 # -- validate and run ---------------------------------------------------------------------------
 def _validated(ctx, recipe_text, overrides, plugin_opts):
-    from tune.context import RunContext
+    from tune.contract.context import RunContext
     from tune.data.pipeline import validate_data
     from tune.recipe import load_recipe
 
@@ -114,10 +114,10 @@ def run(
     torch.distributed.run; a run started by torchrun, deepspeed or srun joins by itself.
     """
     import tune.cli
-    from tune.distributed import env_world, relaunch
+    from tune.machine.distributed import env_world, relaunch
 
     if tune.cli.OWN_COMMAND_LINE:  # glibc's allocator settings are read at process start
-        from tune.hostmem import restart_with_tuned_malloc
+        from tune.machine.hostmem import restart_with_tuned_malloc
 
         restart_with_tuned_malloc()
     pm, rec, _ = _validated(ctx, recipe, overrides, plugin_opts)

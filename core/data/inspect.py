@@ -8,7 +8,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
-from tune.context import RunContext
+from tune.contract.context import RunContext
 from tune.data.batching import Batcher
 from tune.data.examples import IGNORE, target_count
 

@@ -16,7 +16,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from tune.context import RunContext
+from tune.contract.context import RunContext
 from tune.data.examples import Examples, target_count
 from tune.errors import TuneError
 from tune.recipe import Selected
@@ -106,7 +106,7 @@ def read_checked(
     """Checked (where, record) pairs. A row holding far more text than max_seq_len could train
     (`row_bound`) is dropped before tokenization, or cut by a format that cuts (text), and
     counted in `counts` ("oversized")."""
-    from tune.data.format import row_bound, row_chars
+    from tune.contract.format import row_bound, row_chars
 
     bound = row_bound(fmt.max_seq_len)
     rows = []
@@ -296,7 +296,7 @@ def _streaming(fmt, source, entry: Entry, ctx: RunContext) -> Examples:
 
     where = entry.where(ctx, "train")
 
-    from tune.data.format import row_bound, row_chars
+    from tune.contract.format import row_bound, row_chars
 
     bound = row_bound(fmt.max_seq_len)
     shortest = min_tokens(entry, ctx)

@@ -48,7 +48,7 @@ __all__ = [
 class Selected:
     """A backend chosen by the recipe, with its validated settings."""
 
-    backend: Any  # tune.backends.Backend
+    backend: Any  # tune.registry.declare.Backend
     settings: BaseModel
 
 

@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from tune.context import RunContext
+from tune.contract.context import RunContext
 
 
 @dataclass

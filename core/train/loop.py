@@ -13,7 +13,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from tune.context import RunContext
+from tune.contract.context import RunContext
+from tune.contract.tracker import RunInfo
 from tune.data.batching import Batcher
 from tune.recipe import Recipe, dump_toml
 from tune.train import checkpoint, evaluation, report, setup
@@ -21,7 +22,6 @@ from tune.train import resume as resuming
 from tune.train.meter import Meter
 from tune.train.outdir import OutputDir
 from tune.train.signals import EXIT_ABORTED, EXIT_STOPPED, RunStopped, StopRequest
-from tune.train.tracker import RunInfo
 
 
 class Trainer:

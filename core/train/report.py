@@ -6,7 +6,7 @@ import json
 import time
 from typing import Any
 
-from tune.hostmem import describe as describe_host_malloc
+from tune.machine.hostmem import describe as describe_host_malloc
 from tune.train.meter import Meter, human_bytes
 
 

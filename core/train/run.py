@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tune.context import RunContext
+from tune.contract.context import RunContext
 from tune.errors import TuneError
 from tune.recipe import Recipe
 
@@ -53,7 +53,7 @@ def run_training(
 
 
 def _check_world(ctx: RunContext, pm) -> None:
-    from tune.distributed import env_world
+    from tune.machine.distributed import env_world
 
     started = env_world()
     if started is not None and started.world_size > 1 and ctx.world.world_size == 1:

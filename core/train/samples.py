@@ -11,7 +11,7 @@ def sample(trainer: Any, step: int, final: bool = True) -> list[dict[str, str]]:
     At the end (`final`) the loader may switch the model to a fast inference mode first;
     during training the model is used as it is, and goes back to training mode after.
     """
-    from tune.generation import greedy_generate
+    from tune.model.generation import greedy_generate
 
     prompts = trainer.recipe.generate.prompts
     lockstep = trainer.strategy.sharded_params

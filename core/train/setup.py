@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from tune.context import RunContext
+from tune.contract.context import RunContext
+from tune.contract.tracker import Trackers
 from tune.errors import TuneError
 from tune.recipe import Recipe
-from tune.train.tracker import Trackers
 
 
 def upcast_trainable(params: list[Any]) -> None:

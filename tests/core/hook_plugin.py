@@ -7,7 +7,7 @@ in which order.
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict
-from tune.hookspecs import hookimpl
+from tune.registry.hookspecs import hookimpl
 
 CALLS: list[tuple[str, object]] = []
 GRADS: list[dict[str, object]] = []
@@ -73,7 +73,7 @@ def tune_build_optimizer(name, settings, params, ctx):
 
 @hookimpl
 def tune_choose_strategy(name, settings, ctx):
-    from tune.train.strategy import Strategy
+    from tune.contract.strategy import Strategy
 
     class Recording(Strategy):
         def step(self, model, optimizer, max_grad_norm):

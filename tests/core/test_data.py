@@ -6,12 +6,12 @@ import json
 
 import pytest
 from tune.builtin.tiny import load_tokenizer
-from tune.context import RunContext
+from tune.contract.context import RunContext
 from tune.data.batching import share
 from tune.data.examples import IGNORE, collate, epoch_order
 from tune.data.pipeline import load_examples
-from tune.plugins import get_plugin_manager
 from tune.recipe import load_recipe
+from tune.registry.manager import get_plugin_manager
 from tune.testing import recipe_dict, write_jsonl, write_recipe
 
 CHAT = [{"role": "user", "content": "reverse hello"}, {"role": "assistant", "content": "olleh"}]

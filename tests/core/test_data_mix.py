@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from tune.builtin.tiny import load_tokenizer
-from tune.context import RunContext
+from tune.contract.context import RunContext
 from tune.data.examples import IGNORE
 from tune.data.pipeline import load_examples
-from tune.plugins import get_plugin_manager
 from tune.recipe import load_recipe
 from tune.recipe.toml import tomllib
+from tune.registry.manager import get_plugin_manager
 from tune.testing import chat_rows, recipe_dict, run_cli, write_jsonl, write_recipe
 
 TEXTS = [{"text": f"plain text number {i}"} for i in range(6)]

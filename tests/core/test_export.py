@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 from tune.errors import TuneError
-from tune.export import export
 from tune.plugin import Settings, hookimpl
-from tune.plugins import get_plugin_manager
 from tune.recipe import dump_toml
+from tune.registry.manager import get_plugin_manager
 from tune.testing import tiny_model
+from tune.trained.export import export
 
 
 class ListSettings(Settings):

@@ -1,4 +1,4 @@
-"""The host allocator `tune run` starts with (tune.hostmem): the settings, the re-execution, and
+"""The host allocator `tune run` starts with (tune.machine.hostmem): the settings, the re-execution, and
 that they keep a LoRA model's heap close to what is alive."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import sys
 import textwrap
 
 import pytest
-from tune import hostmem
+from tune.machine import hostmem
 from tune.testing import recipe_dict, run_cli, write_recipe
 
 on_cpu_glibc = pytest.mark.skipif(

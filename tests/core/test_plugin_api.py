@@ -69,8 +69,8 @@ def test_public_api_imports_no_torch_and_lists_only_what_exists():
 
 
 def test_every_hook_is_in_lifecycle_order_documented_and_kinds_name_real_hooks():
-    from tune import hookspecs
-    from tune.kinds import KINDS
+    from tune.registry import hookspecs
+    from tune.registry.kinds import KINDS
 
     specs = [n for n in vars(hookspecs) if n.startswith("tune_")]
     doc = hookspecs.__doc__
@@ -89,8 +89,8 @@ def test_every_hook_is_in_lifecycle_order_documented_and_kinds_name_real_hooks()
 
 
 def test_catalog_agrees_with_what_bundled_plugins_declare():
-    from tune.backends import catalog
-    from tune.plugins import get_plugin_manager
+    from tune.registry.declare import catalog
+    from tune.registry.manager import get_plugin_manager
 
     pm = get_plugin_manager()
     by_dist: dict[str, dict[str, list[str]]] = {}

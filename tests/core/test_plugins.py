@@ -8,9 +8,9 @@ import uuid
 
 import pytest
 from tune.errors import TuneError
-from tune.kinds import KINDS
-from tune.plugins import get_plugin_manager
 from tune.recipe import load_recipe
+from tune.registry.kinds import KINDS
+from tune.registry.manager import get_plugin_manager
 from tune.testing import recipe_dict, run_cli, write_recipe
 
 PLUGIN_SRC = """

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from tune.errors import TuneError
 from tune.plugin import hookimpl
-from tune.plugins import get_plugin_manager
-from tune.push import push, stage
 from tune.recipe import dump_toml
+from tune.registry.manager import get_plugin_manager
 from tune.testing import run_cli, tiny_model
+from tune.trained.push import push, stage
 
 huggingface_hub = pytest.importorskip("huggingface_hub")
 

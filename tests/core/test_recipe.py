@@ -6,9 +6,9 @@ import json
 
 import pytest
 from tune.cli import main
-from tune.plugins import get_plugin_manager
 from tune.recipe import dump_toml, load_recipe, parse_override
 from tune.recipe.toml import tomllib
+from tune.registry.manager import get_plugin_manager
 from tune.testing import chat_rows, recipe_dict, run_cli, write_jsonl, write_recipe
 
 

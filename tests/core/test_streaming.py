@@ -95,8 +95,8 @@ def _stream_recipe(tmp_path, out, data_file, **train):
 
 
 def test_streaming_run_resumes_exactly(tmp_path, run_recipe):
-    from tune.plugins import get_plugin_manager
     from tune.recipe import load_recipe
+    from tune.registry.manager import get_plugin_manager
     from tune.train.run import run_training
 
     data_file = write_jsonl(tmp_path / "s.jsonl", chat_rows(50))  # 50 rows: the run wraps around

@@ -33,7 +33,7 @@ class Session:
 
     def prompt(self, text: str) -> str:
         """The rendered prompt: the conversation so far through the template, or raw text."""
-        from tune.generation import text_prompt
+        from tune.model.generation import text_prompt
 
         if not self.use_template:
             return text_prompt(self.tokenizer, text)  # as the text format starts a document
@@ -43,7 +43,7 @@ class Session:
         )
 
     def reply(self, text: str) -> str:
-        from tune.generation import greedy_generate
+        from tune.model.generation import greedy_generate
 
         answer = greedy_generate(self.model, self.tokenizer, self.prompt(text), self.max_new_tokens)
         if self.use_template:
@@ -55,8 +55,8 @@ def open_session(
     source: Path, pm: Any, precision: str, max_new_tokens: int, system: str | None, raw: bool
 ) -> Session:
     from transformers.utils import logging as hf_logging
-    from tune.devices import auto_device
-    from tune.merge import load_trained, locate
+    from tune.machine.devices import auto_device
+    from tune.trained.merge import load_trained, locate
 
     hf_logging.set_verbosity_error()  # a chat starts quietly: no load report, no progress bars
     hf_logging.disable_progress_bar()
@@ -70,7 +70,7 @@ def open_session(
 
 def trained_on_chat(recipe: Any, pm: Any) -> bool:
     """Whether the run's data format renders conversations through the chat template."""
-    from tune.context import RunContext
+    from tune.contract.context import RunContext
     from tune.errors import TuneError
     from tune.recipe import select_backends
 

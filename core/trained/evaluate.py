@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tune.context import RunContext
+from tune.contract.context import RunContext
 from tune.errors import TuneError
 from tune.recipe import select_backends
 
@@ -23,11 +23,11 @@ def evaluate_run(
     source: Path, metrics: list[str], overrides: list[str], precision: str, pm: Any, console: Any
 ) -> tuple[dict[str, float], Path]:
     """Evaluate `source` (a run or model directory) on `metrics` (default: the recipe's)."""
-    from tune.devices import auto_device
-    from tune.merge import load_trained, locate
+    from tune.contract.objective import Objective
+    from tune.contract.strategy import Strategy
+    from tune.machine.devices import auto_device
     from tune.train.evaluation import EvalData
-    from tune.train.objective import Objective
-    from tune.train.strategy import Strategy
+    from tune.trained.merge import load_trained, locate
 
     artifact, recipe_file, recipe = locate(source, pm, overrides)
     if metrics:  # these, and only their settings tables

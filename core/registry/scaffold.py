@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tune.errors import TuneError
 
-TEMPLATES = Path(__file__).parent / "assets" / "scaffold"
+TEMPLATES = Path(__file__).parent.parent / "assets" / "scaffold"
 KINDS = {
     "metric": "a metric computed at each eval point",
     "optimizer": "an optimizer",

@@ -14,9 +14,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from tune.context import RunContext
-from tune.devices import PRECISION_DTYPES
+from tune.contract.context import RunContext
 from tune.errors import TuneError
+from tune.machine.devices import PRECISION_DTYPES
 from tune.recipe import Recipe, load_recipe, recipe_from_dict, select_backends
 
 # Only what merging uses: a run trained with plugins not installed here still merges.

@@ -64,9 +64,9 @@ def stage(
     online: bool,
 ) -> None:
     """Write into `folder` every file the repository gets."""
-    from tune.export import export, select_exporter
-    from tune.merge import locate, plain_model
-    from tune.modelcard import base_license, model_card
+    from tune.trained.export import export, select_exporter
+    from tune.trained.merge import locate, plain_model
+    from tune.trained.modelcard import base_license, model_card
 
     if gguf_quant:
         select_exporter(pm, GGUF_FORMAT, gguf_quant, [])  # a wrong quant fails before any work

@@ -75,7 +75,7 @@ class DataFormat:
 
     def render_prompt(self, text: str) -> str:
         """How a `[generate]` prompt is shown to the trained model (default: BOS + text)."""
-        from tune.generation import text_prompt
+        from tune.model.generation import text_prompt
 
         return text_prompt(self.tokenizer, text)
 

@@ -87,4 +87,4 @@ def describe(environ: Mapping[str, str] | None = None) -> str:
         return f"glibc with your GLIBC_TUNABLES ({current})"
     if _gpu_visible() and _choice(env) != "system":
         return f"glibc defaults (a GPU is visible; {OPT_OUT}=tuned for the host-heap settings)"
-    return "glibc defaults (freed activations fragment the heap; see tune.hostmem)"
+    return "glibc defaults (freed activations fragment the heap; see tune.machine.hostmem)"

@@ -12,8 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tune.context import RunContext, World
-from tune.devices import auto_device, resolve_precision
+from tune.contract.context import RunContext, World
+from tune.machine.devices import auto_device, resolve_precision
 
 
 class Strategy:

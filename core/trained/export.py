@@ -66,8 +66,8 @@ def export(
     precision: str = "bf16",
 ) -> list[Path]:
     """Write `source` (a run, its final/, an adapter or a model folder) as `fmt` to `out`."""
-    from tune.context import RunContext
-    from tune.merge import plain_model
+    from tune.contract.context import RunContext
+    from tune.trained.merge import plain_model
 
     selected = select_exporter(pm, fmt, quant, options or [])  # before anything loads
     out = out.absolute()

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from tune.contract.tracker import Trackers
 from tune.recipe import Recipe
-from tune.train.tracker import Trackers
 
 
 @dataclass

@@ -5,7 +5,7 @@ is where the module name comes from. Each plugin declares its backends in `tune_
 core then calls the one declaring plugin for each backend through `subset_hook_caller`, so who
 answered is never a matter of registration order. At registration a plugin is checked against
 the plugin API range it declares (`TUNE_API`) and against the hooks its backends require
-(`tune.kinds`). Imports no torch.
+(`tune.registry.kinds`). Imports no torch.
 """
 
 from __future__ import annotations
@@ -18,10 +18,11 @@ from importlib import metadata
 from typing import Any
 
 import pluggy
-from tune import PLUGIN_API, __version__, hookspecs
-from tune.backends import Backend, Provide, install_hint
+from tune import PLUGIN_API, __version__
 from tune.errors import TuneError, did_you_mean
-from tune.kinds import KINDS
+from tune.registry import hookspecs
+from tune.registry.declare import Backend, Provide, install_hint
+from tune.registry.kinds import KINDS
 
 ENTRY_POINT_GROUP = "tune"
 AUTOLOAD_ENV = "TUNE_DISABLE_PLUGIN_AUTOLOAD"

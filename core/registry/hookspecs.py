@@ -19,7 +19,7 @@
 Two calling styles:
 - **Backend hooks** take `name` and `settings` first. The core calls them on exactly one plugin,
   the one that declared the backend the recipe names (`firstresult` then only means "that
-  plugin's answer"). Which hooks each backend kind must implement is in `tune.kinds`: a plugin
+  plugin's answer"). Which hooks each backend kind must implement is in `tune.registry.kinds`: a plugin
   that declares a backend without them is refused at start-up.
 - **Broadcast hooks** (`tune_plugin_status`, `tune_check_recipe`, `tune_run_start`,
   `tune_save_extras`, `tune_recipe_for_artifact`) are called on every plugin; each checks
@@ -37,9 +37,9 @@ import pluggy
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from pydantic import BaseModel
-    from tune.context import RunContext
-    from tune.plugins import Provide
+    from tune.contract.context import RunContext
     from tune.recipe import Recipe
+    from tune.registry.manager import Provide
 
 PROJECT = "tune"
 hookspec = pluggy.HookspecMarker(PROJECT)

@@ -79,7 +79,7 @@ def start_process_group(ctx, strategy: str, backend: str = "auto", timeout_s: fl
     import datetime
 
     import torch.distributed as dist
-    from tune.context import World
+    from tune.contract.context import World
 
     started, device = join_world(ctx, strategy)
     if backend == "auto":

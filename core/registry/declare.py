@@ -11,13 +11,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
-from tune.kinds import KINDS, LM_EXAMPLES
-from tune.settings import Settings
+from tune.contract.settings import Settings
+from tune.registry.kinds import KINDS, LM_EXAMPLES
 
 if TYPE_CHECKING:  # pragma: no cover
-    from tune.plugins import PluginManager
+    from tune.registry.manager import PluginManager
 
-CATALOG = Path(__file__).parent / "assets" / "catalog.toml"
+CATALOG = Path(__file__).parent.parent / "assets" / "catalog.toml"
 
 
 class NoSettings(Settings):

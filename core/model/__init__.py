@@ -1,0 +1,1 @@
+"""Model files and generation: safetensors range reads, GGUF input, greedy generation."""
