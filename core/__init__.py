@@ -7,6 +7,6 @@ from tune.errors import TuneError
 
 __version__ = "0.1.0"
 # The plugin API this tune implements. A plugin may declare the range it was built for with a
-# module attribute, e.g. `TUNE_API = ">=1,<2"`; outside it, the plugin is not loaded.
-PLUGIN_API = "1.0"
+# module attribute, e.g. `TUNE_API = ">=2,<3"`; outside it, the plugin is not loaded.
+PLUGIN_API = "2.0"
 __all__ = ["PLUGIN_API", "TuneError", "__version__"]

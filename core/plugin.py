@@ -5,17 +5,28 @@
 Only this module and `tune.testing` are public. Every other `tune.*` module is private: it may
 change in any release. What is here follows the plugin API version `API_VERSION` (semver: a
 minor version adds, a major version may break); a plugin may declare the range it was built
-for with a module attribute `TUNE_API = ">=1,<2"`, and is not loaded outside it.
-Importing this module imports no torch.
+for with a module attribute `TUNE_API = ">=2,<3"`, and is not loaded outside it.
+
+Besides the names below, four namespaces group helpers that plugins of one kind share:
+`chat` (messages, templates, assistant spans: formats), `files` (reading rows, resolving
+paths: data sources), `weights` (reading a shard of a safetensors checkpoint: strategies),
+`processes` (joining a multi-process run: strategies). Importing this module imports no torch.
 """
 
 from __future__ import annotations
 
 from tune import PLUGIN_API as API_VERSION
 from tune import __version__
+from tune.contract.capabilities import Capabilities
+from tune.contract.collectives import Collectives
 from tune.contract.context import RunContext, World
+from tune.contract.evaluation import EvalData
+from tune.contract.exporter import Exporter
 from tune.contract.format import DataFormat
+from tune.contract.loading import Load, Loaded, keep_trainable
+from tune.contract.memory import MemoryTerm, ModelShape
 from tune.contract.objective import LossOutput, Objective, RunData
+from tune.contract.quantization import Quantization
 from tune.contract.settings import (
     AdamStyleSettings,
     MultiProcessSettings,
@@ -25,83 +36,76 @@ from tune.contract.settings import (
 from tune.contract.source import DataSource
 from tune.contract.strategy import Strategy, load_trainable, trainable_state
 from tune.contract.tracker import RunInfo, Tracker
+from tune.data import chat, files
 from tune.data.batching import collate_packed
-from tune.data.examples import IGNORE, Examples, collate, target_count
-from tune.data.files import resolve_input
-from tune.data.templates import ROLES as CHAT_ROLES
-from tune.data.templates import use_template as use_chat_template
+from tune.data.examples import IGNORE, collate, target_count
 from tune.errors import TuneError, did_you_mean
+from tune.machine import distributed as processes
 from tune.machine.devices import auto_device, resolve_dtype, resolve_precision
-from tune.machine.distributed import EnvWorld, env_world, join_world, start_process_group
+from tune.model import weights
 from tune.model.generation import greedy_generate, text_prompt
-from tune.model.weights import (
-    FileTensor,
-    checkpoint_index,
-    file_tensor,
-    read_elements,
-    weight_files,
-)
 from tune.recipe import Recipe, Selected
 from tune.registry.hookspecs import hookimpl
-from tune.registry.kinds import KINDS, LM_EXAMPLES
-from tune.train.chunked_loss import token_logprobs
-from tune.train.evaluation import EvalData
+from tune.registry.kinds import LM_EXAMPLES
+from tune.train.chunked_loss import next_token_loss, token_logprobs
 
 __all__ = [
     # the plugin API version, and tune's
     "API_VERSION",
     "__version__",
-    # declaring and implementing hooks
+    # declaring backends and implementing hooks
     "hookimpl",
-    "KINDS",
     "Settings",
     "OptimizerSettings",
     "AdamStyleSettings",
     "MultiProcessSettings",
+    "Capabilities",
     # what hooks receive
     "RunContext",
     "World",
+    "Collectives",
     "Recipe",
     "Selected",
     "EvalData",
     # user mistakes
     "TuneError",
     "did_you_mean",
+    # loaders, quantization, adapters, exporters
+    "Load",
+    "Loaded",
+    "keep_trainable",
+    "Quantization",
+    "Exporter",
     # data: sources and formats
     "DataSource",
     "DataFormat",
-    "Examples",
     "LM_EXAMPLES",
     "IGNORE",
     "target_count",
     "collate",
     "collate_packed",
-    "resolve_input",
-    "CHAT_ROLES",
-    "use_chat_template",
+    "chat",
+    "files",
     # training: objectives, strategies, trackers
     "Objective",
     "LossOutput",
     "RunData",
     "token_logprobs",
+    "next_token_loss",
     "Strategy",
     "trainable_state",
     "load_trainable",
-    "FileTensor",
-    "checkpoint_index",
-    "file_tensor",
-    "read_elements",
-    "weight_files",
+    "weights",
+    "processes",
     "Tracker",
     "RunInfo",
-    # devices, processes, generation
+    # memory estimates
+    "MemoryTerm",
+    "ModelShape",
+    # devices and generation
     "auto_device",
     "resolve_precision",
     "resolve_dtype",
-    "EnvWorld",
-    "env_world",
-    "join_world",
-    "start_process_group",
     "greedy_generate",
     "text_prompt",
 ]

@@ -1,8 +1,9 @@
 """tune.testing: a pytest plugin for testing tune plugins with real, tiny runs.
 
-Installed with tune and active wherever it is (entry point `pytest11`); nothing here runs unless
-a test asks for it, except that tune's cache (tiny models, tokenized data) points at a temporary
-folder for the session, so tests never touch `~/.cache/tune`.
+Opt in, as with pytest's own pytester: `pytest -p tune.testing`, or in the test suite's root
+`conftest.py`: `pytest_plugins = ["tune.testing"]` (`tune plugins new` writes that line). Once
+on, tune's cache (tiny models, tokenized data) points at a temporary folder for the session, so
+tests never touch `~/.cache/tune`, and `gpu`-marked tests skip without a CUDA GPU.
 
 Fixtures:
     tune_plugin(obj, name=None)   register a plugin object (module, class instance) for one
@@ -12,9 +13,9 @@ Fixtures:
     run_recipe(recipe, ...)       run a recipe (dict or path) in-process; (summary, Recipe)
 
 Helpers (plain functions): `chat_rows`, `write_jsonl`, `recipe_dict`, `write_recipe`,
-`load_recipe`, `run`, `run_cli`, `launch`, `build_model`, `tiny_model`, `tiny_tokenizer`,
-`tokenize`, `train_losses`, `final_weights`, `max_weight_diff`, `registered`, `write_plugin`,
-`sgd_step`, `step_difference` (strategy parity).
+`load_recipe`, `plugin_manager`, `run`, `run_cli`, `launch`, `build_model`, `tiny_model`,
+`tiny_tokenizer`, `tokenize`, `train_losses`, `final_weights`, `max_weight_diff`,
+`registered`, `write_plugin`, `sgd_step`, `step_difference` (strategy parity).
 Markers: `slow` (seconds or more), `gpu` (skipped without a CUDA GPU).
 """
 
@@ -35,6 +36,7 @@ CHAT_DATA = Path(__file__).parent / "assets" / "testing" / "chat.jsonl"
 
 __all__ = [
     "build_model",
+    "plugin_manager",
     "chat_rows",
     "final_weights",
     "check_missing_library",
@@ -97,22 +99,33 @@ def _tune_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 
 
 # -- fixtures -------------------------------------------------------------------------------------
+# Plugin objects registered for one test (`tune_plugin`, `registered`): every plugin manager
+# the helpers here build includes them.
+_REGISTERED: list[tuple[str, Any]] = []
+
+
 @pytest.fixture
 def tune_plugin():
-    """`tune_plugin(obj, name=None)`: obj is a plugin for the rest of this test (in-process)."""
-    from tune.registry import manager as plugins
-
+    """`tune_plugin(obj, name=None)`: obj is a plugin for the rest of this test, in every
+    plugin manager `tune.testing` builds (`plugin_manager()`, `run`, `run_recipe`, ...)."""
     added: list[tuple[str, Any]] = []
 
     def register(plugin: Any, name: str | None = None) -> str:
         name = name or getattr(plugin, "__name__", None) or type(plugin).__name__
-        plugins._test_plugins.append((name, plugin))
+        _REGISTERED.append((name, plugin))
         added.append((name, plugin))
         return name
 
     yield register
     for item in added:
-        plugins._test_plugins.remove(item)
+        _REGISTERED.remove(item)
+
+
+def plugin_manager(extra_modules: tuple[str, ...] | list[str] = ()) -> Any:
+    """The plugin manager a run would use, plus the plugin objects registered for this test."""
+    from tune.registry.manager import get_plugin_manager
+
+    return get_plugin_manager(extra_modules=extra_modules, plugins=list(_REGISTERED))
 
 
 @pytest.fixture
@@ -193,23 +206,20 @@ def write_recipe(tmp_path: Path, data: dict[str, Any], name: str = "recipe.toml"
 @contextlib.contextmanager
 def registered(*plugins: Any) -> Iterator[None]:
     """Within the block, these plugin objects are registered in every in-process manager."""
-    from tune.registry import manager
-
     added = [(getattr(p, "__name__", None) or type(p).__name__, p) for p in plugins]
-    manager._test_plugins.extend(added)
+    _REGISTERED.extend(added)
     try:
         yield
     finally:
         for item in added:
-            manager._test_plugins.remove(item)
+            _REGISTERED.remove(item)
 
 
 def load_recipe(path: Path, plugins: tuple[str, ...] = (), overrides: list[str] | None = None):
     """A validated `Recipe` with its backends chosen (`plugins`: extra plugin modules, as -p)."""
     from tune.recipe import load_recipe as load
-    from tune.registry.manager import get_plugin_manager
 
-    return load(path, overrides, plugins=get_plugin_manager(extra_modules=plugins))
+    return load(path, overrides, plugins=plugin_manager(plugins))
 
 
 # -- running --------------------------------------------------------------------------------------
@@ -225,10 +235,9 @@ def run(
     """Validate and train a recipe file in this process; returns (summary, Recipe)."""
     from tune.data.pipeline import validate_data
     from tune.recipe import load_recipe as load
-    from tune.registry.manager import get_plugin_manager
     from tune.train.run import run_training
 
-    pm = get_plugin_manager(extra_modules=plugins)
+    pm = plugin_manager(plugins)
     recipe = load(path, plugins=pm)
     from tune.contract.context import RunContext
 
@@ -376,22 +385,23 @@ def build_model(recipe: Any, tmp_path: Path | None = None) -> tuple[Any, Any]:
     """(model, tokenizer) as `tune run` builds them for `recipe` (from `load_recipe`): the
     loader, quantization and every adapt step, on CPU, before the strategy wraps anything."""
     from tune.contract.context import RunContext
-    from tune.registry.manager import get_plugin_manager
     from tune.train.setup import build_model as build
 
     ctx = RunContext(recipe=recipe, output_dir=tmp_path or Path(recipe.train.output_dir))
-    return build(get_plugin_manager(), recipe, ctx)
+    loaded, _ = build(plugin_manager(), recipe, ctx)
+    return loaded.model, loaded.tokenizer
 
 
 def tokenize(recipe: Any):
-    """The recipe's data as training sees it: `tune.plugin.Examples` (recipe from `load_recipe`)."""
+    """The recipe's data as training sees it: the core's `Examples` (recipe from `load_recipe`)."""
     from tune.contract.context import RunContext
     from tune.data.pipeline import load_examples
-    from tune.registry.manager import get_plugin_manager
 
-    pm = get_plugin_manager()
+    pm = plugin_manager()
     ctx = RunContext(recipe=recipe, output_dir=Path(recipe.train.output_dir))
-    tokenizer = pm.call("tune_load_tokenizer", recipe.selected("loader"), ctx=ctx)
+    from tune.train.setup import load_tokenizer as loader_tokenizer
+
+    tokenizer = loader_tokenizer(pm, recipe, ctx)
     return load_examples(pm, tokenizer, ctx)
 
 

@@ -8,20 +8,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict
-from tune.contract.source import DataSource
-from tune.data.files import iter_rows, resolve_input, stream_jsonl
-from tune.errors import TuneError
-from tune.registry.hookspecs import hookimpl
+from tune.plugin import DataSource, Settings, TuneError, files, hookimpl
 
 
-class FilesSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class FilesSettings(Settings):
+    """The files source takes no keys."""
 
 
 class FileSource(DataSource):
     def paths(self, specs: list[str], where: str) -> list[Path]:
-        return [resolve_input(spec, self.ctx.recipe.path, where) for spec in specs]
+        return [files.resolve_input(spec, self.ctx.recipe.path, where) for spec in specs]
 
     def check(self, specs, where):
         paths = self.paths(specs, where)
@@ -29,12 +25,10 @@ class FileSource(DataSource):
 
     def rows(self, specs, where):
         for path in self.paths(specs, where):
-            yield from iter_rows(path)
+            yield from files.iter_rows(path)
 
     def fingerprint(self, specs, where):
-        from tune.data.cache import file_digest
-
-        return ",".join(file_digest(p) for p in self.paths(specs, where))
+        return ",".join(files.file_digest(p) for p in self.paths(specs, where))
 
     def stream(self, specs, where, start):
         paths = self.paths(specs, where)
@@ -45,14 +39,11 @@ class FileSource(DataSource):
                     where=where,
                     fix="convert the data to JSON lines, or set streaming = false.",
                 )
-        return stream_jsonl(paths, start)
+        return files.stream_jsonl(paths, start)
 
 
 @hookimpl
 def tune_provide(provide):
-    provide.data_source("files", FilesSettings, doc="local .jsonl/.json/.csv/.parquet files")
-
-
-@hookimpl
-def tune_open_data_source(settings, ctx):
-    return FileSource(settings, ctx)
+    provide.data_source(
+        "files", FilesSettings, doc="local .jsonl/.json/.csv/.parquet files", build=FileSource
+    )

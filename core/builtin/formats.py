@@ -9,18 +9,13 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
-from tune.contract.format import DataFormat
-from tune.data.normalize import need, normalize_alpaca, normalize_chat, text_of
-from tune.errors import TuneError
-from tune.registry.hookspecs import hookimpl
+from pydantic import BaseModel, Field
+from tune.plugin import DataFormat, Settings, TuneError, chat, hookimpl
 
 TemplateName = Literal["tokenizer", "llama-3.1", "chatml", "mistral"]
 
 
-class _FormatSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class _FormatSettings(Settings):
     truncation: Literal["truncate", "drop"] = Field(
         "truncate", description="what to do with an example longer than max_seq_len"
     )
@@ -69,16 +64,12 @@ class ChatFormat(DataFormat):
     def __init__(self, settings, tokenizer=None, **kwargs):
         super().__init__(settings, tokenizer, **kwargs)
         if tokenizer is not None:
-            from tune.data.templates import use_template
-
-            use_template(tokenizer, settings.template, f"{self.where} template")
+            chat.use_template(tokenizer, settings.template, f"{self.where} template")
 
     def check(self, row, where):
-        return normalize_chat(row, self.settings, where)
+        return chat.normalize_chat(row, self.settings, where)
 
     def encode(self, record, where):
-        from tune.data.templates import can_render_tools
-        from tune.data.tokenize import tokenize_chat
 
         if isinstance(record, dict) and "drop" in record:
             self.counts[record["drop"]] += 1
@@ -87,7 +78,7 @@ class ChatFormat(DataFormat):
             (record["messages"], record["tools"]) if isinstance(record, dict) else (record, None)
         )
         uses_tools = tools or any(m["role"] == "tool" or m.get("tool_calls") for m in messages)
-        if uses_tools and not can_render_tools(self.tokenizer, self.settings.template):
+        if uses_tools and not chat.can_render_tools(self.tokenizer, self.settings.template):
             raise TuneError(
                 "this conversation uses tools, and the tokenizer's own chat template cannot "
                 "render them (it never reads `tools`).",
@@ -95,7 +86,7 @@ class ChatFormat(DataFormat):
                 fix='set template = "chatml" or "llama-3.1" in [data], or drop the '
                 "tool-calling rows.",
             )
-        example = tokenize_chat(
+        example = chat.tokenize_chat(
             self.tokenizer, messages, self.settings.train_on_prompt, where, tools
         )
         return self.fit([example], self.settings.truncation)
@@ -114,7 +105,7 @@ class AlpacaFormat(ChatFormat):
     """instruction (+ input) as the user turn, output as the assistant turn."""
 
     def check(self, row, where):
-        return normalize_alpaca(row, self.settings, where)
+        return chat.normalize_alpaca(row, self.settings, where)
 
 
 class PromptCompletionFormat(DataFormat):
@@ -122,17 +113,16 @@ class PromptCompletionFormat(DataFormat):
 
     def check(self, row, where):
         s = self.settings
-        need(row, [s.prompt_field, s.completion_field], where, "prompt_completion")
+        chat.need(row, [s.prompt_field, s.completion_field], where, "prompt_completion")
         return (
-            text_of(row[s.prompt_field], where, s.prompt_field),
-            text_of(row[s.completion_field], where, s.completion_field),
+            chat.text_of(row[s.prompt_field], where, s.prompt_field),
+            chat.text_of(row[s.completion_field], where, s.completion_field),
         )
 
     def encode(self, record, where):
-        from tune.data.tokenize import tokenize_pair
 
         s = self.settings
-        example = tokenize_pair(self.tokenizer, *record, s.train_on_prompt, s.add_eos)
+        example = chat.tokenize_pair(self.tokenizer, *record, s.train_on_prompt, s.add_eos)
         return self.fit([example], s.truncation)
 
 
@@ -144,21 +134,19 @@ class TextFormat(DataFormat):
         return self.settings.truncation == "truncate"
 
     def check(self, row, where):
-        from tune.contract.format import row_bound
 
-        need(row, [self.settings.text_field], where, "text")
-        text = text_of(row[self.settings.text_field], where, self.settings.text_field)
+        chat.need(row, [self.settings.text_field], where, "text")
+        text = chat.text_of(row[self.settings.text_field], where, self.settings.text_field)
         if self.cuts_long_rows and not self.settings.stride:
-            text = text[: row_bound(self.max_seq_len)]  # the tokens past max_seq_len are cut anyway
+            text = text[: self.row_limit()]  # the tokens past max_seq_len are cut anyway
         return text
 
     def encode(self, record, where):
-        from tune.data.tokenize import sliding_windows, tokenize_pair
 
         s = self.settings
-        example = tokenize_pair(self.tokenizer, "", record, True, s.add_eos)
+        example = chat.tokenize_pair(self.tokenizer, "", record, True, s.add_eos)
         if s.stride and len(example["input_ids"]) > self.max_seq_len:
-            windows = sliding_windows(example["input_ids"], self.max_seq_len, s.stride)
+            windows = chat.sliding_windows(example["input_ids"], self.max_seq_len, s.stride)
             self.counts["windows"] += len(windows) - 1
             return self.fit(windows, s.truncation)
         return self.fit([example], s.truncation)
@@ -204,7 +192,6 @@ def tune_save_extras(model, path, ctx):
     if not named or config is None or not (Path(path) / "tokenizer_config.json").exists():
         return
     from transformers import AutoTokenizer
-    from tune.data.templates import end_of_turn_ids
 
-    end_of_turn_ids(model, AutoTokenizer.from_pretrained(str(path)))
+    chat.end_of_turn_ids(model, AutoTokenizer.from_pretrained(str(path)))
     config.save_pretrained(str(path))

@@ -11,8 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tune.contract.tracker import RunInfo, Tracker
-from tune.registry.hookspecs import hookimpl
+from tune.plugin import RunInfo, Tracker, hookimpl
 
 
 class JsonlTracker(Tracker):
@@ -39,8 +38,9 @@ class JsonlTracker(Tracker):
         tmp.replace(path)
 
     def _write(self, name: str, records: list[dict[str, Any]]) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        with (self.dir / name).open("a", encoding="utf-8") as fh:
+        path = self.ctx.claim(name) if self.ctx is not None else self.dir / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a", encoding="utf-8") as fh:
             fh.writelines(json.dumps(record) + "\n" for record in records)
 
     def _event(self, kind: str, step: int, values: dict[str, Any]) -> dict[str, Any]:
@@ -59,9 +59,6 @@ class JsonlTracker(Tracker):
 
 @hookimpl
 def tune_provide(provide):
-    provide.tracker("jsonl", doc="metrics.jsonl in the run directory (always on)")
-
-
-@hookimpl
-def tune_build_tracker(settings, ctx):
-    return JsonlTracker(settings, ctx)
+    provide.tracker(
+        "jsonl", doc="metrics.jsonl in the run directory (always on)", build=JsonlTracker
+    )

@@ -5,17 +5,13 @@ from __future__ import annotations
 import contextlib
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
-from tune.errors import TuneError
-from tune.machine.devices import resolve_dtype
-from tune.registry.hookspecs import hookimpl
+from pydantic import Field
+from tune.plugin import Load, Settings, TuneError, hookimpl, resolve_dtype
 
 TINY_PREFIX = "tune:"
 
 
-class TransformersLoaderSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class TransformersLoaderSettings(Settings):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="weights dtype; auto = bfloat16 on a bf16 GPU, float32 otherwise"
     )
@@ -55,9 +51,11 @@ def tiny_name(ctx) -> str:
 
 
 @hookimpl
-def tune_load_model(settings: TransformersLoaderSettings, ctx):
+def tune_load_model(settings: TransformersLoaderSettings, ctx, want: Load):
+    if not want.weights:
+        return None, _tokenizer(settings, ctx)
     from transformers import AutoTokenizer
-    from tune.model.gguf_input import gguf_location, load_model
+    from tune.builtin.gguf_input import gguf_location, load_model
 
     recipe = ctx.recipe
     path, gguf = gguf_location(recipe.model, recipe.path)
@@ -68,35 +66,40 @@ def tune_load_model(settings: TransformersLoaderSettings, ctx):
         overrides = {}
     else:
         overrides = dict(settings.config_overrides)
+    dtype = want.dtype if not want.training and want.dtype else settings.dtype
     kwargs: dict[str, Any] = {
-        "dtype": resolve_dtype(settings.dtype, ctx.world.device),
+        "dtype": resolve_dtype(dtype, ctx.world.device),
         "trust_remote_code": settings.trust_remote_code,
         "revision": settings.revision,
         "local_files_only": settings.local_files_only,
     }
     if settings.attn_implementation:
         kwargs["attn_implementation"] = settings.attn_implementation
-    if ctx.quantization_config is not None:
-        kwargs["quantization_config"] = ctx.quantization_config
+    if want.training and want.quantization is not None:
+        kwargs["quantization_config"] = want.quantization
         if ctx.world.device.startswith("cuda"):
             kwargs["device_map"] = {"": ctx.world.device}
-    from tune.contract.strategy import current_strategy
+    if overrides:
+        kwargs["config"] = _config(path, settings, overrides, gguf)
 
-    strategy = current_strategy(ctx)
+    def build_empty() -> Any:
+        """The architecture from its config, no weight read (a sharding strategy's rank)."""
+        config = kwargs.get("config") or _config(path, settings, overrides, gguf)
+        model = _bare_model({**kwargs, "config": config})
+        _generation_defaults(model, path)
+        return model
+
+    strategy = ctx.strategy if want.training else None
     # A strategy reading its shard from the files reads `path`'s safetensors as they are: not
     # for GGUF input or a pinned revision (the cache's files may be another revision's).
-    ctx.checkpoint = None if gguf or settings.revision else path
+    checkpoint = None if gguf or settings.revision else path
     try:
-        with strategy.loading(ctx) if strategy else contextlib.nullcontext():
-            if overrides or (strategy and not strategy.loads_weights(ctx)):
-                kwargs["config"] = _config(path, settings, overrides, gguf)
-            model = None
-            if strategy and not strategy.loads_weights(ctx):
-                model = strategy.empty_model(lambda: _bare_model(kwargs), ctx)
-                if model is not None:
-                    _generation_defaults(model, path)
-            if model is None:
-                model = load_model(path, kwargs, gguf)
+        if strategy is not None:
+            model = strategy.load_model(
+                lambda: load_model(path, kwargs, gguf), build_empty, checkpoint, ctx
+            )
+        else:
+            model = load_model(path, kwargs, gguf)
         tokenizer = AutoTokenizer.from_pretrained(
             settings.tokenizer or path,
             trust_remote_code=settings.trust_remote_code,
@@ -112,7 +115,7 @@ def tune_load_model(settings: TransformersLoaderSettings, ctx):
         ) from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    if recipe.train.gradient_checkpointing:
+    if want.training and recipe.train.gradient_checkpointing:
         # transformers v5 renamed it (and its kwargs); the old name is what v4 has.
         if hasattr(model, "activation_checkpointing_enable"):
             model.activation_checkpointing_enable({"use_reentrant": False})
@@ -152,7 +155,7 @@ def _generation_defaults(model: Any, path: str) -> None:
 
 def _bare_model(kwargs: dict[str, Any]) -> Any:
     """The architecture alone, built from its config without reading any weight; the strategy
-    chooses where (`Strategy.empty_model`: the meta device by default)."""
+    chooses where (`Strategy.load_model`)."""
     from transformers import AutoModelForCausalLM
 
     if "quantization_config" in kwargs:
@@ -163,10 +166,10 @@ def _bare_model(kwargs: dict[str, Any]) -> Any:
     return AutoModelForCausalLM.from_config(kwargs["config"], **extra)
 
 
-@hookimpl
-def tune_load_tokenizer(settings: TransformersLoaderSettings, ctx):
+def _tokenizer(settings: TransformersLoaderSettings, ctx) -> Any:
+    """The tokenizer alone (`tune data preview/stats`): no weights read."""
     from transformers import AutoTokenizer
-    from tune.model.gguf_input import gguf_location
+    from tune.builtin.gguf_input import gguf_location
 
     path, gguf = gguf_location(ctx.recipe.model, ctx.recipe.path)
     if path.startswith(TINY_PREFIX) and not settings.tokenizer:

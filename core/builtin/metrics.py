@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import math
 
-from tune.registry.hookspecs import hookimpl
+from tune.plugin import Capabilities, hookimpl
 
 
 @hookimpl
 def tune_provide(provide):
-    provide.metric("perplexity", doc="eval_loss and perplexity over eval target tokens")
+    provide.metric(
+        "perplexity",
+        doc="eval_loss and perplexity over eval target tokens",
+        capabilities=Capabilities(
+            scores=("lm",), why={"scores": "it scores the next-token loss of lm examples"}
+        ),
+    )
 
 
 @hookimpl
@@ -28,8 +34,8 @@ def tune_evaluate(names, model, data, ctx):
                 out = model(**batch, use_cache=False, num_items_in_batch=1)  # sum over tokens
             total_loss += float(out.loss)
             total_tokens += n
-    total_loss = data.reduce_sum(total_loss)
-    total_tokens = data.reduce_sum(total_tokens)
+    total_loss = data.collectives.all_reduce_sum(total_loss)
+    total_tokens = data.collectives.all_reduce_sum(total_tokens)
     if total_tokens == 0:
         return {}
     loss = total_loss / total_tokens

@@ -12,8 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tune.contract.objective import Batch, LossOutput, Objective
-from tune.registry.hookspecs import hookimpl
+from tune.plugin import Capabilities, LossOutput, Objective, hookimpl, next_token_loss
 
 
 class CausalLM(Objective):
@@ -23,40 +22,23 @@ class CausalLM(Objective):
         super().__init__(settings, ctx)
         recipe = getattr(ctx, "recipe", None)
         self.chunked = bool(getattr(getattr(recipe, "train", None), "chunked_loss", True))
-        self._decided: dict[int, bool] = {}
+        self._said = False
 
-    def _use_chunks(self, model: Any) -> bool:
-        key = id(model)
-        if key not in self._decided:
-            from tune.train.chunked_loss import plain_reason
-
-            reason = plain_reason(model) if self.chunked else "[train] chunked_loss = false"
-            self._decided[key] = reason is None
-            if self.ctx is not None and len(self._decided) == 1:
-                what = "chunked (no full logits)" if reason is None else f"plain ({reason})"
-                self.ctx.print(f"loss: {what}", markup=False)
-        return self._decided[key]
-
-    def loss(self, model: Any, batch: Batch) -> LossOutput:
+    def loss(self, model: Any, batch: dict[str, Any]) -> LossOutput:
         """The summed loss of one micro-batch, under the strategy's autocast."""
-        if self._use_chunks(model):
-            from tune.train.chunked_loss import forward_nll
-
-            inputs = {k: v for k, v in batch.items() if k != "labels"}
-            loss, _ = forward_nll(model, inputs, batch["labels"], reduce=True)
-            return LossOutput(loss)
-        # use_cache=False: no KV cache in training; with a cache transformers would not detect
-        # packed rows (position ids restarting) and would let packed examples attend to each
-        # other. num_items_in_batch=1: the model returns the summed token loss.
-        out = model(**batch, use_cache=False, num_items_in_batch=1)
-        return LossOutput(out.loss)
+        loss, reason = next_token_loss(model, batch, self.chunked)
+        if not self._said and self.ctx is not None:  # the run says once which loss it trains
+            self._said = True
+            what = "chunked (no full logits)" if reason is None else f"plain ({reason})"
+            self.ctx.print(f"loss: {what}", markup=False)
+        return LossOutput(loss)
 
 
 @hookimpl
 def tune_provide(provide):
-    provide.objective("causal_lm", doc="next-token cross-entropy over target tokens")
-
-
-@hookimpl
-def tune_build_objective(settings, ctx):
-    return CausalLM(settings, ctx)
+    provide.objective(
+        "causal_lm",
+        doc="next-token cross-entropy over target tokens",
+        build=CausalLM,
+        capabilities=lambda settings: Capabilities(full_logits=False),
+    )

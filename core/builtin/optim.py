@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from pydantic import Field
-from tune.contract.settings import AdamStyleSettings
-from tune.registry.hookspecs import hookimpl
+from tune.plugin import AdamStyleSettings, hookimpl
 
 
 class AdamWSettings(AdamStyleSettings):

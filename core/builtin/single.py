@@ -4,27 +4,25 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
-from tune.registry.hookspecs import hookimpl
+from tune.plugin import Capabilities, Settings, Strategy, hookimpl
 
 
-class SingleSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class SingleSettings(Settings):
     device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
 
 
 @hookimpl
 def tune_provide(provide):
     provide.strategy(
-        "single", SingleSettings, doc="one process, one device (auto: cuda > mps > cpu)"
+        "single",
+        SingleSettings,
+        doc="one process, one device (auto: cuda > mps > cpu)",
+        capabilities=Capabilities(processes="one"),
     )
 
 
 @hookimpl
 def tune_choose_strategy(settings: SingleSettings, ctx):
-    from tune.contract.strategy import Strategy
-
     device = None if settings.device == "auto" else settings.device
     if device == "cuda":
         device = "cuda:0"

@@ -62,24 +62,24 @@ def build_tokenizer():
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     core.decoder = decoders.ByteLevel()
     core.add_special_tokens(SPECIAL)
-    from tune.data.templates import LLAMA_31
+    from tune.plugin import chat
 
     return PreTrainedTokenizerFast(
         tokenizer_object=core,
         bos_token=BOS,
         eos_token=EOS,
         pad_token=PAD,
-        chat_template=LLAMA_31,
+        chat_template=chat.TEMPLATES["llama-3.1"]["template"],
         model_max_length=BASE_CONFIG["max_position_embeddings"],
     )
 
 
 def load_tokenizer(name: str):
     from transformers import AutoTokenizer
-    from tune.data.templates import TEMPLATES
+    from tune.plugin import chat
 
     tokenizer = AutoTokenizer.from_pretrained(str(ASSETS))
-    tokenizer.chat_template = TEMPLATES[ARCHS[name]["template"]]["template"]
+    tokenizer.chat_template = chat.TEMPLATES[ARCHS[name]["template"]]["template"]
     return tokenizer
 
 
@@ -92,9 +92,9 @@ def materialize(name: str, overrides: dict[str, Any], seed: int) -> Path:
     """
     key = json.dumps([TINY_VERSION, name, overrides, seed], sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
-    from tune.data.cache import cache_root
+    from tune.plugin import files
 
-    target = cache_root() / "models" / f"{name}-{digest}"
+    target = files.cache_root() / "models" / f"{name}-{digest}"
     if (target / "config.json").exists():
         return target
     import torch

@@ -14,6 +14,7 @@ from tune.cli import (
     override_option,
     plugin_option,
 )
+from tune.cli.export import trust_option
 from tune.errors import TuneError
 
 
@@ -25,14 +26,15 @@ from tune.errors import TuneError
 @click.option(
     "--dtype", type=click.Choice(["bf16", "fp16", "fp32"]), default="bf16", show_default=True
 )
+@trust_option
 @plugin_option
 @click.pass_context
-def merge(ctx, source: Path, out: Path, dtype: str, plugin_opts: tuple[str, ...]) -> None:
+def merge(ctx, source: Path, out: Path, dtype: str, trust_remote_code: bool, plugin_opts) -> None:
     """Merge a run's adapter (or a PEFT adapter dir) into its base: a plain transformers model."""
     from tune.trained.merge import merge as merge_adapter
 
     pm = _plugin_manager(ctx, plugin_opts)
-    written = merge_adapter(source, out, dtype, pm)
+    written = merge_adapter(source, out, dtype, pm, trust_remote_code)
     _console().print(f"[green]merged[/green] {source} -> {written} ({dtype})")
 
 
@@ -53,6 +55,7 @@ def merge(ctx, source: Path, out: Path, dtype: str, plugin_opts: tuple[str, ...]
     default=None,
     help="Weights dtype [default: bf16 on a GPU, fp32 on CPU].",
 )
+@trust_option
 @plugin_option
 @click.pass_context
 def chat(
@@ -64,6 +67,7 @@ def chat(
     system: str | None,
     raw: bool,
     dtype: str | None,
+    trust_remote_code: bool,
     plugin_opts: tuple[str, ...],
 ) -> None:
     """Talk to a trained run (its output_dir or final/): one message per line, /exit to stop."""
@@ -81,7 +85,7 @@ def chat(
         from tune.machine.devices import auto_device, resolve_precision
 
         dtype = resolve_precision("auto", auto_device())
-    session = open_session(source, pm, dtype, max_new_tokens, system, raw)
+    session = open_session(source, pm, dtype, max_new_tokens, system, raw, trust_remote_code)
     if messages:
         for message in messages:
             click.echo(session.reply(message))
@@ -116,9 +120,10 @@ def _typed_lines():
     default=None,
     help="Weights dtype [default: bf16 on a GPU, fp32 on CPU].",
 )
+@trust_option
 @plugin_option
 @click.pass_context
-def evaluate(ctx, source: Path, metrics, overrides, dtype, plugin_opts) -> None:
+def evaluate(ctx, source: Path, metrics, overrides, dtype, trust_remote_code, plugin_opts) -> None:
     """Compute metrics on a trained run (or a model directory): e.g. lm-eval-harness tasks.
 
     tune eval runs/qs --metric lm_eval -o eval.lm_eval.tasks='["hellaswag"]'
@@ -130,7 +135,9 @@ def evaluate(ctx, source: Path, metrics, overrides, dtype, plugin_opts) -> None:
     pm = _plugin_manager(ctx, plugin_opts)
     console = _console()
     precision = dtype or resolve_precision("auto", auto_device())
-    results, written = evaluate_run(source, list(metrics), list(overrides), precision, pm, console)
+    results, written = evaluate_run(
+        source, list(metrics), list(overrides), precision, pm, console, trust_remote_code
+    )
     table = Table("METRIC", "VALUE", box=None)
     for key, value in results.items():
         table.add_row(key, f"{value:.4f}")

@@ -7,6 +7,11 @@ from pathlib import Path
 import click
 from tune.cli import CONTEXT_SETTINGS, _console, _plugin_manager, cli, plugin_option
 
+trust_option = click.option(
+    "--trust-remote-code",
+    is_flag=True,
+    help="Run the model's own Python code (auto_map) if it needs it. Never read from the run.",
+)
 dtype_option = click.option(
     "--dtype",
     type=click.Choice(["bf16", "fp16", "fp32"]),
@@ -31,9 +36,10 @@ dtype_option = click.option(
     help="An exporter option (TOML value syntax), e.g. -x temperature=0.2.",
 )
 @dtype_option
+@trust_option
 @plugin_option
 @click.pass_context
-def export(ctx, source, fmt, quant, out, options, dtype, plugin_opts) -> None:
+def export(ctx, source, fmt, quant, out, options, dtype, trust_remote_code, plugin_opts) -> None:
     """Write a run (or a model folder) in another format: tune export runs/qs --format gguf --quant q8_0 --out qs.gguf"""
     import time
 
@@ -41,7 +47,16 @@ def export(ctx, source, fmt, quant, out, options, dtype, plugin_opts) -> None:
 
     pm = _plugin_manager(ctx, plugin_opts)
     start = time.perf_counter()
-    written = run_export(source, fmt, out, pm, quant=quant, options=list(options), precision=dtype)
+    written = run_export(
+        source,
+        fmt,
+        out,
+        pm,
+        quant=quant,
+        options=list(options),
+        precision=dtype,
+        trust_remote_code=trust_remote_code,
+    )
     seconds = time.perf_counter() - start
     console = _console()
     for path in written:
@@ -60,12 +75,21 @@ def export(ctx, source, fmt, quant, out, options, dtype, plugin_opts) -> None:
     default=None,
     help="Upload the merged model, or only the adapter [default: the adapter when there is one].",
 )
-@click.option("--gguf", "gguf_quant", default=None, metavar="QUANT", help="Also upload a GGUF.")
+@click.option(
+    "--export",
+    "exports",
+    multiple=True,
+    metavar="FORMAT[:QUANT]",
+    help="Also upload the model in this format, e.g. --export gguf:q8_0 (repeatable).",
+)
 @click.option("--dry-run", is_flag=True, help="List the files that would be uploaded; no upload.")
 @dtype_option
+@trust_option
 @plugin_option
 @click.pass_context
-def push(ctx, source, repo_id, private, merged, gguf_quant, dry_run, dtype, plugin_opts) -> None:
+def push(
+    ctx, source, repo_id, private, merged, exports, dry_run, dtype, trust_remote_code, plugin_opts
+) -> None:
     """Upload a run to the Hugging Face Hub with a generated model card (token: HF_TOKEN or login)."""
     from tune.trained.push import push as run_push
 
@@ -77,9 +101,10 @@ def push(ctx, source, repo_id, private, merged, gguf_quant, dry_run, dtype, plug
         pm,
         private=private,
         merged=merged,
-        gguf_quant=gguf_quant,
+        exports=list(exports),
         dry_run=dry_run,
         precision=dtype,
+        trust_remote_code=trust_remote_code,
     )
     if dry_run:
         console.print(f"would upload to {repo_id} ({'private' if private else 'public'}):")

@@ -127,6 +127,8 @@ def run(
     for item in list((ctx.find_root().obj or {}).get("plugin_opts", ())) + list(plugin_opts):
         args += ["-p", item]
     started = env_world()
+    if nproc_per_node > 1 or nnodes > 1:
+        _check_processes(rec, pm, nproc_per_node * nnodes)
     if (nproc_per_node > 1 or nnodes > 1) and started is None:
         if resume:
             args.append("--resume")
@@ -159,6 +161,34 @@ def run(
         found = list_checkpoints(Path(rec.train.output_dir))
         kept = f"the last checkpoint ({found[-1]}) is intact" if found else "no checkpoint exists"
         raise RunStopped(f"interrupted: {kept}", EXIT_ABORTED) from None
+
+
+def _check_processes(rec, pm, processes: int) -> None:
+    """Several processes for a strategy that runs one: refused before relaunching anything."""
+    from tune.errors import TuneError
+
+    strategy = rec.selected("strategy")
+    if strategy.capabilities.processes != "one":
+        return
+    many = sorted(
+        b.name
+        for b in pm.declared("strategy")
+        if b.capabilities_for(_defaults(b.settings)).processes == "many"
+    )
+    raise TuneError(
+        f"--nproc-per-node/--nnodes ask for {processes} processes, but [strategy] name = "
+        f"'{strategy.backend.name}' runs a single process.",
+        where=f"{rec.path}: [strategy] name",
+        fix=f"choose a multi-process strategy ({', '.join(many) or 'none installed'}), e.g. "
+        f"-o strategy.name={many[0] if many else 'ddp'}, or run without --nproc-per-node.",
+    )
+
+
+def _defaults(settings_model):
+    try:
+        return settings_model()
+    except Exception:  # settings without defaults: the declaration's capabilities say enough
+        return None
 
 
 @cli.group(context_settings=CONTEXT_SETTINGS)

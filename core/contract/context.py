@@ -1,4 +1,4 @@
-"""The run context handed to every hook: recipe, output dir, world, console, metrics sink."""
+"""The run context handed to every hook: recipe, output dir, world, collectives, console, events."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from tune.contract.collectives import Collectives
 from tune.contract.tracker import Trackers
 from tune.recipe import Recipe
 
@@ -30,29 +31,34 @@ class World:
 class RunContext:
     """What plugins may know about the run. Plugins talk to the core only through this.
 
-    `recipe` is read-only. `metrics` is the event sink the trackers hang off (main process):
+    `recipe` is read-only. `strategy` is the run's Strategy (set before the model loads; None
+    outside a training run, e.g. `tune merge`). `collectives` reduces over the run's ranks.
+    `metrics` is the event sink the trackers hang off (main process):
     `ctx.metrics.log("train", step, {...})` reaches metrics.jsonl and every `[[track]]`.
+    `claim(name)` gives a plugin a path in the run directory that the run then owns.
     """
 
     recipe: Recipe
     output_dir: Path
     world: World = field(default_factory=World)
-    strategy: Any = None  # the run's Strategy (set before the model loads)
+    strategy: Any = None
+    collectives: Collectives = field(default_factory=Collectives)
     console: Console = field(default_factory=Console)
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("tune"))
     metrics: Trackers = field(default_factory=lambda: Trackers({}))
-    quantization_config: Any = None
-    # Where the loader reads the weights from (a local folder or hub id), set before it asks the
-    # strategy `loading`/`loads_weights`: a sharding strategy may read its shard from there.
-    # None when they are not plain safetensors there (GGUF input, a pinned revision).
-    checkpoint: str | None = None
-    # Parameter-name fragments an [[adapt]] step wants trainable whatever later steps freeze
-    # (beacon weights stay trainable when LoRA follows and freezes everything else).
-    keep_trainable: list[str] = field(default_factory=list)
-    # Free space for plugins to share state between their own hooks within one run.
-    extras: dict[str, Any] = field(default_factory=dict)
+    # The run directory's owner (tune.train.rundir.RunDir) during `tune run`; None elsewhere.
+    run_dir: Any = None
 
     def print(self, *args: Any, **kwargs: Any) -> None:
         """Print on the main process only."""
         if self.world.is_main:
             self.console.print(*args, **kwargs)
+
+    def claim(self, name: str) -> Path:
+        """`output_dir / name`, recorded as written by this run: `--overwrite` removes it and a
+        new run in the folder refuses to start over a user's file of that name. `name` is
+        relative (a file or folder, e.g. "tensorboard"); claim before writing (main process).
+        Outside `tune run` it is only joined to `output_dir`."""
+        if self.run_dir is None:
+            return self.output_dir / name
+        return self.run_dir.claim(name)

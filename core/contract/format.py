@@ -1,4 +1,4 @@
-"""`DataFormat`: what a format plugin returns from `tune_format_data`. Rows in, examples out.
+"""`DataFormat`: what a format backend returns from `tune_format_data`. Rows in, examples out.
 
 The core reads the rows (through the data source), splits off eval rows, caches the examples,
 tokenizes in parallel and streams; a format only says how one row is checked (`check`, no
@@ -72,6 +72,12 @@ class DataFormat:
         counts of all rows (and workers) into the run summary.
         """
         raise NotImplementedError
+
+    def row_limit(self) -> int:
+        """Characters a row may hold before the core cuts (`cuts_long_rows`) or drops it unread:
+        far beyond what max_seq_len tokens can hold, so one giant line cannot take the
+        tokenizer's memory."""
+        return row_bound(self.max_seq_len)
 
     def render_prompt(self, text: str) -> str:
         """How a `[generate]` prompt is shown to the trained model (default: BOS + text)."""

@@ -1,4 +1,4 @@
-"""`Objective`: what an objective plugin returns from `tune_build_objective`. The loss of a step.
+"""`Objective`: the object an objective backend declares (`build=`). The loss of a step.
 
 The core plans micro-batches, asks the objective to collate them, counts the units the step's
 loss is normalized by (`count`: target tokens, pairs, sequences) over every micro-batch of the
@@ -10,11 +10,13 @@ gradient, whatever the objective. The default is `causal_lm`, the next-token los
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from tune.contract.collectives import Collectives
 from tune.data.examples import IGNORE, collate
 
 Batch = dict[str, Any]
@@ -37,13 +39,13 @@ class LossOutput:
 
 @dataclass
 class RunData:
-    """What `Objective.prepare` gets before the first step: the run's examples and the means
-    to run them on this rank (e.g. to precompute reference values once).
+    """What `Objective.prepare` gets before the first step: the run's examples and the means to
+    run them on this rank (e.g. to precompute reference values once).
 
     `train` / `eval` are every rank's examples (the same lists the loop batches: values an
     objective stores in an example dict reach its `collate`); `train` is empty when the data
-    streams (`streaming`). Collectives (`all_reduce_sum`, `barrier`) must be called the same
-    number of times on every rank.
+    streams (`streaming`). `collectives` reduces over ranks: call it the same number of times
+    on every rank. `autocast()` is the strategy's precision context, as around `loss`.
     """
 
     train: list[dict[str, Any]]
@@ -54,41 +56,11 @@ class RunData:
     rank: int = 0
     world_size: int = 1
     streaming: bool = False
-    strategy: Any = None
-    ctx: Any = None
-
-    @classmethod
-    def of(cls, trainer: Any) -> RunData:
-        """Built by the core from its trainer (not for plugins)."""
-        world = trainer.ctx.world
-        return cls(
-            train=trainer.examples.train,
-            eval=trainer.examples.eval,
-            micro_batch_size=trainer.recipe.train.micro_batch_size,
-            pad_id=trainer.pad_id,
-            device=world.device,
-            rank=world.rank,
-            world_size=world.world_size,
-            streaming=getattr(trainer, "reader", None) is not None,
-            strategy=trainer.strategy,
-            ctx=trainer.ctx,
-        )
-
-    def all_reduce_sum(self, value: float) -> float:
-        """`value` summed over ranks."""
-        return value if self.strategy is None else self.strategy.all_reduce_sum(value)
-
-    def barrier(self) -> None:
-        if self.strategy is not None:
-            self.strategy.barrier()
+    collectives: Collectives = field(default_factory=Collectives)
+    precision: Callable[[], Any] = contextlib.nullcontext
 
     def autocast(self) -> Any:
-        """The strategy's precision context, as around `loss` in training."""
-        import contextlib
-
-        return (
-            contextlib.nullcontext() if self.strategy is None else self.strategy.autocast(self.ctx)
-        )
+        return self.precision()
 
     def shard(
         self, examples: list[dict[str, Any]], objective: Objective, batch_size: int = 0
@@ -118,29 +90,18 @@ class Objective:
     def __init__(self, settings: Any = None, ctx: Any = None):
         self.settings = settings
         self.ctx = ctx
-        self.run: RunData | None = None
 
-    def begin(self, model: Any, ctx: Any, trainer: Any) -> None:
-        """The loop's entry, once after the strategy prepared the model: keeps the `RunData`
-        (for `all_reduce_sum`) and calls `prepare`. Not for plugins to override."""
-        self.run = RunData.of(trainer)
-        self.prepare(model, ctx, self.run)
+    def prepare(self, model: Any, run: RunData) -> None:
+        """Once before training, after the strategy prepared the model (as the loop will call
+        it), with the run's examples and the means to batch them on this rank: e.g. keep a
+        frozen reference, or precompute reference values. Default: nothing."""
 
-    def prepare(self, model: Any, ctx: Any, run: RunData) -> None:
-        """Once before training, with the run's examples and the means to batch them on this
-        rank (`RunData`): e.g. precompute reference values. Defaults to `setup`."""
-        self.setup(model, ctx)
-
-    def setup(self, model: Any, ctx: Any) -> None:
-        """Called once after the strategy prepared the model (as the loop will call it), before
-        training: e.g. keep a frozen reference model. Override `prepare` to see the examples."""
-
-    def all_reduce_sum(self, value: float) -> float:
-        """`value` summed over every rank (itself outside a multi-process run, or before the
-        loop prepared the objective). Inside `loss`, call it on every rank for every
-        micro-batch, the same number of times: e.g. a statistic pooled over the global batch."""
-        run = getattr(self, "run", None)
-        return value if run is None else run.all_reduce_sum(value)
+    @property
+    def collectives(self) -> Collectives:
+        """The run's reductions over ranks (`ctx.collectives`). Inside `loss`, call them on
+        every rank for every micro-batch, the same number of times: e.g. a statistic pooled
+        over the global batch."""
+        return getattr(self.ctx, "collectives", None) or Collectives()
 
     def length(self, example: dict[str, Any]) -> int:
         """Tokens an example occupies in a micro-batch (for batching and packing)."""

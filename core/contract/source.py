@@ -1,4 +1,4 @@
-"""`DataSource`: what a source plugin returns from `tune_open_data_source`: where rows come from.
+"""`DataSource`: the object a data-source backend declares (`build=`): where rows come from.
 
 A source turns the specs a recipe gives (`train = [...]`, `eval = ...`: file paths for the
 built-in "files" source, dataset ids for a hub source) into rows. The core does everything

@@ -1,8 +1,10 @@
 """What a strategy must do, and the plain-torch implementation single-device and DDP share.
 
 The loop calls only these methods and never asks which strategy it has. A strategy owns the
-process group, device placement, model wrapping, backward/step, accumulation boundaries,
-reductions for logging and the save/load of its own checkpoint shards.
+process group, device placement, model wrapping, how the model is built on each rank,
+backward/step, accumulation boundaries and the save/load of its own checkpoint shards.
+Reductions go through the run's `Collectives` (`ctx.collectives`); what a strategy supports
+(processes, sharded parameters, quantized models, precisions) is declared as capabilities.
 """
 
 from __future__ import annotations
@@ -20,9 +22,6 @@ class Strategy:
     """Single process, one device; subclasses override what differs."""
 
     name = "single"
-    # True when parameters are sharded across ranks (ZeRO-3): every rank must join each forward,
-    # so sample generation runs on all ranks in lockstep.
-    sharded_params = False
 
     def __init__(self, device: str | None = None):
         self.requested_device = device
@@ -51,37 +50,25 @@ class Strategy:
     def unwrap(self, model: Any) -> Any:
         return getattr(model, "module", model)
 
-    # -- loading (optional extension; the defaults load the whole model on every rank) -------
-    def loading(self, ctx: RunContext) -> contextlib.AbstractContextManager:
-        """Entered by the loader around building the model, before any weight is read.
+    # -- building the model (optional; the default loads the whole model on every rank) -------
+    def load_model(
+        self,
+        load: Callable[[], Any],
+        build_empty: Callable[[], Any],
+        checkpoint: str | None,
+        ctx: RunContext,
+    ) -> Any:
+        """The model for this rank, as the loader would build it. Called by the loader.
 
-        Sharding strategies use it so no rank ever holds the whole model: DeepSpeed ZeRO-3
-        makes transformers build the model under `deepspeed.zero.Init` (each parameter is
-        partitioned as it is created). A loader that builds models should enter it and ask
-        `loads_weights`; one that does not simply gets the default behaviour.
+        `load()` reads the whole model the ordinary way; `build_empty()` builds the architecture
+        from its config without reading a weight (in the current device context: wrap it in
+        `torch.device("meta")` for no memory at all); `checkpoint` is the folder holding the
+        model's safetensors files when a rank may read its own shard from them (None for GGUF
+        input or a pinned revision). A sharding strategy uses them so no rank ever holds the
+        whole model: FSDP2 builds on the meta device where rank 0 loads, DeepSpeed ZeRO-3
+        builds under `zero.Init` and fills each rank's partitions from the files.
         """
-        return contextlib.nullcontext()
-
-    def loads_weights(self, ctx: RunContext) -> bool:
-        """Whether this rank reads the weights. False: the loader builds the architecture on the
-        meta device (no memory, no reading) and `prepare` gives this rank its shard, e.g. read
-        from the checkpoint files or sent by a rank that loaded them (FSDP2). Asked inside
-        `loading`."""
-        return True
-
-    def empty_model(self, build: Callable[[], Any], ctx: RunContext) -> Any:
-        """Build the architecture on a rank that does not read the weights (`loads_weights` is
-        False); `build()` makes the model from its config. Asked inside `loading`.
-
-        The default builds it on the meta device: no memory, and `prepare` gives the rank its
-        shard (FSDP2). A strategy that partitions parameters as they are created (ZeRO-3's
-        `zero.Init`) builds them for real and fills its partitions here, so adapters and every
-        later step see the checkpoint's weights. Returning None asks the loader to load the
-        ordinary way after all (e.g. the files hold converted keys the strategy cannot read)."""
-        import torch
-
-        with torch.device("meta"):
-            return build()
+        return load()
 
     # -- steps -------------------------------------------------------------------------------
     def autocast(self, ctx: RunContext):
@@ -120,13 +107,6 @@ class Strategy:
         optimizer.zero_grad(set_to_none=True)
         return norm
 
-    # -- collectives ---------------------------------------------------------------------------
-    def all_reduce_sum(self, value: float) -> float:
-        return value
-
-    def barrier(self) -> None:
-        return None
-
     # -- checkpoints ---------------------------------------------------------------------------
     def save_checkpoint(self, model: Any, optimizer: Any, path: Path, ctx: RunContext) -> None:
         """Trainable weights (safetensors) and optimizer state; frozen weights come from the base."""
@@ -140,6 +120,13 @@ class Strategy:
         torch.save(optimizer.state_dict(), path / "optimizer.pt")
         if self.scaler is not None:
             torch.save(self.scaler.state_dict(), path / "scaler.pt")
+
+    def checkpoint_globals(self) -> list[type]:
+        """Classes, beyond tensors and plain containers, that this strategy's checkpoint files
+        hold in their pickles (a library's own state objects). Before a resume every pickle in
+        the checkpoint is checked against torch's weights-only allow-list plus these; a file
+        needing anything else is refused, since unpickling it could run code."""
+        return []
 
     def load_checkpoint(self, model: Any, optimizer: Any, path: Path, ctx: RunContext) -> None:
         import torch
@@ -161,13 +148,6 @@ class Strategy:
 
     def teardown(self) -> None:
         return None
-
-
-def current_strategy(ctx: RunContext) -> Strategy | None:
-    """The run's strategy, for the loader's `loading`/`loads_weights` calls (None outside a run,
-    e.g. `tune merge`)."""
-    found = getattr(ctx, "strategy", None)
-    return found if isinstance(found, Strategy) else None
 
 
 def _is_quantized(model: Any) -> bool:

@@ -1,4 +1,4 @@
-"""`Tracker`: what a tracker plugin returns from `tune_build_tracker`; the loop's event stream.
+"""`Tracker`: the object a tracker backend declares (`build=`); the loop's event stream.
 
 Trackers exist on the main process only. Each receives the same stream: `start` (with the
 resolved recipe), `log` for every logged train step and every eval, `checkpoint`, `samples`,
@@ -51,7 +51,9 @@ class Tracker:
         """The run ended: `summary` is what summary.json holds; final/ is written."""
 
     def state(self) -> dict[str, Any]:
-        """JSON-able state saved with each checkpoint (e.g. the tracker's run id)."""
+        """JSON-able state saved with each checkpoint (e.g. the tracker's run id). On resume
+        it comes back in `start` (`run.state`), and training replays the steps after that
+        checkpoint: a tracker that appends must drop what it logged after `run.step`."""
         return {}
 
 
@@ -70,15 +72,18 @@ class Trackers:
         try:
             getattr(tracker, method)(*args)
         except Exception as exc:  # a tracker never stops training
-            del self.trackers[name]
-            if self.console is not None:
-                self.console.print(
-                    f"[yellow]warning:[/yellow] tracker '{name}' failed in {method} "
-                    f"({type(exc).__name__}: {exc}); it is off for the rest of the run, "
-                    "metrics.jsonl keeps everything.",
-                    markup=True,
-                    highlight=False,
-                )
+            self._drop(name, method, exc)
+
+    def _drop(self, name: str, method: str, exc: Exception) -> None:
+        del self.trackers[name]
+        if self.console is not None:
+            self.console.print(
+                f"[yellow]warning:[/yellow] tracker '{name}' failed in {method} "
+                f"({type(exc).__name__}: {exc}); it is off for the rest of the run, "
+                "metrics.jsonl keeps everything.",
+                markup=True,
+                highlight=False,
+            )
 
     def _each(self, method: str, *args: Any) -> None:
         for name in list(self.trackers):
@@ -102,11 +107,19 @@ class Trackers:
         self._each("end", summary)
 
     def states(self) -> dict[str, dict[str, Any]]:
-        """Each live tracker's `state()`, for the checkpoint."""
+        """Each live tracker's `state()`, for the checkpoint. A tracker whose `state()` fails (or
+        is not JSON) is dropped with one warning, as for any other event: a resume could not
+        continue its run."""
+        import json
+
         out = {}
-        for name, tracker in list(self.trackers.items()):
+        for name in list(self.trackers):
+            tracker = self.trackers[name]
             try:
-                out[name] = tracker.state()
-            except Exception:  # a failing tracker is dropped at its next event
-                out[name] = {}
+                state = tracker.state()
+                json.dumps(state)
+            except Exception as exc:
+                self._drop(name, "state", exc)
+                continue
+            out[name] = state
         return out

@@ -15,23 +15,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from tune.data.files import cache_root, file_digest  # noqa: F401  (re-exported)
+
 CACHE_VERSION = 3  # 3: tool calls, end-of-turn eos, row bound
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("TUNE_CACHE", Path.home() / ".cache" / "tune"))
-
-
-def file_digest(path: Path) -> str:
-    """sha256 of a file's bytes, or of every file under a directory (names and bytes)."""
-    digest = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for file in files:
-        digest.update(str(file.relative_to(path) if path.is_dir() else file.name).encode())
-        with file.open("rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
 
 
 def tokenizer_digest(tokenizer: Any) -> str:

@@ -1,12 +1,15 @@
 """Read rows from jsonl/json/csv/parquet files or a saved `datasets` directory, without torch.
 
 Every row keeps where it came from (`file:line` or `file:row N`) so a bad row can be named.
-JSON-lines files also stream from a byte offset, for exact resume.
+JSON-lines files also stream from a byte offset, for exact resume. Public as
+`tune.plugin.files`: data sources read, resolve and fingerprint files with it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -191,3 +194,19 @@ def resolve_input(path_text: str, recipe_path: Path, where: str) -> Path:
         fix="check the path; relative paths are read from the recipe's folder, then from the "
         "current directory.",
     )
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("TUNE_CACHE", Path.home() / ".cache" / "tune"))
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file's bytes, or of every file under a directory (names and bytes)."""
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        digest.update(str(file.relative_to(path) if path.is_dir() else file.name).encode())
+        with file.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()

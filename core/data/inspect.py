@@ -16,9 +16,10 @@ from tune.data.examples import IGNORE, target_count
 def tokenized(recipe, pm) -> tuple[Any, Any]:
     """(tokenizer, Examples) through the recipe's own loader and format plugins."""
     from tune.data.pipeline import load_examples
+    from tune.train.setup import load_tokenizer
 
     ctx = RunContext(recipe=recipe, output_dir=recipe.path.parent)
-    tokenizer = pm.call("tune_load_tokenizer", recipe.selected("loader"), ctx=ctx)
+    tokenizer = load_tokenizer(pm, recipe, ctx)
     return tokenizer, load_examples(pm, tokenizer, ctx)
 
 

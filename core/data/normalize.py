@@ -17,14 +17,22 @@ from tune.errors import TuneError
 
 # -- checking rows ---------------------------------------------------------------------
 def need(row: dict, fields: list[str], where: str, fmt: str) -> None:
-    missing = [f for f in fields if f not in row or row[f] is None]
-    if missing:
+    """Every field present and not null, or one paragraph saying which is absent or null."""
+    absent = [f for f in fields if f not in row]
+    null = [f for f in fields if f in row and row[f] is None]
+    if absent:
         raise TuneError(
-            f"row has no {', '.join(repr(m) for m in missing)} for format '{fmt}'; "
+            f"row has no {', '.join(repr(m) for m in absent)} for format '{fmt}'; "
             f"it has {sorted(row)}.",
             where=where,
             fix=f"format '{fmt}' expects {fields}; pick the format that matches the data "
             "([data] format) or rename the fields.",
+        )
+    if null:
+        raise TuneError(
+            f"row's {', '.join(repr(m) for m in null)} {'is' if len(null) == 1 else 'are'} null.",
+            where=where,
+            fix="give every row its text (an empty string if it has none), or remove the row.",
         )
 
 
@@ -116,50 +124,70 @@ def normalize_chat(row: dict, settings: Any, where: str) -> Any:
 
 
 def _turn(turn: Any, i: int, where: str) -> dict[str, Any]:
-    """One turn, OpenAI or ShareGPT, as a normalized message (role "tool_call" for ShareGPT's
-    function_call, which the caller folds into an assistant message)."""
+    return message(turn, where, f"turn {i}")
+
+
+def content(value: Any, where: str, what: str) -> str:
+    """A message's text: a string, or OpenAI content parts that are all text."""
+    return text_of(value, where, what)
+
+
+def message(turn: Any, where: str, what: str = "turn", tools: bool = True) -> dict[str, Any]:
+    """One turn, OpenAI (role/content) or ShareGPT (from/value), as a normalized message.
+
+    Roles are mapped to user/assistant/system (and, with `tools`, tool results to role "tool",
+    ShareGPT's function_call to role "tool_call", which the caller folds into an assistant
+    message; assistant `tool_calls` are kept with arguments as dicts). `what` names the turn in
+    messages ("turn 3", "'chosen' message 0"). Public as `tune.plugin.chat.message`.
+    """
     if not isinstance(turn, dict):
-        raise TuneError(f"turn {i} is not an object.", where=where)
+        raise TuneError(
+            f"{what} is not a message object.",
+            where=where,
+            fix='write it as {"role": ..., "content": ...}.',
+        )
     raw_role = turn.get("role", turn.get("from"))
     key = "content" if "content" in turn else "value"
-    content = turn.get(key)
+    text = turn.get(key)
     if raw_role is None or key not in turn:
         raise TuneError(
-            f"turn {i} has keys {sorted(turn)}; expected role/content (OpenAI) or "
+            f"{what} has keys {sorted(turn)}; expected role/content (OpenAI) or "
             "from/value (ShareGPT).",
             where=where,
             fix='write each turn as {"role": ..., "content": ...}.',
         )
     name = str(raw_role).lower()
-    role = ROLES.get(name) or TOOL_ROLES.get(name)
+    role = ROLES.get(name) or (TOOL_ROLES.get(name) if tools else None)
     if role is None:
+        known = sorted(ROLES) + (sorted(TOOL_ROLES) if tools else [])
         raise TuneError(
-            f"turn {i} has role '{raw_role}', which format 'chat' does not know "
-            f"(supported: {', '.join(sorted(ROLES) + sorted(TOOL_ROLES))}).",
+            f"{what} has role '{raw_role}', which is not a chat role here "
+            f"(supported: {', '.join(known)}).",
             where=where,
-            fix="map the role to user/assistant/system/tool (or ShareGPT human/gpt/"
-            "function_call/observation), or drop these conversations.",
+            fix="map the role to user/assistant/system"
+            + ("/tool (or ShareGPT human/gpt/function_call/observation)" if tools else "")
+            + ", or drop these conversations.",
         )
     calls = turn.get("tool_calls") or (
         [turn["function_call"]] if isinstance(turn.get("function_call"), dict) else None
     )
     if role == "tool_call":
-        return {"role": role, "tool_calls": _calls(content, where, f"turn {i} (role '{raw_role}')")}
-    if calls is not None and role == "assistant":
-        text = "" if content is None else text_of(content, where, f"turn {i} content")
+        return {"role": role, "tool_calls": _calls(text, where, f"{what} (role '{raw_role}')")}
+    if tools and calls is not None and role == "assistant":
+        reply = "" if text is None else text_of(text, where, f"{what} content")
         return {
             "role": role,
-            "content": text,
-            "tool_calls": _calls(calls, where, f"turn {i} (role '{raw_role}') tool_calls"),
+            "content": reply,
+            "tool_calls": _calls(calls, where, f"{what} (role '{raw_role}') tool_calls"),
         }
-    if content is None:
+    if text is None:
         raise TuneError(
-            f"turn {i} (role '{raw_role}') has {key}: null.",
+            f"{what} (role '{raw_role}') has {key}: null.",
             where=where,
             fix=f"give the turn its text; only an assistant turn with tool_calls may have "
             f"{key}: null.",
         )
-    return {"role": role, "content": text_of(content, where, f"turn {i} {key}")}
+    return {"role": role, "content": text_of(text, where, f"{what} {key}")}
 
 
 def _json_value(value: Any, where: str, what: str) -> Any:

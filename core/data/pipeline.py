@@ -54,7 +54,7 @@ def open_format(pm: Any, entry: Entry, tokenizer: Any, ctx: RunContext) -> Any:
 
 
 def open_source(pm: Any, entry: Entry, ctx: RunContext) -> Any:
-    return pm.call("tune_open_data_source", entry.source, ctx=ctx)
+    return pm.build(entry.source, ctx)
 
 
 # -- validation (no tokenizer, no torch) ----------------------------------------------------------

@@ -203,13 +203,13 @@ def assistant_spans(
     tokenizer: Any, messages: list[dict[str, Any]], where: str, tools: list | None = None
 ):
     """Render `messages`; return (text, [(start, end) of each assistant reply incl. its end tag])."""
-    text = _render(tokenizer, messages, False, where, tools)
+    text = render(tokenizer, messages, False, where, tools)
     spans = []
     for i, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
-        prompt = _render(tokenizer, messages[:i], True, where, tools)
-        upto = _render(tokenizer, messages[: i + 1], False, where, tools)
+        prompt = render(tokenizer, messages[:i], True, where, tools)
+        upto = render(tokenizer, messages[: i + 1], False, where, tools)
         if not (text.startswith(upto) and upto.startswith(prompt)):
             raise TuneError(
                 "the chat template does not render this conversation incrementally, so the "
@@ -222,7 +222,15 @@ def assistant_spans(
     return text, spans
 
 
-def _render(tokenizer, messages, add_generation_prompt, where, tools=None) -> str:
+def render(
+    tokenizer: Any,
+    messages: list[dict[str, Any]],
+    add_generation_prompt: bool,
+    where: str,
+    tools: list | None = None,
+) -> str:
+    """The conversation through the tokenizer's chat template, as text; a template that rejects
+    it is one paragraph naming the row (`where`). Public as `tune.plugin.chat.render`."""
     extra = {"tools": tools} if tools else {}
     try:
         return tokenizer.apply_chat_template(

@@ -11,22 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from tune.contract.memory import MemoryTerm as Term
 from tune.estimate.shapes import Adapter, Shapes
 
 MiB = 1 << 20
 BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "fp32": 4, "bf16": 2, "fp16": 2}
 NF4_BLOCK, STATE_BLOCK, DQ_BLOCK = 64, 256, 256  # bitsandbytes block sizes
-
-
-@dataclass
-class Term:
-    """One row of the table: bytes per device and where they come from."""
-
-    name: str
-    bytes: float
-    formula: str
-    phases: tuple[str, ...] = ("load", "compute", "step")
-    host: bool = False  # offloaded: lives in host RAM, not on the device
 
 
 @dataclass

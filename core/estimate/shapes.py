@@ -13,7 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tune.contract.memory import ModelShape
 from tune.errors import TuneError
+
+Shapes = ModelShape  # the name the estimate modules use
 
 NEEDED = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
 # Decoder families whose layer is q/k/v/o + gate/up/down (+ two norms).
@@ -33,57 +36,11 @@ LLAMA_LIKE = {
 }
 # Architectures with biases on q/k/v whatever `attention_bias` says.
 QKV_BIAS = {"qwen2"}
-# Architectures with a per-head RMSNorm on q and k.
-QK_NORM = {"qwen3", "olmo2"}
 # PEFT's default LoRA targets (target_modules = None) for these families.
 DEFAULT_TARGETS = ["q_proj", "v_proj"]
 IA3_TARGETS, IA3_FEEDFORWARD = ["k_proj", "v_proj", "down_proj"], ["down_proj"]
 ATTN = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP = ("gate_proj", "up_proj", "down_proj")
-
-
-@dataclass
-class Shapes:
-    """The sizes the memory terms need, in parameters (not bytes)."""
-
-    model_type: str
-    hidden: int
-    intermediate: int
-    layers: int
-    heads: int
-    kv_heads: int
-    head_dim: int
-    vocab: int
-    tied: bool
-    linears: dict[str, tuple[int, int]] = field(default_factory=dict)  # name -> (in, out)
-    biases: dict[str, bool] = field(default_factory=dict)
-    config: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def q_dim(self) -> int:
-        return self.heads * self.head_dim
-
-    @property
-    def kv_dim(self) -> int:
-        return self.kv_heads * self.head_dim
-
-    def layer_linear_params(self) -> int:
-        """Weights (+ biases) of the linear layers of one decoder layer."""
-        return sum(i * o + (o if self.biases.get(n) else 0) for n, (i, o) in self.linears.items())
-
-    def layer_norm_params(self) -> int:
-        return 2 * self.hidden + (2 * self.head_dim if self.model_type in QK_NORM else 0)
-
-    def embedding_params(self) -> int:
-        return self.vocab * self.hidden
-
-    def head_params(self) -> int:
-        """lm_head weights stored apart from the embedding (0 when tied)."""
-        return 0 if self.tied else self.vocab * self.hidden
-
-    def total_params(self) -> int:
-        per_layer = self.layer_linear_params() + self.layer_norm_params()
-        return self.embedding_params() + self.head_params() + self.layers * per_layer + self.hidden
 
 
 def read_config(recipe: Any) -> dict[str, Any]:

@@ -40,3 +40,26 @@ def resolve_dtype(name: str, device: str) -> Any:
     if name == "auto":
         name = PRECISION_DTYPES[resolve_precision("auto", device)]
     return getattr(torch, name)
+
+
+def _hidden(*keys: str) -> bool:
+    """A device-mask variable set to hide every device ("" or "-1")."""
+    import os
+
+    return any("".join(os.environ.get(k, "x").split()) in ("", "-1") for k in keys)
+
+
+def visible_device_types() -> set[str]:
+    """Accelerator types this process would see, judged without importing torch (the CLI and
+    validation must start without it): "cuda" for an NVIDIA GPU (or AMD's, which torch drives
+    through the same API), and always "cpu"."""
+    from pathlib import Path
+
+    found = {"cpu"}
+    nvidia = Path("/proc/driver/nvidia/version").exists() or Path("/dev/nvidia0").exists()
+    if nvidia and not _hidden("CUDA_VISIBLE_DEVICES"):
+        found.add("cuda")
+    amd_masks = ("CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES")
+    if Path("/dev/kfd").exists() and not _hidden(*amd_masks):
+        found.add("cuda")
+    return found

@@ -51,6 +51,11 @@ class Selected:
     backend: Any  # tune.registry.declare.Backend
     settings: BaseModel
 
+    @property
+    def capabilities(self) -> Any:
+        """What this backend declared it supports, for these settings (`Capabilities`)."""
+        return self.backend.capabilities_for(self.settings)
+
 
 @dataclass
 class Recipe:

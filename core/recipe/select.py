@@ -118,9 +118,10 @@ def select_backends(recipe: Recipe, plugins: Any, roles: tuple[str, ...] = ALL_R
             pick("tracker", entry.name, raw["track"][i], CORE_KEYS["track"], f"[[track]] #{i + 1}")
             for i, entry in enumerate(recipe.track)
         ]
-    if "objective" in roles and "data_format" in roles:
-        _check_examples(recipe)
     if roles == ALL_ROLES:
+        from tune.registry.compatibility import check_capabilities
+
+        check_capabilities(recipe, plugins)
         plugins.hook.tune_check_recipe(recipe=recipe)
 
 
@@ -156,24 +157,6 @@ def _scheme_source(plugins, specs: list[str], where: str) -> str | None:
             fix="give each source its own [[data.mix]] entry.",
         )
     return names[0]
-
-
-def _check_examples(recipe: Recipe) -> None:
-    """The objective must train on the kind of examples every data format produces."""
-    objective = recipe.selected("objective").backend
-    formats = [recipe.selected("data_format")] + recipe.backends["data_mix"]
-    for i, sel in enumerate(formats):
-        if sel.backend.examples == objective.examples:
-            continue
-        table = "[data]" if i == 0 else f"[[data.mix]] #{i}"
-        raise TuneError(
-            f"{table} format = '{sel.backend.name}' gives '{sel.backend.examples}' examples, "
-            f"but [objective] name = '{objective.name}' trains on '{objective.examples}' "
-            "examples.",
-            where=str(recipe.path),
-            fix="use an objective made for this data (e.g. a preference objective for preference "
-            "pairs) or a format that gives what the objective needs.",
-        )
 
 
 def _select_metrics(recipe: Recipe, pick) -> dict[str, Selected]:

@@ -5,19 +5,17 @@ Imports no torch.
 
 from __future__ import annotations
 
-import functools
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
+from tune.contract.capabilities import Capabilities, CapabilitiesSpec, resolve
 from tune.contract.settings import Settings
 from tune.registry.kinds import KINDS, LM_EXAMPLES
 
 if TYPE_CHECKING:  # pragma: no cover
     from tune.registry.manager import PluginManager
-
-CATALOG = Path(__file__).parent.parent / "assets" / "catalog.toml"
 
 
 class NoSettings(Settings):
@@ -34,15 +32,23 @@ class Backend:
     plugin: str
     doc: str = ""
     for_loader: str | None = None
-    examples: str | None = None  # formats: the example kind produced; objectives: consumed
+    examples: str | None = None  # formats: produced; objectives: consumed; metrics: scored
     requires: tuple[str, ...] = ()  # modules it imports when used (checked with find_spec)
     schemes: tuple[str, ...] = ()  # data sources: address schemes it reads ("hf" for hf://...)
+    build: Callable[..., Any] | None = None  # object kinds: called as build(settings, ctx)
+    capabilities: CapabilitiesSpec = None
+    estimate: Callable[..., Any] | None = None  # its `tune estimate` terms (tune.estimate)
+    preload: tuple[str, ...] = ()  # loaders: modules imported first in `tune run`
+    recognizes: Callable[[Any], Any] | None = None  # adapters: another tool's artifact dir
 
     def missing(self) -> str | None:
         """The first required module that is not installed here, or None (imports nothing)."""
         import importlib.util
 
         return next((m for m in self.requires if importlib.util.find_spec(m) is None), None)
+
+    def capabilities_for(self, settings: Any) -> Capabilities:
+        return resolve(self.capabilities, settings)
 
     @property
     def label(self) -> str:
@@ -54,31 +60,54 @@ class Backend:
         return KINDS[self.kind].where
 
 
+COMMON_OPTIONS = {"requires", "capabilities", "estimate"}
+
+
 class Provide:
     """Handed to `tune_provide`: each call declares one backend of the calling plugin.
 
-    Options: `requires=` (every kind), `for_loader=` (quantization, adapter: serve this name for
-    that loader only), `examples=` (data formats and objectives: the example kind), `schemes=`
-    (data sources: address schemes they read, e.g. ("hf",) for `train = "hf://org/name"`).
-
-    `requires` names the modules the backend imports when used (e.g. ("mlflow",)): where one is
-    missing, tune lists the plugin with a STATUS saying so and refuses recipes that use the
-    backend at validation, while the plugin still loads and its other backends work.
+    `provide.<kind>(name, settings=None, doc="", **options)`. Options every kind accepts:
+    `requires=` (modules it imports when used: where one is missing, `tune plugins list` says
+    so and recipes using the backend are refused at validation), `capabilities=` (a
+    `Capabilities`, or a function of the validated settings returning one) and `estimate=`
+    (its memory terms for `tune estimate`). Object kinds (quantization, data_source, objective,
+    tracker, exporter) need `build=` (a class or factory called as `build(settings, ctx)`).
+    Kind-specific: `for_loader=` (quantization, adapter: serve this name for that loader only),
+    `examples=` (formats, objectives: the example kind), `schemes=` (data sources: address
+    schemes, e.g. ("hf",) for `train = "hf://org/name"`), `preload=` (loaders: modules to
+    import first thing in `tune run`, before torch and transformers), `recognizes=` (adapters:
+    a function of a directory returning the recipe table that rebuilds another tool's artifact,
+    or None).
     """
 
     def __init__(self, manager: PluginManager):
         self._manager = manager
 
     def _declare(self, kind: str, name: str, settings, doc: str, options: dict) -> None:
-        allowed = {"requires"} | ({"examples"} if KINDS[kind].has_examples else set())
-        allowed |= {"for_loader"} if kind in ("quantization", "adapter") else set()
-        allowed |= {"schemes"} if kind == "data_source" else set()
+        spec = KINDS[kind]
+        allowed = COMMON_OPTIONS | set(spec.options)
+        allowed |= {"examples"} if spec.has_examples else set()
+        allowed |= {"build"} if spec.base else set()
         unknown = set(options) - allowed
         if unknown:
-            raise TypeError(f"provide.{kind}() got unexpected options {sorted(unknown)}")
+            raise TypeError(
+                f"provide.{kind}() got unexpected options {sorted(unknown)} "
+                f"(it accepts {sorted(allowed)})"
+            )
         settings = settings or NoSettings
         if not (isinstance(settings, type) and issubclass(settings, BaseModel)):
             raise TypeError(f"settings for {kind} '{name}' must be a pydantic model class")
+        build = options.get("build")
+        if spec.base and not callable(build):
+            raise TypeError(
+                f"provide.{kind}('{name}') needs build=: the {spec.base} class (or a factory "
+                "taking settings and ctx) the core builds for a recipe that names it"
+            )
+        capabilities = options.get("capabilities")
+        if capabilities is not None and not (
+            isinstance(capabilities, Capabilities) or callable(capabilities)
+        ):
+            raise TypeError(f"capabilities for {kind} '{name}' must be a Capabilities or function")
         requires = options.get("requires", ())
         backend = Backend(
             kind,
@@ -87,70 +116,58 @@ class Provide:
             "?",
             doc.strip(),
             for_loader=options.get("for_loader"),
-            examples=(options.get("examples") or LM_EXAMPLES) if KINDS[kind].has_examples else None,
+            examples=(options.get("examples") or LM_EXAMPLES) if spec.has_examples else None,
             requires=(requires,) if isinstance(requires, str) else tuple(requires),
             schemes=tuple(options.get("schemes", ())),
+            build=build,
+            capabilities=capabilities,
+            estimate=options.get("estimate"),
+            preload=tuple(options.get("preload", ())),
+            recognizes=options.get("recognizes"),
         )
         self._manager._declare(backend)
 
     def loader(self, name: str, settings=None, doc: str = "", **options: Any) -> None:
-        """`[model] loader = name`: loads the model and tokenizer."""
+        """`[model] loader = name`: loads the model and tokenizer (`tune_load_model`)."""
         self._declare("loader", name, settings, doc, options)
 
     def quantization(self, name: str, settings=None, doc: str = "", **options: Any) -> None:
-        """`[model] quantize = name`, settings in `[model.quantization]`; `for_loader=`."""
+        """`[model] quantize = name`, settings in `[model.quantization]`; `build=` a
+        `Quantization`; `for_loader=`."""
         self._declare("quantization", name, settings, doc, options)
 
     def adapter(self, name: str, settings=None, doc: str = "", **options: Any) -> None:
-        """`[[adapt]] method = name`: one step of the adapt chain; `for_loader=`."""
+        """`[[adapt]] method = name`: one step of the adapt chain (`tune_adapt_model`)."""
         self._declare("adapter", name, settings, doc, options)
 
     def data_source(self, name: str, settings=None, doc: str = "", **options: Any) -> None:
-        """`[data.source] name = name`: where rows come from (default "files")."""
+        """`[data.source] name = name`: where rows come from; `build=` a `DataSource`."""
         self._declare("data_source", name, settings, doc, options)
 
     def data_format(self, name: str, settings=None, doc: str = "", **options: Any) -> None:
-        """`[data] format = name`: rows to examples of kind `examples=` (default "lm")."""
+        """`[data] format = name`: rows to examples of kind `examples=` (`tune_format_data`)."""
         self._declare("data_format", name, settings, doc, options)
 
     def optimizer(self, name: str, settings=None, doc: str = "", **options: Any) -> None:
-        """`[optimizer] name = name`."""
+        """`[optimizer] name = name` (`tune_build_optimizer`)."""
         self._declare("optimizer", name, settings, doc, options)
 
     def objective(self, name: str, settings=None, doc: str = "", **options: Any) -> None:
-        """`[objective] name = name`: the loss of a step, over examples of kind `examples=`."""
+        """`[objective] name = name`: the loss of a step; `build=` an `Objective`."""
         self._declare("objective", name, settings, doc, options)
 
     def strategy(self, name: str, settings=None, doc: str = "", **options: Any) -> None:
-        """`[strategy] name = name`."""
+        """`[strategy] name = name` (`tune_choose_strategy`)."""
         self._declare("strategy", name, settings, doc, options)
 
     def metric(self, name: str, settings=None, doc: str = "", **options: Any) -> None:
-        """A name in `[eval] metrics`, settings in `[eval.<name>]`."""
+        """A name in `[eval] metrics`, settings in `[eval.<name>]` (`tune_evaluate`)."""
         self._declare("metric", name, settings, doc, options)
 
     def tracker(self, name: str, settings=None, doc: str = "", **options: Any) -> None:
-        """`[[track]] name = name`: receives the run's events (main process only)."""
+        """`[[track]] name = name`: receives the run's events; `build=` a `Tracker`."""
         self._declare("tracker", name, settings, doc, options)
 
     def exporter(self, name: str, settings=None, doc: str = "", **options: Any) -> None:
-        """`tune export --format name`: writes a trained model in another format."""
+        """`tune export --format name`: writes a trained model; `build=` an `Exporter`."""
         self._declare("exporter", name, settings, doc, options)
-
-
-@functools.lru_cache(maxsize=1)
-def catalog() -> dict[str, dict]:
-    """Known distributions and the backends they serve (core/assets/catalog.toml)."""
-    from tune.recipe.toml import tomllib
-
-    return tomllib.loads(CATALOG.read_text(encoding="utf-8"))
-
-
-def install_hint(kind: str, name: str) -> str | None:
-    """`pip install ...` for the distribution the catalog says serves `kind` `name`, or None."""
-    for dist, entry in catalog().items():
-        if name in entry.get(kind, ()):
-            folder = entry.get("folder")
-            local = f" (or ./{folder} from a tune checkout)" if folder else ""
-            return f"pip install {dist}{local}."
-    return None

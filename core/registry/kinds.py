@@ -1,9 +1,10 @@
-"""The backend kinds: where a recipe chooses each, and the hooks a provider must implement.
+"""The backend kinds: where a recipe chooses each, and its one required entry point.
 
-One table, read by the plugin manager (to refuse a plugin that declares a backend without its
-required hooks), by error messages (to say where a backend is chosen) and by the docs. A hook
-listed as optional has a working default, or the core raises a `TuneError` saying that this
-backend does not support the operation. Imports nothing heavy.
+The six design kinds are served by a hook (`tune_load_model`, ...). Every other kind is an
+object the core builds from the class the plugin declared with `build=`, an instance of the
+contract class named here. One table, read by the plugin manager (to refuse a declaration
+without its entry point), by error messages (where a backend is chosen) and by the docs.
+Imports nothing heavy.
 """
 
 from __future__ import annotations
@@ -13,40 +14,43 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Kind:
-    """One kind of backend: its recipe selector and its hook contract."""
+    """One kind of backend: its recipe selector and its entry point."""
 
     name: str
     where: str  # where a recipe chooses it, as shown in messages
-    required: tuple[str, ...]
-    optional: tuple[str, ...] = ()
-    # True when the kind's declarations say what example kind they produce or consume.
+    hook: str | None = None  # the required hook (hook kinds)
+    base: str | None = None  # the contract class `build=` returns (object kinds), in tune.plugin
+    optional: tuple[str, ...] = ()  # optional hooks
+    # True when the kind's declarations say what example kind they produce, consume or score.
     has_examples: bool = False
+    # Declaration options this kind accepts besides doc, requires, capabilities and estimate.
+    options: tuple[str, ...] = ()
+
+    @property
+    def required(self) -> tuple[str, ...]:
+        return (self.hook,) if self.hook else ()
 
 
 KINDS: dict[str, Kind] = {
     k.name: k
     for k in (
-        Kind("strategy", "[strategy] name", ("tune_choose_strategy",)),
+        Kind("strategy", "[strategy] name", hook="tune_choose_strategy"),
+        Kind("loader", "[model] loader", hook="tune_load_model", options=("preload",)),
         Kind(
-            "loader",
-            "[model] loader",
-            ("tune_load_model", "tune_load_tokenizer"),
-            ("tune_load_for_inference", "tune_prepare_generation"),
+            "adapter",
+            "[[adapt]] method",
+            hook="tune_adapt_model",
+            optional=("tune_merge_adapter",),
+            options=("for_loader", "recognizes"),
         ),
-        Kind(
-            "quantization",
-            "[model] quantize",
-            ("tune_quantization_config",),
-            ("tune_prepare_quantized_model", "tune_logical_numel"),
-        ),
-        Kind("adapter", "[[adapt]] method", ("tune_adapt_model",), ("tune_merge_adapter",)),
-        Kind("data_source", "[data.source] name", ("tune_open_data_source",)),
-        Kind("data_format", "[data] format", ("tune_format_data",), has_examples=True),
-        Kind("optimizer", "[optimizer] name", ("tune_build_optimizer",)),
-        Kind("objective", "[objective] name", ("tune_build_objective",), has_examples=True),
-        Kind("metric", "[eval] metrics", ("tune_evaluate",)),
-        Kind("tracker", "[[track]] name", ("tune_build_tracker",)),
-        Kind("exporter", "tune export --format", ("tune_export",)),
+        Kind("data_format", "[data] format", hook="tune_format_data", has_examples=True),
+        Kind("optimizer", "[optimizer] name", hook="tune_build_optimizer"),
+        Kind("metric", "[eval] metrics", hook="tune_evaluate"),
+        Kind("quantization", "[model] quantize", base="Quantization", options=("for_loader",)),
+        Kind("data_source", "[data.source] name", base="DataSource", options=("schemes",)),
+        Kind("objective", "[objective] name", base="Objective", has_examples=True),
+        Kind("tracker", "[[track]] name", base="Tracker"),
+        Kind("exporter", "tune export --format", base="Exporter"),
     )
 }
 

@@ -21,8 +21,18 @@ import pluggy
 from tune import PLUGIN_API, __version__
 from tune.errors import TuneError, did_you_mean
 from tune.registry import hookspecs
-from tune.registry.declare import Backend, Provide, install_hint
+from tune.registry.catalog import install_hint
+from tune.registry.declare import Backend, Provide
 from tune.registry.kinds import KINDS
+
+# Where the contract class of each object kind lives (kinds.py names them, without imports).
+BASES = {
+    "Quantization": "tune.contract.quantization",
+    "DataSource": "tune.contract.source",
+    "Objective": "tune.contract.objective",
+    "Tracker": "tune.contract.tracker",
+    "Exporter": "tune.contract.exporter",
+}
 
 ENTRY_POINT_GROUP = "tune"
 AUTOLOAD_ENV = "TUNE_DISABLE_PLUGIN_AUTOLOAD"
@@ -38,9 +48,6 @@ BUILTIN_PLUGINS: tuple[tuple[str, str], ...] = (
     ("jsonl", "tune.builtin.jsonl"),
     ("perplexity", "tune.builtin.metrics"),
 )
-
-# Plugin objects registered for one test by `tune.testing` (in-process runs only).
-_test_plugins: list[tuple[str, Any]] = []
 
 
 @dataclass
@@ -101,6 +108,9 @@ class PluginManager(pluggy.PluginManager):
             h.removeprefix("tune_")
             for h in implemented
             if h not in ("tune_provide", "tune_plugin_status")
+        )
+        info.hooks += sorted(
+            {f"build {b.kind}" for b in self.backends.values() if b.plugin == name and b.build}
         )
         self._check_contract(name, implemented)
         missing = sorted(
@@ -194,7 +204,8 @@ class PluginManager(pluggy.PluginManager):
             info.provides.append(backend.label)
 
     def _check_contract(self, plugin_name: str, implemented: set[str]) -> None:
-        """Each backend the plugin declared needs its kind's required hooks."""
+        """Each backend the plugin declared needs its kind's required hook (object kinds were
+        checked for `build=` when declared)."""
         for backend in [b for b in self.backends.values() if b.plugin == plugin_name]:
             missing = [h for h in KINDS[backend.kind].required if h not in implemented]
             if missing:
@@ -290,6 +301,32 @@ class PluginManager(pluggy.PluginManager):
             return default()
         return self.call(hook_name, selected, **kwargs)
 
+    def build(self, selected: Any, ctx: Any) -> Any:
+        """The object an object-kind backend declared (`build=`), for the selected settings.
+
+        A factory that returns something else than its kind's contract class is a plugin bug
+        (traceback kept, naming the plugin).
+        """
+        backend = selected.backend
+        base_name = KINDS[backend.kind].base
+        if backend.build is None or base_name is None:
+            raise RuntimeError(f"{backend.label} is not an object kind: call its hook instead")
+        made = backend.build(selected.settings, ctx)
+        base = getattr(importlib.import_module(BASES[base_name]), base_name)
+        if not isinstance(made, base):
+            raise RuntimeError(
+                f"plugin '{backend.plugin}' declared {backend.label} with build={backend.build!r}, "
+                f"which returned {type(made).__name__}, not a tune.plugin.{base_name}"
+            )
+        return made
+
+    def status_refusal(self, backend: Backend) -> str | None:
+        """Why a backend cannot run here (its plugin's STATUS), or None when it can."""
+        info = self.infos.get(backend.plugin)
+        if info is None or info.status == "ok" or info.status.startswith("ok:"):
+            return None
+        return info.status
+
     def evaluate(
         self, metrics: dict[str, Any], model: Any, data: Any, ctx: Any
     ) -> dict[str, float]:
@@ -347,9 +384,14 @@ def _one_line(exc: BaseException) -> str:
 
 
 def get_plugin_manager(
-    disable: Iterable[str] = (), extra_modules: Iterable[str] = (), *, strict: bool = True
+    disable: Iterable[str] = (),
+    extra_modules: Iterable[str] = (),
+    *,
+    plugins: Iterable[tuple[str, Any]] = (),
+    strict: bool = True,
 ) -> PluginManager:
-    """Build the manager: built-ins, then entry points unless autoload is off, then `-p` modules.
+    """Build the manager: built-ins, entry points unless autoload is off, `-p` modules, then
+    `plugins` ((name, object) pairs registered as they are: tune embedded in a program, tests).
 
     `disable` holds names from `-p no:NAME`. With `strict`, conflicts and plugins missing a
     required hook raise (start-up error); `tune plugins list` passes strict=False to show them.
@@ -362,8 +404,8 @@ def get_plugin_manager(
         pm.load_entry_points()
     for module in extra_modules:
         pm.load_module(module)
-    for name, plugin in _test_plugins:
-        pm.add_plugin(name, plugin, "(test)", "?")
+    for name, plugin in plugins:
+        pm.add_plugin(name, plugin, "(in-process)", "?")
     pm.reject_unknown_hooks()
     pm.check_pending()
     if strict:

@@ -242,3 +242,23 @@ def token_logprobs(model: Any, inputs: dict[str, Any], labels: Any, chunked: boo
         return -nll
     logits = model(**inputs, use_cache=False).logits
     return -plain_nll(logits, labels, reduce=False)
+
+
+def next_token_loss(model: Any, batch: dict[str, Any], chunked: bool = True) -> tuple[Any, Any]:
+    """(the summed next-token loss of a micro-batch, why it was not chunked or None).
+
+    Chunk by chunk from the final hidden states where that is exact (`plain_reason`), so the
+    [batch, seq, vocab] logits never exist; otherwise the model's own summed loss. What the
+    default objective computes: an objective that overrides `loss` keeps the chunked loss by
+    calling this (or `token_logprobs`).
+    """
+    reason = plain_reason(model) if chunked else "[train] chunked_loss = false"
+    if reason is None:
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        loss, _ = forward_nll(model, inputs, batch["labels"], reduce=True)
+        return loss, None
+    # use_cache=False: no KV cache in training; with a cache transformers would not detect
+    # packed rows (position ids restarting) and would let packed examples attend to each
+    # other. num_items_in_batch=1: the model returns the summed token loss.
+    out = model(**batch, use_cache=False, num_items_in_batch=1)
+    return out.loss, reason

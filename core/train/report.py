@@ -7,42 +7,51 @@ import time
 from typing import Any
 
 from tune.machine.hostmem import describe as describe_host_malloc
-from tune.train.meter import Meter, human_bytes
+from tune.train.meter import human_bytes
 
 
-def announce(trainer: Any) -> None:
-    ctx, stats, recipe = trainer.ctx, trainer.examples.stats, trainer.recipe
+def announce(session: Any) -> None:
+    ctx, stats, recipe = session.ctx, session.examples.stats, session.recipe
     names = " -> ".join(
         [recipe.selected("loader").backend.name]
         + [s.backend.name for s in recipe.backends["adapt"]]
     )
     objective = recipe.selected("objective").backend.name
-    trainable, total = trainer.n_trainable, trainer.n_total
+    trainable, total = session.trainable_params, session.total_params
     ctx.print(
         f"[bold]tune[/bold] {recipe.path}: {names} on {ctx.world.device} "
         f"(world {ctx.world.world_size}), {trainable:,} of {total:,} parameters "
         f"trainable ({100 * trainable / max(total, 1):.2f}%)"
         + (f", objective {objective}" if objective != "causal_lm" else "")
     )
-    ctx.print(
-        f"data: {stats.get('train_examples')} train / {stats.get('eval_examples')} eval examples, "
-        f"{stats.get('truncated', 0)} truncated, {stats.get('dropped', 0)} dropped"
-        + "".join(
-            f", {stats[key]} {label}"
-            for key, label in (
-                ("oversized", "oversized"),
-                ("empty_replies", "empty replies"),
-                ("short", "shorter than min_tokens"),
-            )
-            if stats.get(key)
+    plan = session.plan
+    if session.batches.streaming:
+        data = (
+            f"data: streamed (read as training goes), {stats.get('eval_examples', 0)} eval examples"
         )
-        + f", tokenization cache {stats.get('cache', 'off')}; "
-        f"{trainer.total_steps} steps ({trainer.steps_per_epoch}/epoch) -> {ctx.output_dir}"
+        steps = f"{plan.total_steps} steps (max_steps)"
+    else:
+        data = (
+            f"data: {stats.get('train_examples')} train / {stats.get('eval_examples')} eval "
+            f"examples, {stats.get('truncated', 0)} truncated, {stats.get('dropped', 0)} dropped"
+            + "".join(
+                f", {stats[key]} {label}"
+                for key, label in (
+                    ("oversized", "oversized"),
+                    ("empty_replies", "empty replies"),
+                    ("short", "shorter than min_tokens"),
+                )
+                if stats.get(key)
+            )
+        )
+        steps = f"{plan.total_steps} steps ({plan.steps_per_epoch}/epoch)"
+    ctx.print(
+        f"{data}, tokenization cache {stats.get('cache', 'off')}; {steps} -> {ctx.output_dir}"
     )
     ctx.print(f"host allocator: {describe_host_malloc()}", markup=False)
 
 
-def progress(ctx: Any):
+def progress_bar(ctx: Any):
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -62,61 +71,69 @@ def progress(ctx: Any):
     )
 
 
-def summarize(trainer: Any, state, meter: Meter, wall: float, final_metrics, samples, stopped):
+def summarize(
+    session: Any, state, progress, wall: float, final_metrics, samples, run_dir: Any
+) -> dict[str, Any]:
     """The run's summary (every rank computes it: it holds cross-rank sums); rank 0 writes
     summary.json, the loss plot and the table."""
-    ctx, strategy = trainer.ctx, trainer.strategy
-    tokens = int(strategy.all_reduce_sum(state["tokens"]))  # the whole run, resumes included
-    session = int(strategy.all_reduce_sum(meter.tokens))  # this process's share of the work
-    memory = meter.peak_memory()
-    losses = trainer.losses
+    ctx, reduce = session.ctx, session.ctx.collectives.all_reduce_sum
+    tokens = int(reduce(state.tokens))  # the whole run, resumes included
+    session_tokens = int(reduce(progress.meter.tokens))  # this process's share of the work
+    slots = reduce(progress.slots)
+    memory = progress.meter.peak_memory()
+    losses = progress.losses
+    steps_here = losses[-1][0] - losses[0][0] + 1 if losses else 0
     summary = {
-        "steps": state["step"],
+        "steps": state.step,
         "epochs": round(
-            state["epoch"] + state["micro_in_epoch"] / max(trainer.micro_per_epoch, 1), 3
+            state.epoch + state.micro_in_epoch / max(session.plan.micro_per_epoch, 1), 3
         ),
         "tokens": tokens,
-        "tokens_this_run": session,
+        "tokens_this_run": session_tokens,
         # rates from this process's own tokens and time: a resumed run is not credited twice
-        "tokens_per_s": round(session / max(wall, 1e-9), 1),
-        "resumed_from_step": trainer.resumed_step,
-        "packed": trainer.batcher.pack,
+        "tokens_per_s": round(session_tokens / max(wall, 1e-9), 1),
+        "resumed_from_step": session.resumed_step,
+        "packed": session.batches.pack,
         # real tokens / positions computed (1.0 when packed: no padding at all)
-        "token_efficiency": round(session / max(strategy.all_reduce_sum(trainer.slots), 1), 4),
+        "token_efficiency": round(session_tokens / max(slots, 1), 4),
         # packed: how full the bins are; padded: the same ratio as planned for epoch 0
-        "plan_efficiency": round(plan_efficiency(trainer, session), 4),
+        "plan_efficiency": round(
+            session.batches.efficiency(session_tokens, slots, steps_here, ctx.world.world_size), 4
+        ),
         "wall_s": round(wall, 2),
         "peak_memory": memory,
         "host_allocator": describe_host_malloc(),
-        "first_loss": state.get("first_loss", losses[0][1] if losses else None),
-        "last_loss": state.get("last_loss", losses[-1][1] if losses else None),
+        "first_loss": state.first_loss if state.first_loss is not None else None,
+        "last_loss": state.last_loss,
         "eval": final_metrics,
-        "trainable_params": trainer.n_trainable,
-        "total_params": trainer.n_total,
-        "data": {**trainer.examples.stats, **(trainer.reader.counts if trainer.reader else {})},
+        "trainable_params": session.trainable_params,
+        "total_params": session.total_params,
+        "data": {**session.examples.stats, **session.batches.counts()},
         "world_size": ctx.world.world_size,
-        "stopped_early": stopped,
+        "stopped_early": progress.stopped_early,
         "samples": samples,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     if not ctx.world.is_main:
         return summary
-    (ctx.output_dir / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
-    plot(trainer)
-    ctx.print(summary_table(trainer, summary))
+    from tune.train.checkpoints.atomic import write_text
+
+    write_text(ctx.claim("summary.json"), json.dumps(summary, indent=2))
+    plot(session, progress.losses)
+    ctx.print(summary_table(session, summary))
     return summary
 
 
-def summary_table(trainer: Any, summary: dict[str, Any]):
+def summary_table(session: Any, summary: dict[str, Any]):
     from rich.table import Table
 
     table = Table("", "", title="run summary", box=None, show_header=False)
     table.add_row("steps", str(summary["steps"]))
     table.add_row("tokens", f"{summary['tokens']:,}")
     table.add_row("tokens/s", f"{summary['tokens_per_s']:,.1f}")
-    mode = "packed, bins filled" if trainer.batcher.pack else "padded, real tokens"
+    mode = "packed, bins filled" if session.batches.pack else "padded, real tokens"
     table.add_row("efficiency", f"{100 * summary['plan_efficiency']:.1f}% ({mode})")
-    stats = trainer.examples.stats
+    stats = session.examples.stats
     table.add_row(
         "examples",
         f"{stats.get('train_examples')} ({stats.get('truncated', 0)} truncated, "
@@ -134,55 +151,42 @@ def summary_table(trainer: Any, summary: dict[str, Any]):
         table.add_row("loss", f"{summary['first_loss']:.4f} -> {summary['last_loss']:.4f}")
     for key, value in summary["eval"].items():
         table.add_row(key, f"{value:.4f}")
-    table.add_row("output", str(trainer.ctx.output_dir / "final"))
+    table.add_row("output", str(session.ctx.output_dir / "final"))
     return table
 
 
-def plan_efficiency(trainer: Any, tokens: int) -> float:
-    if trainer.reader is None:
-        return trainer.batcher.efficiency(0)
-    # streaming: measured, tokens over the capacity (packed) or positions (padded) used
-    losses, cfg = trainer.losses, trainer.recipe.train
-    steps = losses[-1][0] - losses[0][0] + 1 if losses else 0
-    micro = steps * cfg.grad_accum * trainer.ctx.world.world_size
-    if trainer.batcher.pack:
-        rows = micro * cfg.micro_batch_size
-        return tokens / max(rows * trainer.batcher.capacity, 1)
-    return tokens / max(trainer.strategy.all_reduce_sum(trainer.slots), 1)
-
-
-def plot(trainer: Any) -> None:
+def plot(session: Any, losses: list[tuple[int, float]]) -> None:
     """loss.png: the train loss per step, and eval_loss where it was measured."""
-    if not trainer.losses:
+    if not losses:
         return
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    records = _records(trainer)
+    records = _records(session.ctx)
     train = [(r["step"], r["loss"]) for r in records if r.get("kind") == "train" and "loss" in r]
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
-    steps, values = zip(*(train or trainer.losses), strict=True)
+    steps, values = zip(*(train or losses), strict=True)
     ax.plot(steps, values, lw=1.2, label="train")
     evals = [r for r in records if r["kind"] == "eval" and "eval_loss" in r]
     if evals:
         ax.plot([r["step"] for r in evals], [r["eval_loss"] for r in evals], "o-", label="eval")
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
-    ax.set_title(str(trainer.recipe.path.name))
+    ax.set_title(str(session.recipe.path.name))
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(trainer.ctx.output_dir / "loss.png")
+    fig.savefig(session.ctx.claim("loss.png"))
     plt.close(fig)
 
 
-def _records(trainer: Any) -> list[dict[str, Any]]:
+def _records(ctx: Any) -> list[dict[str, Any]]:
     """The whole run's records (metrics.jsonl spans resumes), else this process's."""
-    path = trainer.ctx.output_dir / "metrics.jsonl"
+    path = ctx.output_dir / "metrics.jsonl"
     if not path.exists():
-        return list(trainer.ctx.metrics.records)
+        return list(ctx.metrics.records)
     out = []
     for line in path.read_text(encoding="utf-8").splitlines():
         try:
@@ -190,3 +194,34 @@ def _records(trainer: Any) -> list[dict[str, Any]]:
         except ValueError:
             continue
     return out
+
+
+def sample(session: Any, step: int, final: bool = True) -> list[dict[str, str]]:
+    """Greedy generations of the [generate] prompts (see `tune.train.samples`)."""
+    from tune.train.samples import generate_samples
+
+    recipe, ctx = session.recipe, session.ctx
+    model = session.base_model
+    prepare = session.prepare_generation if final else None
+    lockstep = session.recipe.selected("strategy").capabilities.shards_parameters
+    render = session.examples.render_prompt or (lambda p: p)
+    samples = generate_samples(
+        model,
+        session.tokenizer,
+        [(p, render(p)) for p in recipe.generate.prompts],
+        recipe.generate.max_new_tokens,
+        device=ctx.world.device,
+        precision=lambda: session.strategy.autocast(ctx),
+        lockstep=lockstep,
+        on_this_rank=ctx.world.is_main or lockstep,
+        prepare=prepare,
+        final=final,
+    )
+    if not samples:
+        return []
+    if not final:
+        ctx.print(f"samples @ step {step}:")
+    for s in samples:
+        ctx.print(f"[bold]>>>[/bold] {s['prompt']}\n[green]{s['reply']}[/green]", markup=True)
+    ctx.metrics.samples(step, samples)
+    return samples

@@ -1,7 +1,8 @@
 """Setting up a run: the model chain, parameter groups, scheduler, trackers.
 
-strategy (already set up) -> quantization config -> load -> k-bit preparation -> adapt chain ->
-trainable weights -> optimizer -> scheduler. Every backend is called through its own plugin.
+strategy (already set up) -> quantization (its config) -> load -> k-bit preparation -> adapt
+chain -> trainable weights -> optimizer -> scheduler. Every backend is called through its own
+plugin (a hook) or built from its declared class.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from tune.contract.context import RunContext
+from tune.contract.loading import Load, Loaded, as_loaded, kept_trainable
 from tune.contract.tracker import Trackers
 from tune.errors import TuneError
 from tune.recipe import Recipe
@@ -28,22 +30,22 @@ def upcast_trainable(params: list[Any]) -> None:
             param.data = param.data.float()
 
 
-def build_model(pm: Any, recipe: Recipe, ctx: RunContext) -> tuple[Any, Any]:
-    """(model, tokenizer): loaded, quantized and adapted as the recipe says."""
-    quantization = recipe.backends.get("quantization")
+def build_model(pm: Any, recipe: Recipe, ctx: RunContext) -> tuple[Loaded, Any]:
+    """(the model and tokenizer loaded, quantized and adapted as the recipe says; the
+    quantization backend's object or None)."""
+    quantization = None
+    if recipe.backends.get("quantization") is not None:
+        quantization = pm.build(recipe.selected("quantization"), ctx)
+    want = Load(quantization=quantization.config() if quantization is not None else None)
+    loaded = as_loaded(pm.call("tune_load_model", recipe.selected("loader"), ctx=ctx, want=want))
+    model = loaded.model
     if quantization is not None:
-        ctx.quantization_config = pm.call("tune_quantization_config", quantization, ctx=ctx)
-    model, tokenizer = pm.call("tune_load_model", recipe.selected("loader"), ctx=ctx)
-    if quantization is not None:
-        model = pm.call_optional(
-            "tune_prepare_quantized_model", quantization, lambda: model, model=model, ctx=ctx
-        )
+        model = quantization.prepare(model)
     for selected in recipe.backends["adapt"]:
         model = pm.call("tune_adapt_model", selected, model=model, ctx=ctx)
-    if ctx.keep_trainable:
-        for name, param in model.named_parameters():
-            if any(fragment in name for fragment in ctx.keep_trainable):
-                param.requires_grad_(True)
+    for param in model.parameters():
+        if kept_trainable(param):
+            param.requires_grad_(True)
     trainable = [p for p in model.parameters() if p.requires_grad]
     if not trainable:
         raise TuneError(
@@ -60,7 +62,8 @@ def build_model(pm: Any, recipe: Recipe, ctx: RunContext) -> tuple[Any, Any]:
         from tune.train.lean import apply_lean_activations
 
         apply_lean_activations(model)
-    return model, tokenizer
+    loaded.model = model
+    return loaded, quantization
 
 
 def decoder_layers(model: Any) -> list[Any]:
@@ -92,18 +95,9 @@ def compile_model(model: Any) -> str:
     return f"{len(layers)} decoder layers ({type(layers[0]).__name__}), dynamic shapes"
 
 
-def count_parameters(pm: Any, recipe: Recipe, model: Any) -> tuple[int, int]:
-    """(trainable, total) values held, asking the quantization plugin about packed storage."""
-    quantization = recipe.backends.get("quantization")
-    implemented = quantization is not None and "tune_logical_numel" in pm.implemented(
-        quantization.backend.plugin
-    )
-
-    def numel(param: Any) -> int:
-        if implemented:
-            return pm.call("tune_logical_numel", quantization, param=param)
-        return param.numel()
-
+def count_parameters(model: Any, quantization: Any = None) -> tuple[int, int]:
+    """(trainable, total) values held, asking the quantization about packed storage."""
+    numel = quantization.numel if quantization is not None else (lambda p: p.numel())
     trainable = total = 0
     for param in model.parameters():
         n = numel(param)
@@ -140,14 +134,27 @@ def build_scheduler(recipe: Recipe, optimizer: Any, total_steps: int) -> Any:
 
 
 def build_trackers(pm: Any, recipe: Recipe, ctx: RunContext) -> Trackers:
-    """metrics.jsonl plus every `[[track]]`, on the main process; none elsewhere."""
+    """metrics.jsonl plus every `[[track]]`, on the main process; none elsewhere. A tracker
+    that cannot be built is dropped with one warning, as one that fails later is."""
     if not ctx.world.is_main:
         return Trackers({}, ctx.console)
-    trackers = {"jsonl": pm.call("tune_build_tracker", _jsonl(pm), ctx=ctx)}
+    trackers = {"jsonl": pm.build(_jsonl(pm), ctx)}
     for selected in recipe.backends.get("track", []):
         name = selected.backend.name
-        if name not in trackers:
-            trackers[name] = pm.call("tune_build_tracker", selected, ctx=ctx)
+        if name in trackers:
+            continue
+        try:
+            trackers[name] = pm.build(selected, ctx)
+        except TuneError:
+            raise
+        except Exception as exc:  # a tracker never stops training, not even when built
+            ctx.print(
+                f"[yellow]warning:[/yellow] tracker '{name}' could not start "
+                f"({type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}); "
+                "it is off for this run, metrics.jsonl keeps everything.",
+                markup=True,
+                highlight=False,
+            )
     return Trackers(trackers, ctx.console)
 
 
@@ -156,3 +163,11 @@ def _jsonl(pm: Any) -> Any:
 
     backend = pm.backend("tracker", "jsonl")
     return Selected(backend, backend.settings())
+
+
+def load_tokenizer(pm: Any, recipe: Recipe, ctx: RunContext) -> Any:
+    """The loader's tokenizer alone, no weights read (`tune data preview`, `stats`)."""
+    loaded = as_loaded(
+        pm.call("tune_load_model", recipe.selected("loader"), ctx=ctx, want=Load(weights=False))
+    )
+    return loaded.tokenizer

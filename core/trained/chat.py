@@ -52,7 +52,13 @@ class Session:
 
 
 def open_session(
-    source: Path, pm: Any, precision: str, max_new_tokens: int, system: str | None, raw: bool
+    source: Path,
+    pm: Any,
+    precision: str,
+    max_new_tokens: int,
+    system: str | None,
+    raw: bool,
+    trust_remote_code: bool = False,
 ) -> Session:
     from transformers.utils import logging as hf_logging
     from tune.machine.devices import auto_device
@@ -60,7 +66,7 @@ def open_session(
 
     hf_logging.set_verbosity_error()  # a chat starts quietly: no load report, no progress bars
     hf_logging.disable_progress_bar()
-    artifact, _, recipe = locate(source, pm)
+    artifact, _, recipe = locate(source, pm, trust_remote_code=trust_remote_code)
     model, tokenizer = load_trained(artifact, recipe, pm, precision)
     model.to(auto_device())
     chat_trained = trained_on_chat(recipe, pm) and bool(getattr(tokenizer, "chat_template", None))

@@ -20,16 +20,21 @@ EVAL_ROLES = ("metrics", "data_source", "data_format", "objective")
 
 
 def evaluate_run(
-    source: Path, metrics: list[str], overrides: list[str], precision: str, pm: Any, console: Any
+    source: Path,
+    metrics: list[str],
+    overrides: list[str],
+    precision: str,
+    pm: Any,
+    console: Any,
+    trust_remote_code: bool = False,
 ) -> tuple[dict[str, float], Path]:
     """Evaluate `source` (a run or model directory) on `metrics` (default: the recipe's)."""
+    from tune.contract.evaluation import EvalData
     from tune.contract.objective import Objective
-    from tune.contract.strategy import Strategy
     from tune.machine.devices import auto_device
-    from tune.train.evaluation import EvalData
     from tune.trained.merge import load_trained, locate
 
-    artifact, recipe_file, recipe = locate(source, pm, overrides)
+    artifact, recipe_file, recipe = locate(source, pm, overrides, trust_remote_code)
     if metrics:  # these, and only their settings tables
         recipe.eval.metrics = list(metrics)
         raw_eval = recipe.raw.get("eval", {})
@@ -55,8 +60,6 @@ def evaluate_run(
         pad_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
         device=device,
         max_batches=recipe.eval.max_batches,
-        strategy=Strategy(device=device),
-        ctx=ctx,
         tokenizer=tokenizer,
         objective=Objective(),
     )
@@ -82,8 +85,13 @@ def _eval_examples(pm, recipe, tokenizer, ctx, console) -> list[dict[str, Any]]:
 
 def _record(run_dir: Path, artifact: Path, metrics: list[str], results: dict) -> Path:
     """evals/<time>.json, and an "eval" line in metrics.jsonl when the run has one."""
+    from tune.train.rundir import RunDir
+
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    out = run_dir / "evals" / f"{stamp}.json"
+    folder = run_dir / "evals"
+    if (run_dir / ".tune-run.json").exists():  # a run's folder: the run owns what it holds
+        folder = RunDir(run_dir, where=f"tune eval {run_dir}").claim("evals")
+    out = folder / f"{stamp}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     record = {"model": str(artifact), "metrics": metrics, "results": results, "time": stamp}
     out.write_text(json.dumps(record, indent=2), encoding="utf-8")

@@ -1,16 +1,16 @@
 """`tune merge`: a trained run becomes a plain model that transformers loads on its own.
 
-The base is always reloaded unquantized in the requested dtype (the loader's
-`tune_load_for_inference`), so an adapter trained on a 4-bit base merges instead of failing.
+The base is always reloaded unquantized in the requested dtype (`tune_load_model` asked with
+`Load(training=False)`), so an adapter trained on a 4-bit base merges instead of failing.
 Each `[[adapt]]` step's plugin applies its own weights through `tune_merge_adapter`, in recipe
-order. A directory tune did not write (a PEFT adapter) is described by the plugin that knows
-it (`tune_recipe_for_artifact`).
+order. A directory tune did not write (a PEFT adapter) is described by the adapter that knows
+it (its declared `recognizes`). Trust is never read from a run: a saved recipe's
+`trust_remote_code` is off unless the user passes `--trust-remote-code`.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
+import json
 from pathlib import Path
 from typing import Any
 
@@ -18,19 +18,21 @@ from tune.contract.context import RunContext
 from tune.errors import TuneError
 from tune.machine.devices import PRECISION_DTYPES
 from tune.recipe import Recipe, load_recipe, recipe_from_dict, select_backends
+from tune.train.checkpoints.atomic import atomic_dir
 
 # Only what merging uses: a run trained with plugins not installed here still merges.
 MERGE_ROLES = ("loader", "adapt")
 
 
 def locate(
-    source: Path, pm, overrides: list[str] | None = None
+    source: Path, pm, overrides: list[str] | None = None, trust_remote_code: bool = False
 ) -> tuple[Path, Path | None, Recipe]:
     """(artifact dir, recipe file or None, recipe with loader and adapt chain selected).
 
     `source` is a run's output_dir, its final/ directory, a directory another tool wrote that
-    an installed plugin recognizes (a PEFT adapter), or a plain transformers model directory.
-    `overrides` (`-o key=value`) apply to the run's recipe.
+    an installed adapter recognizes (a PEFT adapter), or a plain transformers model directory.
+    `overrides` (`-o key=value`) apply to the run's recipe. What the run's files say about trust
+    is ignored: `trust_remote_code` is the caller's (the user's flag).
     """
     if not source.exists():
         raise TuneError(
@@ -43,8 +45,9 @@ def locate(
         if candidate.is_file():
             recipe = load_recipe(candidate, overrides)
             select_backends(recipe, pm, roles=MERGE_ROLES)
+            distrust(recipe, trust_remote_code)
             return artifact, candidate, recipe
-    table = pm.hook.tune_recipe_for_artifact(path=artifact)
+    table = recognized(pm, artifact)
     if table is None and (artifact / "config.json").is_file():
         table = {"model": {"path": str(artifact)}}  # a model transformers saved: the base
     if table is None:
@@ -59,7 +62,33 @@ def locate(
 
     recipe = recipe_from_dict(apply_overrides(table, overrides or []), artifact, overrides)
     select_backends(recipe, pm, roles=MERGE_ROLES)
+    distrust(recipe, trust_remote_code)
     return artifact, None, recipe
+
+
+def recognized(pm, artifact: Path) -> dict[str, Any] | None:
+    """The recipe table an installed adapter reads from another tool's artifact directory."""
+    for backend in pm.declared("adapter"):
+        if backend.recognizes is not None:
+            table = backend.recognizes(artifact)
+            if table:
+                return table
+    return None
+
+
+TRUST_KEYS = ("trust_remote_code",)
+
+
+def distrust(recipe: Recipe, allowed: bool) -> None:
+    """Settings that would run code from files (`trust_remote_code`) take the user's word, never
+    the saved recipe's: a run folder from elsewhere must not be able to run its own Python."""
+    for selected in [recipe.backends.get("loader"), *recipe.backends.get("adapt", [])]:
+        if selected is None:
+            continue
+        fields = type(selected.settings).model_fields
+        changes = {k: allowed for k in TRUST_KEYS if k in fields}
+        if changes:
+            selected.settings = selected.settings.model_copy(update=changes)
 
 
 def load_trained(
@@ -71,6 +100,8 @@ def load_trained(
     its final/ directory; every `[[adapt]]` step's plugin then applies its own saved weights.
     `plain` (export): refuse a step that leaves tensors the base architecture does not have.
     """
+    from tune.contract.loading import Load, as_loaded
+
     dtype = PRECISION_DTYPES[precision]
     recipe.model.quantize = None
     recipe.train.gradient_checkpointing = False
@@ -78,15 +109,9 @@ def load_trained(
         recipe.model.path = str(artifact)  # full fine-tune: the trained weights are the base
     loader = recipe.selected("loader")
     ctx = RunContext(recipe=recipe, output_dir=artifact)
-
-    def through_load_model():
-        if "dtype" in type(loader.settings).model_fields:
-            loader.settings = loader.settings.model_copy(update={"dtype": dtype})
-        return pm.call("tune_load_model", loader, ctx=ctx)
-
-    model, tokenizer = pm.call_optional(
-        "tune_load_for_inference", loader, through_load_model, dtype=dtype, ctx=ctx
-    )
+    want = Load(training=False, dtype=dtype)
+    loaded = as_loaded(pm.call("tune_load_model", loader, ctx=ctx, want=want))
+    model, tokenizer = loaded.model, loaded.tokenizer
     base_keys = set(model.state_dict()) if plain else set()
     for selected in recipe.backends["adapt"]:
 
@@ -118,14 +143,12 @@ def load_trained(
     return model, tokenizer
 
 
-def merge(source: Path, out: Path, precision: str, pm) -> Path:
-    if out.exists() and any(out.iterdir()):
-        raise TuneError(
-            "the output directory already exists and is not empty.",
-            where=str(out),
-            fix="choose a new --out directory, or remove this one first.",
-        )
-    artifact, recipe_file, recipe = locate(source, pm)
+MERGED = ".tune-merged.json"  # written into a folder `tune merge` made: it may replace it
+
+
+def merge(source: Path, out: Path, precision: str, pm, trust_remote_code: bool = False) -> Path:
+    check_out_dir(out)
+    artifact, recipe_file, recipe = locate(source, pm, trust_remote_code=trust_remote_code)
     if not recipe.adapt:
         raise TuneError(
             "this run has no [[adapt]] steps: final/ already is a full model.",
@@ -133,16 +156,34 @@ def merge(source: Path, out: Path, precision: str, pm) -> Path:
             fix="load final/ directly with transformers; there is nothing to merge.",
         )
     model, tokenizer = load_trained(artifact, recipe, pm, precision)
-    tmp = out.parent / f".tmp-{out.name}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(str(tmp))
-    tokenizer.save_pretrained(str(tmp))
-    # what plugins add beside the weights (e.g. the beacon's own files) goes along
-    pm.hook.tune_save_extras(model=model, path=tmp, ctx=RunContext(recipe=recipe, output_dir=out))
-    if out.exists():
-        out.rmdir()
-    os.replace(tmp, out)
+    out = out.absolute()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_dir(out, out.parent, unique=True) as tmp:
+        model.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+        # what plugins add beside the weights (e.g. the beacon's own files) goes along
+        pm.hook.tune_save_extras(
+            model=model, path=tmp, ctx=RunContext(recipe=recipe, output_dir=out)
+        )
+        (tmp / MERGED).write_text(json.dumps({"source": str(source)}), encoding="utf-8")
     return out
+
+
+def check_out_dir(out: Path) -> None:
+    """`--out` must be a new or empty folder, or one an earlier `tune merge` wrote."""
+    where = "tune merge --out"
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise TuneError(
+            f"'{out}' is {'a link' if out.is_symlink() else 'a file'}, not a folder.",
+            where=where,
+            fix="give --out a new folder.",
+        )
+    if out.is_dir() and any(out.iterdir()) and not (out / MERGED).is_file():
+        raise TuneError(
+            "the output directory already exists, is not empty and was not written by tune merge.",
+            where=str(out),
+            fix="choose a new --out directory, or empty this one first.",
+        )
 
 
 def refuse_unmerged(selected, added: set[str], artifact: Path) -> None:
@@ -151,23 +192,34 @@ def refuse_unmerged(selected, added: set[str], artifact: Path) -> None:
         return
     backend = selected.backend
     example = ", ".join(sorted(added)[:2])
+    what = (
+        "modules the base architecture does not have"
+        if added == {"(its own modules)"}
+        else f"{len(added)} tensors the base architecture does not have (e.g. {example})"
+    )
     raise TuneError(
         f"[[adapt]] method = '{backend.name}' (plugin '{backend.plugin}') does not fold into the "
-        f"base weights: it adds {len(added)} tensors the base architecture does not have (e.g. "
-        f"{example}), so the model cannot be written as a plain model of that architecture.",
+        f"base weights: it adds {what}, so the model cannot be written as a plain model of "
+        "that architecture.",
         where=str(artifact),
         fix="export a run trained without this step, or use the run with tune itself "
         "(`tune chat`, or `tune merge`, which keeps the step's files beside the model).",
     )
 
 
-def plain_model(source: Path, pm, precision: str, workdir: Path) -> tuple[Path, Recipe]:
+def plain_model(
+    source: Path, pm, precision: str, workdir: Path, trust_remote_code: bool = False
+) -> tuple[Path, Recipe]:
     """(a plain transformers model folder, the run's recipe) for exporters and `tune push`.
 
     A full fine-tune's final/ is returned as it is; adapters are merged (`precision`) into a
-    new folder under `workdir`. Refuses a run whose adapters cannot fold into the weights.
+    new folder under `workdir`. Refuses a run whose adapters cannot fold into the weights (an
+    adapter declared `mergeable=False`) before anything loads.
     """
-    artifact, _, recipe = locate(source, pm)
+    artifact, _, recipe = locate(source, pm, trust_remote_code=trust_remote_code)
+    for selected in recipe.backends["adapt"]:
+        if not selected.capabilities.mergeable:
+            refuse_unmerged(selected, {"(its own modules)"}, artifact)
     if not recipe.adapt and (artifact / "config.json").is_file():
         return artifact, recipe
     model, tokenizer = load_trained(artifact, recipe, pm, precision, plain=True)

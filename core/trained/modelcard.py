@@ -79,7 +79,7 @@ def model_card(
     adapter: bool,
     files: list[str],
     licence: str | None,
-    gguf: str | None = None,
+    exports: list[tuple[str, str | None, list[str]]] = (),
 ) -> str:
     """The README.md text."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
@@ -106,7 +106,7 @@ def model_card(
         library_name="peft" if adapter else "transformers",
         license=licence,
         tags=list(
-            dict.fromkeys(["tune", *methods, *(["gguf"] if gguf else []), "text-generation"])
+            dict.fromkeys(["tune", *methods, *(fmt for fmt, _, _ in exports), "text-generation"])
         ),
         datasets=[d for d in datasets if hub_id(d)] or None,
         pipeline_tag="text-generation",
@@ -132,8 +132,9 @@ def model_card(
     ]
     if "loss.png" in files:
         lines += ["", "![training loss](loss.png)"]
-    if gguf:
-        lines += ["", f"A GGUF ({gguf}) for llama.cpp, Ollama and LM Studio is included."]
+    for fmt, quant, names in exports:
+        shown = ", ".join(f"`{n}`" for n in names)
+        lines += ["", f"Also in the `{fmt}` format{f' ({quant})' if quant else ''}: {shown}."]
     lines += [
         "",
         "## Recipe",

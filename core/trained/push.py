@@ -1,7 +1,7 @@
 """`tune push`: a run to a Hugging Face Hub repository, with a generated model card.
 
 Everything to upload is staged in one temporary folder (the adapter or the merged model, the
-optional GGUF through the `gguf` exporter, the loss plot, the recipe, README.md), then sent in
+optional exports (`--export FORMAT[:QUANT]`, any exporter plugin), the loss plot, the recipe, README.md), then sent in
 one `upload_folder` commit. `--dry-run` stages the same folder and lists it, so the list is
 exactly what would go. The token comes from HF_TOKEN or huggingface_hub's login cache and is
 handed to huggingface_hub only: never printed, logged or written.
@@ -17,7 +17,6 @@ from pathlib import Path
 from tune.errors import TuneError
 
 WHERE = "tune push"
-GGUF_FORMAT = "gguf"  # the exporter name `--gguf QUANT` asks for (served by a plugin)
 
 
 @dataclass
@@ -52,6 +51,18 @@ def _copy_tree(src: Path, dst: Path, skip: set[str] = frozenset()) -> None:
             shutil.copy2(path, target)
 
 
+def parse_export(spec: str) -> tuple[str, str | None]:
+    """`gguf:q8_0` -> ("gguf", "q8_0"); `ollama` -> ("ollama", None)."""
+    fmt, _, quant = spec.partition(":")
+    if not fmt:
+        raise TuneError(
+            f"--export '{spec}' names no format.",
+            where=WHERE,
+            fix="write --export FORMAT[:QUANT], e.g. --export gguf:q8_0 (see `tune plugins list`).",
+        )
+    return fmt, quant or None
+
+
 def stage(
     source: Path,
     repo_id: str,
@@ -59,18 +70,20 @@ def stage(
     folder: Path,
     *,
     merged: bool | None,
-    gguf_quant: str | None,
+    exports: list[str] = (),
     precision: str,
     online: bool,
+    trust_remote_code: bool = False,
 ) -> None:
     """Write into `folder` every file the repository gets."""
     from tune.trained.export import export, select_exporter
     from tune.trained.merge import locate, plain_model
     from tune.trained.modelcard import base_license, model_card
 
-    if gguf_quant:
-        select_exporter(pm, GGUF_FORMAT, gguf_quant, [])  # a wrong quant fails before any work
-    artifact, _, recipe = locate(source, pm)
+    wanted = [parse_export(spec) for spec in exports]
+    for fmt, quant in wanted:
+        select_exporter(pm, fmt, quant, [])  # a wrong format or quant fails before any work
+    artifact, _, recipe = locate(source, pm, trust_remote_code=trust_remote_code)
     run_dir = artifact.parent if artifact.name == "final" else artifact
     has_adapter = bool(recipe.adapt) and not (artifact / "config.json").is_file()
     if merged is False and not has_adapter:
@@ -85,17 +98,19 @@ def stage(
     if adapter:
         _copy_tree(artifact, upload, skip={"README.md"})
     else:
-        model_dir, _ = plain_model(source, pm, precision, folder / "work")
+        model_dir, _ = plain_model(source, pm, precision, folder / "work", trust_remote_code)
         _copy_tree(model_dir, upload, skip={"README.md"})
     if not (upload / "recipe.toml").exists():
         from tune.recipe import dump_toml
 
         (upload / "recipe.toml").write_text(dump_toml(recipe.raw), encoding="utf-8")
-    if gguf_quant:
-        name = repo_id.split("/")[-1]
-        export(source, GGUF_FORMAT, upload / f"{name}-{gguf_quant}.gguf", pm, quant=gguf_quant)
+    exported = []
+    for fmt, quant in wanted:
+        written = export(source, fmt, upload, pm, quant=quant, trust_remote_code=trust_remote_code)
+        exported.append((fmt, quant, [p.name for p in written]))
     if (run_dir / "loss.png").is_file():
         shutil.copy2(run_dir / "loss.png", upload / "loss.png")
+    (upload / ".tune-export.json").unlink(missing_ok=True)  # tune's own record, not the model's
     files = sorted(p.relative_to(upload).as_posix() for p in upload.rglob("*") if p.is_file())
     card = model_card(
         recipe,
@@ -104,7 +119,7 @@ def stage(
         adapter=adapter,
         files=["README.md", *files],
         licence=base_license(str(recipe.model.path), online),
-        gguf=gguf_quant,
+        exports=exported,
     )
     (upload / "README.md").write_text(card, encoding="utf-8")
 
@@ -116,9 +131,10 @@ def push(
     *,
     private: bool = False,
     merged: bool | None = None,
-    gguf_quant: str | None = None,
+    exports: list[str] = (),
     dry_run: bool = False,
     precision: str = "bf16",
+    trust_remote_code: bool = False,
 ) -> PushResult:
     """Stage the files and upload them in one commit (or, with `dry_run`, only list them)."""
     from huggingface_hub.utils import validate_repo_id
@@ -140,9 +156,10 @@ def push(
             pm,
             folder,
             merged=merged,
-            gguf_quant=gguf_quant,
+            exports=list(exports),
             precision=precision,
             online=not dry_run,
+            trust_remote_code=trust_remote_code,
         )
         upload = folder / "upload"
         files = sorted(

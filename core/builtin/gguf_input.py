@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tune.errors import TuneError
+from tune.plugin import TuneError
 
 SUFFIX = ".gguf"
 

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 MANIFEST = "manifest.json"
+# damage() of a checkpoint without a manifest: its files cannot be checked.
+UNVERIFIED = "no manifest.json, so its files cannot be verified"
 
 # Keys that may change between a run and its resume: they do not change what is trained.
 FREE_KEYS = {
@@ -76,7 +78,7 @@ def describe_run(resolved: dict[str, Any], data_fingerprint: str, world_size: in
 def write(folder: Path, step: int, settings: dict[str, Any]) -> None:
     """Record every file of `folder` (sizes and hashes) and the settings, atomically, last."""
     files = {
-        str(p.relative_to(folder)): {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
+        p.relative_to(folder).as_posix(): {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
         for p in sorted(folder.rglob("*"))
         if p.is_file() and p.name != MANIFEST
     }
@@ -87,28 +89,49 @@ def write(folder: Path, step: int, settings: dict[str, Any]) -> None:
 
 
 def read(folder: Path) -> dict[str, Any] | None:
+    """The manifest, None when there is none, `{"files": None, "settings": None}` when it is not
+    a manifest (unreadable, not an object, keys missing or of the wrong type)."""
     path = folder / MANIFEST
-    if not path.exists():
+    if not path.exists() and not path.is_symlink():
         return None
+    unreadable = {"files": None, "settings": None}
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError):
-        return {"files": None, "settings": None}
+        body = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError):
+        return unreadable
+    if not isinstance(body, dict):
+        return unreadable
+    files, settings = body.get("files"), body.get("settings")
+    if not isinstance(files, dict) or not isinstance(settings, dict | None):
+        return unreadable
+    for name, want in files.items():
+        if not (isinstance(want, dict) and isinstance(want.get("bytes"), int)):
+            return unreadable
+        if not isinstance(want.get("sha256"), str) or not _safe_name(name):
+            return unreadable
+    return body
+
+
+def _safe_name(name: str) -> bool:
+    """A relative path inside the checkpoint: no absolute path, no '..'."""
+    parts = Path(name).parts
+    return bool(parts) and not Path(name).is_absolute() and ".." not in parts
 
 
 def damage(folder: Path) -> str | None:
     """Why the checkpoint in `folder` cannot be trusted, or None when every file checks out.
 
-    A checkpoint from before manifests (none written) is only checked for its state file.
+    A checkpoint without a manifest (from before manifests, or changed by hand) is reported as
+    `UNVERIFIED`: the caller decides whether to use it, loudly.
     """
     body = read(folder)
     if body is None:
-        return None if (folder / "state.json").exists() else "state.json is missing"
+        return UNVERIFIED if (folder / "state.json").exists() else "state.json is missing"
     if not isinstance(body.get("files"), dict):
         return f"{MANIFEST} is unreadable"
     for name, want in body["files"].items():
         path = folder / name
-        if not path.exists():
+        if path.is_symlink() or not path.is_file():
             return f"{name} is missing"
         size = path.stat().st_size
         if size != want["bytes"]:
@@ -116,6 +139,14 @@ def damage(folder: Path) -> str | None:
         if sha256_file(path) != want["sha256"]:
             return f"{name} does not match the hash written with it"
     return None
+
+
+def listed_files(folder: Path) -> set[str] | None:
+    """The files the manifest says this checkpoint holds (None without a readable manifest)."""
+    body = read(folder)
+    if body is None or not isinstance(body.get("files"), dict):
+        return None
+    return set(body["files"]) | {MANIFEST}
 
 
 def changed(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, Any, Any]]:
