@@ -69,7 +69,18 @@ def load_model(path: str, kwargs: dict[str, Any], gguf: dict[str, str]) -> Any:
     from transformers import GgufConfig
 
     config = GgufConfig(gguf_file=gguf["gguf_file"], dequantize=True)
-    model = AutoModelForCausalLM.from_pretrained(path, **kwargs, **gguf, quantization_config=config)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            path, **kwargs, **gguf, quantization_config=config
+        )
+    except (ValueError, RuntimeError, KeyError, IndexError, TypeError) as exc:
+        text = str(exc).strip().splitlines()
+        raise TuneError(
+            f"the GGUF file {gguf['gguf_file']} cannot be loaded: its tensors do not agree with "
+            f"its own metadata ({type(exc).__name__}: {text[0] if text else ''}).",
+            where=f"[model] path ({path})",
+            fix="use an intact .gguf (download it again) or the original safetensors checkpoint.",
+        ) from None
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
@@ -91,7 +102,7 @@ def check_architecture(file: Path, where: str) -> None:
     try:
         field = GGUFReader(str(file)).fields["general.architecture"]
         arch = bytes(field.parts[field.data[0]]).decode()
-    except (KeyError, ValueError, IndexError) as exc:
+    except Exception as exc:  # the reader raises struct, value, index and key errors alike
         raise TuneError(
             f"not a readable GGUF file ({type(exc).__name__}: {exc}).",
             where=where,

@@ -54,7 +54,6 @@ def tiny_name(ctx) -> str:
 def tune_load_model(settings: TransformersLoaderSettings, ctx, want: Load):
     if not want.weights:
         return None, _tokenizer(settings, ctx)
-    from transformers import AutoTokenizer
     from tune.builtin.gguf_input import gguf_location, load_model
 
     recipe = ctx.recipe
@@ -66,6 +65,7 @@ def tune_load_model(settings: TransformersLoaderSettings, ctx, want: Load):
         overrides = {}
     else:
         overrides = dict(settings.config_overrides)
+    check_local_files(path, settings, recipe)
     dtype = want.dtype if not want.training and want.dtype else settings.dtype
     kwargs: dict[str, Any] = {
         "dtype": resolve_dtype(dtype, ctx.world.device),
@@ -100,12 +100,7 @@ def tune_load_model(settings: TransformersLoaderSettings, ctx, want: Load):
             )
         else:
             model = load_model(path, kwargs, gguf)
-        tokenizer = AutoTokenizer.from_pretrained(
-            settings.tokenizer or path,
-            trust_remote_code=settings.trust_remote_code,
-            revision=None if settings.tokenizer else settings.revision,
-            **({} if settings.tokenizer else gguf),
-        )
+        tokenizer = _auto_tokenizer(settings, path, gguf)
     except OSError as exc:
         raise TuneError(
             f"cannot load model '{recipe.model.path}': {str(exc).splitlines()[0]}",
@@ -166,23 +161,57 @@ def _bare_model(kwargs: dict[str, Any]) -> Any:
     return AutoModelForCausalLM.from_config(kwargs["config"], **extra)
 
 
+def check_local_files(path: str, settings: TransformersLoaderSettings, recipe: Any) -> None:
+    """A local model (and tokenizer) folder checked before transformers reads it."""
+    from pathlib import Path
+
+    from tune.model.checks import check_folder, check_tokenizer_files
+
+    folder = Path(path)
+    if folder.is_dir():
+        check_folder(folder)
+    if settings.tokenizer and Path(settings.tokenizer).is_dir():
+        check_tokenizer_files(Path(settings.tokenizer))
+
+
+def _auto_tokenizer(settings: TransformersLoaderSettings, path: str, gguf: dict) -> Any:
+    """The model's tokenizer (or the one `tokenizer` names); files it cannot read are one
+    paragraph naming them (the tokenizers library raises plain Exceptions for a damaged file)."""
+    from transformers import AutoTokenizer
+
+    source = settings.tokenizer or path
+    try:
+        return AutoTokenizer.from_pretrained(
+            source,
+            trust_remote_code=settings.trust_remote_code,
+            revision=None if settings.tokenizer else settings.revision,
+            **({} if settings.tokenizer else gguf),
+        )
+    except OSError:
+        raise
+    except Exception as exc:
+        text = str(exc).strip().splitlines()
+        raise TuneError(
+            f"the tokenizer of '{source}' cannot be read ({type(exc).__name__}: "
+            f"{text[0][:200] if text else ''}).",
+            where=f"{source}",
+            fix="replace tokenizer.json / tokenizer_config.json with intact copies (download "
+            "them again, or copy them from the base model).",
+        ) from None
+
+
 def _tokenizer(settings: TransformersLoaderSettings, ctx) -> Any:
     """The tokenizer alone (`tune data preview/stats`): no weights read."""
-    from transformers import AutoTokenizer
     from tune.builtin.gguf_input import gguf_location
 
     path, gguf = gguf_location(ctx.recipe.model, ctx.recipe.path)
+    check_local_files(path, settings, ctx.recipe)
     if path.startswith(TINY_PREFIX) and not settings.tokenizer:
         from tune.builtin.tiny import load_tokenizer
 
         tokenizer = load_tokenizer(tiny_name(ctx))
     else:
-        tokenizer = AutoTokenizer.from_pretrained(
-            settings.tokenizer or path,
-            trust_remote_code=settings.trust_remote_code,
-            revision=None if settings.tokenizer else settings.revision,
-            **({} if settings.tokenizer else gguf),
-        )
+        tokenizer = _auto_tokenizer(settings, path, gguf)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

@@ -22,12 +22,14 @@ from tune.cli import (
 def _validated(ctx, recipe_text, overrides, plugin_opts):
     from tune.contract.context import RunContext
     from tune.data.pipeline import validate_data
+    from tune.model.checks import validate_model
     from tune.recipe import load_recipe
 
     pm = _plugin_manager(ctx, plugin_opts)
     recipe = load_recipe(find_recipe(recipe_text), list(overrides), plugins=pm)
     run_ctx = RunContext(recipe=recipe, output_dir=Path(recipe.train.output_dir))
     summary = validate_data(pm, run_ctx)
+    validate_model(recipe)
     return pm, recipe, summary
 
 

@@ -10,9 +10,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class Settings(BaseModel):
-    """Base of every backend's settings: unknown recipe keys are rejected."""
+    """Base of every backend's settings: unknown recipe keys are rejected, and a float key is a
+    finite number (`lr = inf` or `nan` is refused at validation, not discovered as a NaN loss)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class OptimizerSettings(Settings):

@@ -21,6 +21,7 @@ SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 
 def iter_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
     """Yield `(where, row)` for each row of a supported file or a saved datasets directory."""
+    regular_file(path, str(path))
     if path.is_dir():
         yield from _saved_dataset(path)
         return
@@ -57,24 +58,80 @@ def parse_json_line(line: str | bytes, where: str, at: int = 0) -> dict[str, Any
     """One JSON-lines row, or a TuneError naming where it is (`at`: the line's byte offset)."""
     if isinstance(line, bytes):
         try:
-            line = line.decode("utf-8")
+            line = line.decode("utf-8-sig" if at == 0 else "utf-8")
         except UnicodeDecodeError as exc:
             raise bad_utf8(exc, where, at) from None
-    try:
-        row = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise TuneError(
-            f"malformed JSON ({exc.msg} at column {exc.colno}).",
-            where=where,
-            fix="each line of a .jsonl file must be one complete JSON object.",
-        ) from None
+    row = _loads(line, where, "each line of a .jsonl file must be one complete JSON object.")
     if not isinstance(row, dict):
         raise TuneError(
             f"expected a JSON object, got {type(row).__name__}.",
             where=where,
             fix='each line must look like {"field": ...}.',
         )
+    if "\\u" in line:
+        check_text(row, where)
     return row
+
+
+def _loads(text: str, where: str, fix: str) -> Any:
+    """json.loads, every way it can fail said in one paragraph."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise TuneError(
+            f"malformed JSON ({exc.msg} at line {exc.lineno} column {exc.colno}).",
+            where=where,
+            fix=fix,
+        ) from None
+    except RecursionError:
+        raise TuneError(
+            "the JSON is nested too deeply to be a data row.",
+            where=where,
+            fix="a row holds fields, lists of messages and their parts; remove this row.",
+        ) from None
+    except ValueError as exc:  # e.g. an integer of more digits than Python converts
+        raise TuneError(
+            f"unreadable JSON value ({str(exc).splitlines()[0]}).",
+            where=where,
+            fix="remove or fix this row.",
+        ) from None
+
+
+def check_text(value: Any, where: str) -> None:
+    """Refuse text that has no UTF-8 form (an unpaired UTF-16 surrogate such as "\\ud800",
+    which JSON can spell but no tokenizer can read). Walked without recursion."""
+    todo = [value]
+    while todo:
+        item = todo.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                code = ord(item[exc.start])
+                raise TuneError(
+                    f"the row holds an unpaired surrogate \\u{code:04x}, which is not text "
+                    "(a JSON escape of half a UTF-16 pair).",
+                    where=where,
+                    fix="fix the text (it was likely cut in the middle of an emoji), or remove "
+                    "the row.",
+                ) from None
+        elif isinstance(item, dict):
+            todo.extend(item.keys())
+            todo.extend(item.values())
+        elif isinstance(item, list):
+            todo.extend(item)
+
+
+def regular_file(path: Path, where: str) -> None:
+    """A data file is a regular file (a link to one is fine): not a device, pipe or socket."""
+    if path.exists() and not path.is_file() and not path.is_dir():
+        raise TuneError(
+            f"'{path}' is not a regular file (a device, pipe or socket"
+            + (f", linked to {path.resolve()}" if path.is_symlink() else "")
+            + ").",
+            where=where,
+            fix="point the data at a file on disk.",
+        )
 
 
 def _jsonl(path: Path):
@@ -90,18 +147,13 @@ def _jsonl(path: Path):
 def _json(path: Path):
     raw = path.read_bytes()
     try:
-        text = raw.decode("utf-8")
+        text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = raw.count(b"\n", 0, exc.start) + 1
         raise bad_utf8(exc, f"{path}:{line}") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise TuneError(
-            f"malformed JSON ({exc.msg}).",
-            where=f"{path}:{exc.lineno}",
-            fix="fix the JSON syntax there; a .json data file holds one list of objects.",
-        ) from None
+    data = _loads(
+        text, str(path), "fix the JSON syntax there; a .json data file holds one list of objects."
+    )
     if isinstance(data, dict) and isinstance(data.get("data"), list):
         data = data["data"]
     if not isinstance(data, list):
@@ -115,6 +167,8 @@ def _json(path: Path):
             raise TuneError(
                 f"item {i} is {type(row).__name__}, not an object.", where=f"{path}: item {i}"
             )
+        if "\\u" in text:
+            check_text(row, f"{path}: item {i}")
         yield f"{path}: item {i}", row
 
 
@@ -186,6 +240,7 @@ def resolve_input(path_text: str, recipe_path: Path, where: str) -> Path:
         tried = [recipe_path.parent / candidate, Path.cwd() / candidate]
     for option in tried:
         if option.exists():
+            regular_file(option, where)
             return option
     looked = ", ".join(str(t) for t in dict.fromkeys(tried))
     raise TuneError(

@@ -33,12 +33,29 @@ def render_example(example: dict[str, list[int]], tokenizer: Any) -> Text:
 
 
 def preview(recipe, pm, n: int, console: Console) -> None:
-    tokenizer, examples = tokenized(recipe, pm)
+    """The first `n` examples of the training data, read and tokenized alone: a million-row file
+    is not tokenized to show two examples."""
+    from tune.data.pipeline import encode_records, entries, open_format, open_source
+    from tune.train.setup import load_tokenizer
+
+    ctx = RunContext(recipe=recipe, output_dir=recipe.path.parent)
+    tokenizer = load_tokenizer(pm, recipe, ctx)
+    entry = entries(ctx)[0]
+    fmt, source = open_format(pm, entry, tokenizer, ctx), open_source(pm, entry, ctx)
+    shown = []
+    for where, row in source.rows(entry.train, entry.where(ctx, "train")):
+        examples, _ = encode_records(fmt, [(where, fmt.check(row, where))])
+        shown += examples
+        if len(shown) >= n:
+            break
+    from rich.markup import escape
+
     console.print(
-        "[bold green]trained[/bold green] tokens, [dim]masked[/dim] tokens; "
-        f"{len(examples.train)} train examples (cache {examples.stats.get('cache', 'off')})"
+        "[bold green]trained[/bold green] tokens, [dim]masked[/dim] tokens; the first "
+        f"{min(n, len(shown))} train examples of {escape(entry.label)} "
+        f"({escape(', '.join(entry.train))}), read and tokenized alone"
     )
-    for i, example in enumerate(examples.train[:n]):
+    for i, example in enumerate(shown[:n]):
         console.rule(
             f"example {i + 1}: {len(example['input_ids'])} tokens, {target_count(example)} trained"
         )

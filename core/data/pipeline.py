@@ -110,13 +110,23 @@ def read_checked(
 
     bound = row_bound(fmt.max_seq_len)
     rows = []
+    oversized = 0
     for w, row in source.rows(specs, where):
         if row_chars(row, bound) > bound:
+            oversized += 1
             if counts is not None:
                 counts["oversized"] += 1
             if not fmt.cuts_long_rows:
                 continue
         rows.append((w, fmt.check(row, w)))
+    if not rows and oversized:
+        raise TuneError(
+            f"every row ({oversized}) holds far more text than max_seq_len = {fmt.max_seq_len} "
+            f"tokens can train (over {bound:,} characters), so all were dropped.",
+            where=where,
+            fix='split the documents into smaller rows, use format = "text" (which cuts long '
+            "rows into windows with stride), or raise [model] max_seq_len.",
+        )
     if not rows:
         raise TuneError(
             "no rows found.",

@@ -83,7 +83,14 @@ def parse_size(text: str) -> float:
         )
     number, unit, binary = m.groups()
     scale = (1 << {"": 0, "k": 10, "m": 20, "g": 30, "t": 40}[unit]) if binary else UNITS[unit]
-    return float(number) * scale
+    size = float(number) * scale
+    if size < 1 << 20:
+        raise TuneError(
+            f"--gpu-memory {text} is {size:,.0f} bytes: no device to train on.",
+            where="--gpu-memory",
+            fix="give the device's memory, e.g. 80GB or 24GiB.",
+        )
+    return size
 
 
 def local_gpus() -> list[float]:

@@ -57,13 +57,19 @@ def read_config(recipe: Any) -> dict[str, Any]:
         local = candidate if candidate.exists() else local
     file = local / "config.json"
     if local.is_dir() and file.is_file():
-        raw = json.loads(file.read_text(encoding="utf-8"))
+        from tune.model.checks import read_config as read_checked
+
+        raw = read_checked(local)
     else:
         raw = _hub_config(recipe, path)
     raw = raw.get("text_config", raw) if "hidden_size" not in raw else raw
     if any(key not in raw for key in NEEDED):
         raw = _auto_config(recipe, str(local if local.is_dir() else path), raw)
-    return {**raw, **overrides}
+    config = {**raw, **overrides}
+    from tune.model.checks import check_config
+
+    check_config(config, f"{recipe.path}: [model] path ({path})")
+    return config
 
 
 def _tiny_config(recipe: Any, path: str) -> dict[str, Any]:
@@ -90,7 +96,9 @@ def _hub_config(recipe: Any, path: str) -> dict[str, Any]:
     except Exception:  # noqa: BLE001 - an invalid repo id is reported below like a missing one
         cached = None
     if isinstance(cached, str):
-        return json.loads(Path(cached).read_text(encoding="utf-8"))
+        from tune.model.checks import read_config as read_checked
+
+        return read_checked(Path(cached).parent) or {}
     raise TuneError(
         f"tune estimate reads the model's config.json only, and '{path}' is neither a local "
         "directory with a config.json nor a hub id in the local Hugging Face cache.",

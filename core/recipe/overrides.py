@@ -7,7 +7,7 @@ import re
 from typing import Any
 
 from tune.errors import TuneError
-from tune.recipe.toml import tomllib
+from tune.recipe.toml import MAX_DEPTH, check_depth, tomllib
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -20,11 +20,27 @@ def parse_override(text: str) -> tuple[list[str], Any]:
             where="-o",
             fix="write it like -o optimizer.lr=1e-4 or -o adapt.0.r=8.",
         )
+    parts = key.split(".")
+    if len(parts) > MAX_DEPTH:
+        raise TuneError(
+            f"override key '{key[:60]}...' has {len(parts)} parts: no recipe key is that deep.",
+            where="-o",
+            fix="write the key as table.key (or table.0.key for a list of tables).",
+        )
     try:
         parsed = tomllib.loads(f"v = {value.strip()}")["v"]
     except tomllib.TOMLDecodeError:
         parsed = value.strip()
-    return key.split("."), parsed
+    except RecursionError:
+        parsed = None
+    if parsed is None:
+        raise TuneError(
+            f"the value of override '{key}' is nested too deeply.",
+            where="-o",
+            fix="give a plain value, list or inline table.",
+        )
+    check_depth({"v": parsed}, "-o")
+    return parts, parsed
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

@@ -15,13 +15,13 @@ Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class Open(BaseModel):
     """A table whose extra keys belong to the selected backend."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
 
 class ModelSection(Open):
@@ -156,7 +156,28 @@ class TrackEntry(Open):
 
 
 class TrainSection(Strict):
-    output_dir: str = "runs/default"
+    output_dir: str = Field(
+        "runs/default", description="where the run writes; `~` is the home folder"
+    )
+
+    @field_validator("output_dir")
+    @classmethod
+    def _a_folder_of_its_own(cls, value: str) -> str:
+        """`~` expands; the filesystem root and the home folder are refused (a run owns its
+        folder, and --overwrite removes what it wrote there)."""
+        import os
+
+        expanded = os.path.expanduser(value)
+        if not expanded.strip():
+            raise ValueError("output_dir is empty")
+        real = os.path.realpath(expanded)
+        if real in ("/", os.path.realpath(os.path.expanduser("~"))):
+            raise ValueError(
+                f"output_dir '{value}' is {'the filesystem root' if real == '/' else 'your home folder'}: "
+                "a run needs a folder of its own, e.g. runs/my-run"
+            )
+        return expanded
+
     epochs: int = Field(1, ge=1)
     max_steps: int = Field(-1, description="stop after this many optimizer steps; -1 = epochs")
     micro_batch_size: int = Field(1, ge=1)
@@ -180,7 +201,7 @@ class TrainSection(Strict):
         "for backward and recompute the rest (exact; off = autograd's usual)",
     )
     max_grad_norm: float = Field(1.0, ge=0.0, description="0 disables clipping")
-    seed: int = 42
+    seed: int = Field(42, ge=0, lt=2**32, description="0 to 2**32 - 1 (numpy's seed range)")
     log_every: int = Field(1, ge=1)
     save_every: int = Field(0, ge=0, description="checkpoint every N steps; 0 = only at the end")
     keep_last: int = Field(2, ge=1)

@@ -17,21 +17,84 @@ else:  # pragma: no cover - Python 3.10
 __all__ = ["dump_toml", "first_comment", "read_toml", "tomllib"]
 
 
+MAX_RECIPE_BYTES = 4 << 20  # a recipe is a page of settings; a bigger file is not one
+
+
 def read_toml(path: Path) -> dict[str, Any]:
+    """A recipe file as a table: UTF-8 (a byte-order mark is fine), valid TOML, sanely nested;
+    anything else is one paragraph naming the file and what to do."""
     if not path.is_file():
         raise TuneError(
             "recipe file not found.",
             where=str(path),
             fix="check the path; `tune recipes list` shows the shipped recipes.",
         )
+    if path.stat().st_size > MAX_RECIPE_BYTES:
+        raise TuneError(
+            f"the file is {path.stat().st_size:,} bytes: too large to be a recipe.",
+            where=str(path),
+            fix="point tune at the recipe's .toml file.",
+        )
+    return parse_toml(decode_text(path.read_bytes(), str(path)), str(path))
+
+
+def decode_text(data: bytes, where: str) -> str:
+    """UTF-8 text (a UTF-8 byte-order mark is dropped); another encoding is named, not guessed."""
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise TuneError(
+            "the file is UTF-16, not UTF-8.",
+            where=where,
+            fix="save it as UTF-8 (e.g. iconv -f utf-16 -t utf-8 FILE > NEW).",
+        )
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        bad = data[exc.start : exc.start + 4]
+        raise TuneError(
+            f"the file is not UTF-8: invalid bytes {bad!r} at byte {exc.start} (Latin-1 or "
+            "another legacy encoding?).",
+            where=where,
+            fix="save it as UTF-8 (e.g. iconv -f latin1 -t utf-8 FILE > NEW).",
+        ) from None
+
+
+MAX_DEPTH = 32  # tables and lists nested deeper than this are no recipe
+
+
+def parse_toml(text: str, where: str) -> dict[str, Any]:
+    try:
+        table = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise TuneError(
             f"not valid TOML: {exc}.",
-            where=str(path),
+            where=where,
             fix="correct the syntax at that line (strings need quotes, tables need [brackets]).",
         ) from None
+    except RecursionError:
+        raise TuneError(
+            "the TOML is nested too deeply to be a recipe.",
+            where=where,
+            fix="a recipe has tables a level or two deep; remove the deeply nested value.",
+        ) from None
+    check_depth(table, where)
+    return table
+
+
+def check_depth(value: Any, where: str) -> None:
+    """Refuse values nested deeper than MAX_DEPTH (walked without recursion)."""
+    todo = [(value, 0)]
+    while todo:
+        item, depth = todo.pop()
+        if depth > MAX_DEPTH:
+            raise TuneError(
+                f"the recipe nests tables or lists more than {MAX_DEPTH} levels deep.",
+                where=where,
+                fix="a recipe has tables a level or two deep; remove the deeply nested value.",
+            )
+        if isinstance(item, dict):
+            todo += [(v, depth + 1) for v in item.values()]
+        elif isinstance(item, list):
+            todo += [(v, depth + 1) for v in item]
 
 
 def first_comment(path: Path) -> str:
@@ -62,7 +125,7 @@ def dump_toml(data: dict[str, Any]) -> str:
         if isinstance(v, (int, float)):
             return repr(v)
         if isinstance(v, str):
-            return '"' + v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+            return _string(v)
         if isinstance(v, (list, tuple)):
             return "[" + ", ".join(scalar(x) for x in v) + "]"
         if isinstance(v, dict):
@@ -97,4 +160,27 @@ def _is_table_list(v: Any) -> bool:
 
 
 def _key(k: str) -> str:
-    return k if re.fullmatch(r"[A-Za-z0-9_-]+", k) else '"' + k + '"'
+    return k if re.fullmatch(r"[A-Za-z0-9_-]+", k) else _string(k)
+
+
+def _string(text: str) -> str:
+    """A TOML basic string: quotes, backslashes and every control character escaped, so any
+    value a recipe held (a prompt with a tab or an escape code) reads back as it was."""
+    out = []
+    for ch in text:
+        code = ord(ch)
+        if ch == '"':
+            out.append('\\"')
+        elif ch == "\\":
+            out.append("\\\\")
+        elif ch == "\n":
+            out.append("\\n")
+        elif ch == "\t":
+            out.append("\\t")
+        elif code < 0x20 or code == 0x7F:
+            out.append(f"\\u{code:04x}")
+        elif 0xD800 <= code <= 0xDFFF:  # a lone surrogate has no UTF-8 form: keep it visible
+            out.append("\\ufffd")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'

@@ -39,6 +39,10 @@ def build_model(pm: Any, recipe: Recipe, ctx: RunContext) -> tuple[Loaded, Any]:
     want = Load(quantization=quantization.config() if quantization is not None else None)
     loaded = as_loaded(pm.call("tune_load_model", recipe.selected("loader"), ctx=ctx, want=want))
     model = loaded.model
+    from tune.model.checks import check_positions
+
+    positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    check_positions(recipe, positions, str(recipe.model.path))
     if quantization is not None:
         model = quantization.prepare(model)
     for selected in recipe.backends["adapt"]:

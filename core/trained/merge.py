@@ -101,7 +101,9 @@ def load_trained(
     `plain` (export): refuse a step that leaves tensors the base architecture does not have.
     """
     from tune.contract.loading import Load, as_loaded
+    from tune.model.checks import check_folder
 
+    check_folder(artifact)  # a truncated adapter or model is one paragraph, not a traceback
     dtype = PRECISION_DTYPES[precision]
     recipe.model.quantize = None
     recipe.train.gradient_checkpointing = False

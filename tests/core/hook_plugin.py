@@ -7,7 +7,7 @@ in which order.
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict
-from tune.registry.hookspecs import hookimpl
+from tune.plugin import Load, Quantization, hookimpl
 
 CALLS: list[tuple[str, object]] = []
 GRADS: list[dict[str, object]] = []
@@ -44,7 +44,9 @@ def tune_provide(provide):
     provide.adapter("explode", ExplodeSettings, doc="raises on one rank (failure propagation)")
     provide.optimizer("sgd", SgdSettings, doc="plain SGD")
     provide.strategy("recording", doc="single device; records gradients before each step")
-    provide.quantization("fakequant", FakeQuantSettings, doc="records that it was asked")
+    provide.quantization(
+        "fakequant", FakeQuantSettings, doc="records that it was asked", build=FakeQuant
+    )
     provide.metric("weight_norm", doc="L2 norm of trainable weights")
     provide.metric("also_loss", doc="returns eval_loss again (a duplicate key)")
     provide.metric("probe", doc="records the model's logits on PROBE_IDS")
@@ -73,7 +75,7 @@ def tune_build_optimizer(name, settings, params, ctx):
 
 @hookimpl
 def tune_choose_strategy(name, settings, ctx):
-    from tune.contract.strategy import Strategy
+    from tune.plugin import Strategy
 
     class Recording(Strategy):
         def step(self, model, optimizer, max_grad_norm):
@@ -89,32 +91,25 @@ def tune_choose_strategy(name, settings, ctx):
     return Recording()
 
 
-@hookimpl
-def tune_quantization_config(name, settings, ctx):
-    CALLS.append(("quantization", settings.bits))
-    return {"fake": settings.bits}
+class FakeQuant(Quantization):
+    def config(self):
+        CALLS.append(("quantization", self.settings.bits))
+        return {"fake": self.settings.bits}
+
+    def prepare(self, model):
+        CALLS.append(("prepare", "fakequant"))
+        return model
 
 
 @hookimpl
-def tune_prepare_quantized_model(name, settings, model, ctx):
-    CALLS.append(("prepare", name))
-    return model
-
-
-@hookimpl
-def tune_load_model(name, settings, ctx):
+def tune_load_model(name, settings, ctx, want):
     from tune.builtin import loader
 
-    CALLS.append(("load", ctx.quantization_config))
-    ctx.quantization_config = None  # the fake config is not a real one: load full precision
-    return loader.tune_load_model(loader.TransformersLoaderSettings(), ctx)
-
-
-@hookimpl
-def tune_load_tokenizer(name, settings, ctx):
-    from tune.builtin import loader
-
-    return loader.tune_load_tokenizer(loader.TransformersLoaderSettings(), ctx)
+    if want.weights and want.training:
+        CALLS.append(("load", want.quantization))
+    # the fake config is not a real one: load full precision
+    plain = Load(weights=want.weights, training=want.training, dtype=want.dtype)
+    return loader.tune_load_model(loader.TransformersLoaderSettings(), ctx, plain)
 
 
 @hookimpl

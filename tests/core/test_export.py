@@ -10,10 +10,9 @@ from pathlib import Path
 
 import pytest
 from tune.errors import TuneError
-from tune.plugin import Settings, hookimpl
+from tune.plugin import Exporter, Settings, hookimpl
 from tune.recipe import dump_toml
-from tune.registry.manager import get_plugin_manager
-from tune.testing import tiny_model
+from tune.testing import plugin_manager, tiny_model
 from tune.trained.export import export
 
 
@@ -22,28 +21,28 @@ class ListSettings(Settings):
     note: str = ""
 
 
-class ListExporter:
+class Listing(Exporter):
     """Writes the names of the files it was handed, and what it knew of the run."""
 
-    @hookimpl
-    def tune_provide(self, provide):
-        provide.exporter("listing", ListSettings, doc="a file listing")
-
-    @hookimpl
-    def tune_export(self, name, settings, model_dir, out, ctx):
-        files = sorted(p.name for p in Path(model_dir).iterdir())
-        Path(out).write_text(
+    def write(self, model_dir, files):
+        listed = sorted(p.name for p in Path(model_dir).iterdir())
+        files[0].write_text(
             json.dumps(
                 {
-                    "files": files,
-                    "quant": settings.quant,
-                    "note": settings.note,
-                    "base": ctx.recipe.model.path,
-                    "adapt": [s.method for s in ctx.recipe.adapt],
+                    "files": listed,
+                    "quant": self.settings.quant,
+                    "note": self.settings.note,
+                    "base": self.ctx.recipe.model.path,
+                    "adapt": [s.method for s in self.ctx.recipe.adapt],
                 }
             )
         )
-        return [out]
+
+
+class ListExporter:
+    @hookimpl
+    def tune_provide(self, provide):
+        provide.exporter("listing", ListSettings, doc="a file listing", build=Listing)
 
 
 class Adapters:
@@ -84,7 +83,7 @@ def _artifact(tmp_path: Path, adapt: list[str]) -> Path:
 def _pm(tune_plugin):
     tune_plugin(ListExporter(), "listing")
     tune_plugin(Adapters(), "adapters")
-    return get_plugin_manager()
+    return plugin_manager()
 
 
 def test_adapters_are_merged_into_a_plain_folder_the_exporter_gets(tmp_path, tune_plugin):
@@ -98,7 +97,8 @@ def test_adapters_are_merged_into_a_plain_folder_the_exporter_gets(tmp_path, tun
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= set(got["files"])
     assert (got["quant"], got["note"], got["adapt"]) == ("q1", "hi", ["keep"])
     assert got["base"] == "tune:tiny-llama"
-    assert [p.name for p in out.parent.iterdir()] == ["listing.json"]  # the merge is cleaned up
+    # the merge is cleaned up; tune records what it exported there
+    assert sorted(p.name for p in out.parent.iterdir()) == [".tune-export.json", "listing.json"]
 
 
 def test_a_full_model_folder_is_handed_over_as_it_is(tmp_path, tune_plugin):

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 from tune.errors import TuneError
-from tune.model.gguf_input import gguf_location
+from tune.builtin.gguf_input import gguf_location
 
 gguf = pytest.importorskip("gguf")
 

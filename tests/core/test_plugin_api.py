@@ -65,7 +65,7 @@ def test_public_api_imports_no_torch_and_lists_only_what_exists():
         "print(missing, heavy, p.API_VERSION)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["[]", "[]", "1.0"]
+    assert out.stdout.split() == ["[]", "[]", "2.0"]
 
 
 def test_every_hook_is_in_lifecycle_order_documented_and_kinds_name_real_hooks():
@@ -89,7 +89,7 @@ def test_every_hook_is_in_lifecycle_order_documented_and_kinds_name_real_hooks()
 
 
 def test_catalog_agrees_with_what_bundled_plugins_declare():
-    from tune.registry.declare import catalog
+    from tune.registry.catalog import catalog
     from tune.registry.manager import get_plugin_manager
 
     pm = get_plugin_manager()
@@ -139,11 +139,7 @@ class PerSequence(Objective):
 class ObjectivePlugin:
     @hookimpl
     def tune_provide(self, provide):
-        provide.objective("per_sequence", doc="mean token loss per sequence")
-
-    @hookimpl
-    def tune_build_objective(self, name, settings, ctx):
-        return PerSequence(settings, ctx)
+        provide.objective("per_sequence", doc="mean token loss per sequence", build=PerSequence)
 
 
 def _grads(tmp_path, run_recipe, micro, accum):
@@ -177,7 +173,7 @@ def test_objective_and_format_must_agree_on_examples(tmp_path, tune_plugin):
     class PairObjective(ObjectivePlugin):
         @hookimpl
         def tune_provide(self, provide):
-            provide.objective("pairs_only", examples="preference")
+            provide.objective("pairs_only", examples="preference", build=PerSequence)
 
     tune_plugin(PairObjective(), "pairs")
     from tune.errors import TuneError
@@ -225,13 +221,8 @@ class RecorderSettings(Settings):
 class TrackerPlugin:
     @hookimpl
     def tune_provide(self, provide):
-        provide.tracker("recorder", RecorderSettings)
-        provide.tracker("flaky")
-
-    @hookimpl
-    def tune_build_tracker(self, name, settings, ctx):
-        assert ctx.world.is_main
-        return Recorder(settings, ctx) if name == "recorder" else Flaky(settings, ctx)
+        provide.tracker("recorder", RecorderSettings, build=Recorder)
+        provide.tracker("flaky", build=Flaky)
 
 
 def test_trackers_get_every_event_resume_their_run_and_a_failing_one_stops_nothing(
@@ -278,10 +269,9 @@ class MemorySource:
 
     @hookimpl
     def tune_provide(self, provide):
-        provide.data_source("memory")
+        provide.data_source("memory", build=self.build)
 
-    @hookimpl
-    def tune_open_data_source(self, name, settings, ctx):
+    def build(self, settings, ctx):
         from tune.plugin import DataSource
 
         rows = self.ROWS

@@ -175,11 +175,11 @@ def test_a_backend_without_its_required_hook_is_a_startup_error(make_dist):
 
 
 def test_plugin_api_range_is_checked(make_dist):
-    ok = make_dist("tune-plugin-fits", "1.0", 'TUNE_API = ">=1,<2"\n' + provider("metric", "m1"))
-    old = make_dist("tune-plugin-old", "1.0", 'TUNE_API = ">=0.1,<1"\n' + provider("metric", "m0"))
+    ok = make_dist("tune-plugin-fits", "1.0", 'TUNE_API = ">=2,<3"\n' + provider("metric", "m1"))
+    old = make_dist("tune-plugin-old", "1.0", 'TUNE_API = ">=1,<2"\n' + provider("metric", "m0"))
     pm = get_plugin_manager()
     assert pm.infos[ok].status == "ok"
-    assert pm.infos[old].status.startswith("incompatible: built for tune plugin API >=0.1,<1")
+    assert pm.infos[old].status.startswith("incompatible: built for tune plugin API >=1,<2")
     with pytest.raises(TuneError, match="Plugins that failed to load.*incompatible"):
         pm.backend("metric", "m0")
 

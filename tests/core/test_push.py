@@ -11,8 +11,7 @@ import pytest
 from tune.errors import TuneError
 from tune.plugin import hookimpl
 from tune.recipe import dump_toml
-from tune.registry.manager import get_plugin_manager
-from tune.testing import run_cli, tiny_model
+from tune.testing import plugin_manager, run_cli, tiny_model
 from tune.trained.push import push, stage
 
 huggingface_hub = pytest.importorskip("huggingface_hub")
@@ -59,8 +58,8 @@ def test_model_card_metadata_passes_huggingface_hub_parsing(tmp_path, tune_plugi
     (base / "README.md").write_text("---\nlicense: apache-2.0\n---\n# base\n")
     tune_plugin(SavedAdapter(), "saved")
     run = _run(tmp_path, str(base), adapt=True)
-    stage(run, "me/tiny", get_plugin_manager(), tmp_path / "stage", merged=None,
-          gguf_quant=None, precision="bf16", online=False)  # fmt: skip
+    stage(run, "me/tiny", plugin_manager(), tmp_path / "stage", merged=None,
+          precision="bf16", online=False)  # fmt: skip
     text = (tmp_path / "stage" / "upload" / "README.md").read_text()
     card = huggingface_hub.ModelCard(text)  # huggingface_hub's own parser and checks
     data = card.data
@@ -80,7 +79,7 @@ def test_model_card_metadata_passes_huggingface_hub_parsing(tmp_path, tune_plugi
 def test_hub_base_model_is_named_in_the_metadata(tmp_path, tune_plugin):
     tune_plugin(SavedAdapter(), "saved")
     run = _run(tmp_path, "meta-llama/Llama-3.2-1B", adapt=True)
-    stage(run, "me/x", get_plugin_manager(), tmp_path / "s", merged=None, gguf_quant=None,
+    stage(run, "me/x", plugin_manager(), tmp_path / "s", merged=None,
           precision="bf16", online=False)  # fmt: skip
     card = huggingface_hub.ModelCard((tmp_path / "s" / "upload" / "README.md").read_text())
     assert card.data.base_model == "meta-llama/Llama-3.2-1B"
@@ -89,7 +88,7 @@ def test_hub_base_model_is_named_in_the_metadata(tmp_path, tune_plugin):
 def test_dry_run_lists_exactly_the_staged_files(tmp_path, tune_plugin):
     tune_plugin(SavedAdapter(), "saved")
     run = _run(tmp_path, "tune:tiny-llama", adapt=True)
-    result = push(run, "me/tiny", get_plugin_manager(), dry_run=True)
+    result = push(run, "me/tiny", plugin_manager(), dry_run=True)
     names = [name for name, _ in result.files]
     assert names == sorted(
         ["README.md", "adapter_config.json", "adapter_model.safetensors", "loss.png", "recipe.toml"]
@@ -101,9 +100,9 @@ def test_dry_run_lists_exactly_the_staged_files(tmp_path, tune_plugin):
 def test_full_model_run_cannot_push_an_adapter(tmp_path):
     run = _run(tmp_path, "tune:tiny-llama", adapt=False)
     with pytest.raises(TuneError, match="no adapter to upload"):
-        push(run, "me/tiny", get_plugin_manager(), merged=False, dry_run=True)
+        push(run, "me/tiny", plugin_manager(), merged=False, dry_run=True)
     with pytest.raises(TuneError, match="not a Hub repository id"):
-        push(run, "not a repo id", get_plugin_manager(), dry_run=True)
+        push(run, "not a repo id", plugin_manager(), dry_run=True)
 
 
 def test_offline_upload_and_missing_token_are_one_paragraph_exit_2(tmp_path):

@@ -96,14 +96,14 @@ def _stream_recipe(tmp_path, out, data_file, **train):
 
 def test_streaming_run_resumes_exactly(tmp_path, run_recipe):
     from tune.recipe import load_recipe
-    from tune.registry.manager import get_plugin_manager
+    from tune.testing import plugin_manager
     from tune.train.run import run_training
 
     data_file = write_jsonl(tmp_path / "s.jsonl", chat_rows(50))  # 50 rows: the run wraps around
     straight = _stream_recipe(
         tmp_path, "straight", data_file, max_steps=10, save_every=5, keep_last=3
     )
-    pm = get_plugin_manager()
+    pm = plugin_manager()
     run_training(load_recipe(straight, plugins=pm), pm)
     resumed = _stream_recipe(
         tmp_path, "resumed", data_file, max_steps=10, save_every=5, keep_last=3
