@@ -1,7 +1,7 @@
 """What checkpoint manifests (sizes + sha256 of every file, written last) cost on the quickstart.
 
-Runs recipes/quickstart.toml in this process with `tune.train.manifest.write` and
-`tune.train.checkpoint.save` timed, and reports both against the run's wall time.
+Runs recipes/quickstart.toml in this process with `tune.train.checkpoints.manifest.write` and
+`tune.train.checkpoints.save.save` timed, and reports both against the run's wall time.
 
     .venv/bin/python bench/checkpoint_overhead.py   # writes bench/results/checkpoint_overhead.md
 """
@@ -15,7 +15,8 @@ from pathlib import Path
 
 import torch
 from tune.testing import run
-from tune.train import checkpoint, manifest
+from tune.train.checkpoints import manifest
+from tune.train.checkpoints import save as checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 spent = {"manifest": 0.0, "save": 0.0, "saves": 0}

@@ -161,15 +161,15 @@ def run_tune(path: Path) -> tuple[list[float], list[int], list[float]]:
     from tune.train import loop
 
     stamps, tokens = [], []
-    original = loop.Trainer._train_step
+    original = loop.train_step
 
-    def timed(self, group):
-        out = original(self, group)
+    def timed(session, group):
+        out = original(session, group)
         stamps.append(time.perf_counter())
-        tokens.append(out[2])
+        tokens.append(out.tokens)
         return out
 
-    loop.Trainer._train_step = timed
+    loop.train_step = timed
     start = time.perf_counter()
     run(path, overwrite=True)
     from tune.testing import train_losses
@@ -316,7 +316,7 @@ def overhead(work: Path, steps: int, log_every: int) -> dict:
     from tune.contract.strategy import Strategy
     from tune.recipe import dump_toml
     from tune.testing import run
-    from tune.train import loop
+    from tune.train.batches import Batches
 
     data = tomllib.loads((REPO / "recipes/quickstart.toml").read_text(encoding="utf-8"))
     data["data"]["train"] = str(REPO / "recipes" / data["data"]["train"])
@@ -355,7 +355,7 @@ def overhead(work: Path, steps: int, log_every: int) -> dict:
     CausalLM.loss = timed(CausalLM.loss)
     Strategy.backward = timed(Strategy.backward)
     Strategy.step = timed(Strategy.step)
-    loop.Trainer._next_group = next_group(loop.Trainer._next_group)
+    Batches.next_group = next_group(Batches.next_group)
     run(path, overwrite=True)
     (t0, m0), (t1, m1) = starts[1], starts[-1]  # from step 2's start to the last step's start
     wall, model = t1 - t0, m1 - m0

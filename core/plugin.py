@@ -7,10 +7,12 @@ change in any release. What is here follows the plugin API version `API_VERSION`
 minor version adds, a major version may break); a plugin may declare the range it was built
 for with a module attribute `TUNE_API = ">=2,<3"`, and is not loaded outside it.
 
-Besides the names below, four namespaces group helpers that plugins of one kind share:
+Besides the names below, five namespaces group helpers that plugins of one kind share:
 `chat` (messages, templates, assistant spans: formats), `files` (reading rows, resolving
-paths: data sources), `weights` (reading a shard of a safetensors checkpoint: strategies),
-`processes` (joining a multi-process run: strategies). Importing this module imports no torch.
+paths: data sources), `model_files` (checking a model folder's config, safetensors, tokenizer
+and GGUF files before a library reads them: loaders), `weights` (reading a shard of a
+safetensors checkpoint: strategies), `processes` (joining a multi-process run: strategies).
+Importing this module imports no torch.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from tune.data.examples import IGNORE, collate, target_count
 from tune.errors import TuneError, did_you_mean
 from tune.machine import distributed as processes
 from tune.machine.devices import auto_device, resolve_dtype, resolve_precision
+from tune.model import checks as model_files
 from tune.model import weights
 from tune.model.generation import greedy_generate, text_prompt
 from tune.recipe import Recipe, Selected
@@ -86,6 +89,7 @@ __all__ = [
     "collate_packed",
     "chat",
     "files",
+    "model_files",
     # training: objectives, strategies, trackers
     "Objective",
     "LossOutput",

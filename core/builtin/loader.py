@@ -165,13 +165,13 @@ def check_local_files(path: str, settings: TransformersLoaderSettings, recipe: A
     """A local model (and tokenizer) folder checked before transformers reads it."""
     from pathlib import Path
 
-    from tune.model.checks import check_folder, check_tokenizer_files
+    from tune.plugin import model_files
 
     folder = Path(path)
     if folder.is_dir():
-        check_folder(folder)
+        model_files.check_folder(folder)
     if settings.tokenizer and Path(settings.tokenizer).is_dir():
-        check_tokenizer_files(Path(settings.tokenizer))
+        model_files.check_tokenizer_files(Path(settings.tokenizer))
 
 
 def _auto_tokenizer(settings: TransformersLoaderSettings, path: str, gguf: dict) -> Any:

@@ -57,6 +57,18 @@ def test_bundled_plugins_and_their_tests_import_only_the_public_api():
         assert "from tests" not in path.read_text(), path
 
 
+def test_the_cores_own_plugins_import_only_the_public_api_and_each_other():
+    """The built-in backends are written as a third party would write them."""
+    files = sorted((REPO / "core" / "builtin").glob("*.py"))
+    private = [
+        f"{path.relative_to(REPO)}:{line} imports {name}"
+        for path in files
+        for line, name in _tune_imports(path)
+        if name not in PUBLIC and not name.startswith("tune.builtin")
+    ]
+    assert not private, "\n".join(private)
+
+
 def test_public_api_imports_no_torch_and_lists_only_what_exists():
     code = (
         "import sys, tune.plugin as p\n"
