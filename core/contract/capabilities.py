@@ -46,8 +46,9 @@ class Capabilities:
     # of a fully trained model).
     needs_reference: bool = False
     # objective: it computes [rows, length, vocab] logits (counted by `tune estimate`); False
-    # when it takes label log-probabilities chunk-wise (`tune.plugin.token_logprobs`).
-    full_logits: bool = False
+    # when it takes label log-probabilities chunk-wise (`tune.plugin.token_logprobs`). None
+    # (not said): `tune estimate` counts the full logits, to be safe.
+    full_logits: bool | None = None
     # objective: sequences per example in a micro-batch (a preference pair is 2).
     sequences_per_example: int = 1
     # objective: it accepts packed micro-batches ([data] pack = true).
