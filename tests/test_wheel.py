@@ -29,8 +29,18 @@ def installed(tmp_path_factory) -> Path:
     """A fresh venv holding only the wheel; returns its bin folder."""
     tmp = tmp_path_factory.mktemp("wheel")
     build = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-         str(REPO), "-w", str(tmp / "dist")],  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            str(REPO),
+            "-w",
+            str(tmp / "dist"),
+        ],  # fmt: skip
         capture_output=True,
         text=True,
         cwd=tmp,
@@ -50,8 +60,18 @@ def installed(tmp_path_factory) -> Path:
     # .pth files (tune's own editable install among them) are not read.
     Path(purelib, "test-deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     install = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-compile",
-         "--target", purelib, str(wheel)],  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-compile",
+            "--target",
+            purelib,
+            str(wheel),
+        ],  # fmt: skip
         capture_output=True,
         text=True,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -98,9 +99,10 @@ def main(argv: list[str] | None = None) -> None:
     except TuneError as exc:
         from rich.markup import escape
 
-        console = _console(stderr=True)
-        console.print(f"[bold red]error:[/bold red] {escape(exc.render())}", soft_wrap=True)
-        sys.exit(2)
+        if os.environ.get("RANK", "0") == "0":  # one paragraph per job, not per rank
+            console = _console(stderr=True)
+            console.print(f"[bold red]error:[/bold red] {escape(exc.render())}", soft_wrap=True)
+        _exit(2)
     except Exception as exc:  # a run stopped on a signal: its message and its own exit code
         if type(exc).__name__ != "RunStopped":
             raise
@@ -110,7 +112,19 @@ def main(argv: list[str] | None = None) -> None:
             _console(stderr=True).print(
                 f"[bold yellow]stopped:[/bold yellow] {escape(exc.message)}", soft_wrap=True
             )
-        sys.exit(exc.code)
+        _exit(exc.code)
+
+
+def _exit(code: int) -> None:
+    """Exit with `code`; under `tune run --nproc-per-node`, rank 0 also leaves it for the
+    relaunching process, so the job ends with the rank's code rather than torchrun's 1."""
+    from tune.machine.distributed import EXIT_FILE
+
+    target = os.environ.get(EXIT_FILE)
+    if target and os.environ.get("RANK", "0") == "0":
+        with contextlib.suppress(OSError):
+            Path(target).write_text(str(code))
+    sys.exit(code)
 
 
 # The commands register themselves on `cli` when imported (after `cli` exists).

@@ -29,6 +29,10 @@ class EvalData:
     tokenizer: Any = None
     objective: Any = None
     collectives: Collectives = field(default_factory=Collectives)
+    world_size: int = 1
+    # Parameters are sharded across ranks: a metric that generates must run on every rank, in
+    # lockstep (`synced_gpus`), even on ranks with nothing left to score.
+    lockstep: bool = False
     precision: Callable[[], Any] = contextlib.nullcontext
 
     def batches(self):

@@ -26,6 +26,9 @@ class RunInfo:
     step: int = 0  # the step training starts from (> 0 on resume)
     resumed: bool = False
     state: dict[str, Any] = field(default_factory=dict)  # what `state()` returned, on resume
+    # On resume: the last train step the interrupted session logged (metrics.jsonl), which may
+    # be past `step`: a tracker that cannot delete points skips the steps up to it.
+    logged_until: int = 0
 
 
 class Tracker:

@@ -12,7 +12,11 @@ import signal
 import subprocess
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+# Where rank 0 of a relaunched run leaves its exit code for the relaunching process.
+EXIT_FILE = "TUNE_EXIT_FILE"
 
 
 @dataclass(frozen=True)
@@ -108,7 +112,10 @@ def relaunch(
             f"--master-port={master_port or 29500}",
         ]
     cmd += ["-m", "tune", *tune_args]
-    proc = subprocess.Popen(cmd)
+    import tempfile
+
+    exit_file = Path(tempfile.mkstemp(prefix="tune-exit-")[1])
+    proc = subprocess.Popen(cmd, env={**os.environ, EXIT_FILE: str(exit_file)})
     got: list[int] = []
 
     def forward(signum: int, frame: Any) -> None:
@@ -123,6 +130,10 @@ def relaunch(
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    said = exit_file.read_text().strip() if exit_file.exists() else ""
+    exit_file.unlink(missing_ok=True)
+    if said.isdigit() and code != 0:  # the ranks' own code (2: a mistake, 3: stopped)
+        return int(said)
     if got and code != 0:  # torchrun reports the signal; the ranks said what they saved
         from tune.train.signals import EXIT_STOPPED
 

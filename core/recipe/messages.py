@@ -80,12 +80,49 @@ def as_tune_error(
             where=str(path),
             fix=f"set {key} to one of {expected}.",
         )
-    expected = _TYPE_WORDS.get(kind, err["msg"].lower())
+    if kind in _TYPE_WORDS:
+        expected = _TYPE_WORDS[kind]
+        return TuneError(
+            f"{table} {key}: expected {expected}, got {got!r}{who}.",
+            where=str(path),
+            fix=f"set {key} to {expected}.",
+        )
+    rule = _constraint(kind, err)
     return TuneError(
-        f"{table} {key}: expected {expected}, got {got!r}{who}.",
+        f"{table} {key} = {got!r} is not allowed{who}: it must be {rule}.",
         where=str(path),
-        fix=f"set {key} to {expected}" + (f" ({err['msg']})." if kind not in _TYPE_WORDS else "."),
+        fix=f"set {key} to a value that is {rule}.",
     )
+
+
+_CONSTRAINTS = {
+    "greater_than": "greater than {gt}",
+    "greater_than_equal": "at least {ge}",
+    "less_than": "less than {lt}",
+    "less_than_equal": "at most {le}",
+    "multiple_of": "a multiple of {multiple_of}",
+    "finite_number": "a finite number (not inf or nan)",
+    "string_too_short": "at least {min_length} characters long",
+    "string_too_long": "at most {max_length} characters long",
+    "too_short": "at least {min_length} items long",
+    "too_long": "at most {max_length} items long",
+}
+
+
+def _constraint(kind: str, err: dict[str, Any]) -> str:
+    """A value rule in words ("at least 0"), from pydantic's error type and context; for other
+    rules pydantic's own sentence, without its "Input should be" opening."""
+    template = _CONSTRAINTS.get(kind)
+    if template is not None:
+        try:
+            return template.format(**err.get("ctx", {}))
+        except (KeyError, IndexError):
+            pass
+    msg = str(err["msg"])
+    for opening in ("Input should be ", "Value should be ", "Input should "):
+        if msg.startswith(opening):
+            return msg[len(opening) :]
+    return msg[:1].lower() + msg[1:]
 
 
 def error_loc(exc: ValidationError) -> str:

@@ -1,7 +1,9 @@
 """tune.testing: a pytest plugin for testing tune plugins with real, tiny runs.
 
-Opt in, as with pytest's own pytester: `pytest -p tune.testing`, or in the test suite's root
-`conftest.py`: `pytest_plugins = ["tune.testing"]` (`tune plugins new` writes that line). Once
+Opt in, as with pytest's own pytester: `addopts = "-p tune.testing"` under
+`[tool.pytest.ini_options]` (what `tune plugins new` writes into a plugin's pyproject.toml),
+`pytest_plugins = ["tune.testing"]` in the test suite's root `conftest.py`, or
+`pytest -p tune.testing`. Once
 on, tune's cache (tiny models, tokenized data) points at a temporary folder for the session, so
 tests never touch `~/.cache/tune`, and `gpu`-marked tests skip without a CUDA GPU.
 

@@ -29,6 +29,8 @@ def eval_data(session: Any) -> EvalData:
         objective=session.objective,
         collectives=ctx.collectives,
         precision=lambda: strategy.autocast(ctx),
+        world_size=world.world_size,
+        lockstep=recipe.selected("strategy").capabilities.shards_parameters,
     )
 
 

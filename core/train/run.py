@@ -83,10 +83,30 @@ def _run(recipe, pm, ctx, run_dir, resume, resume_from, resume_changed, command)
             name=ctx.output_dir.resolve().name,
             step=state.step,
             resumed=resume,
+            logged_until=_logged_until(ctx.output_dir) if resume else 0,
         ),
         state.trackers,
     )
     return train(session, state, run_dir if ctx.world.is_main else None, resumed=resume)
+
+
+def _logged_until(output_dir: Path) -> int:
+    """The last train step metrics.jsonl holds (before the resume truncates it)."""
+    import json
+
+    last = 0
+    path = output_dir / "metrics.jsonl"
+    if not path.is_file() or path.is_symlink():
+        return 0
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and record.get("kind") == "train":
+            step = record.get("step")
+            last = max(last, step) if isinstance(step, int) else last
+    return last
 
 
 def _restore(session: Any, plan: Any, explicit: bool) -> Any:

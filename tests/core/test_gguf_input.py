@@ -9,8 +9,8 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import pytest
-from tune.errors import TuneError
 from tune.builtin.gguf_input import gguf_location
+from tune.errors import TuneError
 
 gguf = pytest.importorskip("gguf")
 

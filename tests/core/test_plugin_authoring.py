@@ -50,7 +50,8 @@ def test_contrib_example_is_what_the_scaffold_writes(tmp_path):
     assert files == sorted(
         p.relative_to(shipped)
         for p in shipped.rglob("*")
-        if p.is_file() and "egg-info" not in str(p) and "__pycache__" not in str(p)
+        if p.is_file()
+        and not any(part in str(p) for part in ("egg-info", "__pycache__", ".pytest_cache"))
     )
     for name in files:
         assert filecmp.cmp(made / name, shipped / name, shallow=False), name

@@ -6,9 +6,9 @@ A tune plugin (`tune-plugin-example`). Import nothing heavy at the top: `tune pl
 from __future__ import annotations
 
 from pydantic import Field
-from tune.plugin import Settings, hookimpl
+from tune.plugin import LM_EXAMPLES, Capabilities, Settings, hookimpl
 
-TUNE_API = ">=1,<2"  # the tune plugin API versions this plugin was built for
+TUNE_API = ">=2,<3"  # the tune plugin API versions this plugin was built for
 
 
 class TokenAccuracySettings(Settings):
@@ -23,12 +23,14 @@ def tune_provide(provide):
         "token_accuracy",
         TokenAccuracySettings,
         doc="share of eval target tokens predicted (top-k)",
+        # it reads next-token targets off `labels`: causal-LM examples (not preference pairs)
+        capabilities=Capabilities(scores=(LM_EXAMPLES,)),
     )
 
 
 @hookimpl
 def tune_evaluate(names, settings, model, data, ctx):
-    """At each eval point: this rank's batches, summed over ranks with data.reduce_sum."""
+    """At each eval point: this rank's batches, summed over ranks with data.collectives."""
     if "token_accuracy" not in names:
         return None
     import torch
@@ -47,5 +49,7 @@ def tune_evaluate(names, settings, model, data, ctx):
             hit = (top == targets.unsqueeze(-1)).any(-1) & mask
             hits += int(hit.sum())
             total += int(mask.sum())
-    hits, total = data.reduce_sum(hits), data.reduce_sum(total)
+    # every rank makes the same calls, in the same order
+    hits = data.collectives.all_reduce_sum(hits)
+    total = data.collectives.all_reduce_sum(total)
     return {f"token_accuracy@{top_k}": hits / total} if total else {}

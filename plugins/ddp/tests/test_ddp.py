@@ -117,6 +117,7 @@ def test_single_strategy_refuses_a_multi_process_launch(tmp_path):
     assert res.returncode != 0 and "ddp" in res.stderr
 
 
+@pytest.mark.slow
 def test_sigterm_under_torchrun_stops_every_rank_at_one_step_with_a_checkpoint(tmp_path):
     import json
     import os

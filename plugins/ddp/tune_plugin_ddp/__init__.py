@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import Field
-from tune.plugin import MultiProcessSettings, hookimpl
+from tune.plugin import Capabilities, MultiProcessSettings, hookimpl
 
 
 class DDPSettings(MultiProcessSettings):
@@ -25,7 +25,12 @@ class DDPSettings(MultiProcessSettings):
 
 @hookimpl
 def tune_provide(provide):
-    provide.strategy("ddp", DDPSettings, doc="DistributedDataParallel (nccl on CUDA, gloo on CPU)")
+    provide.strategy(
+        "ddp",
+        DDPSettings,
+        doc="DistributedDataParallel (nccl on CUDA, gloo on CPU)",
+        capabilities=Capabilities(processes="many"),
+    )
 
 
 @hookimpl

@@ -1,12 +1,15 @@
-"""The DDP strategy: the core's torch strategy plus a process group, wrapping and reductions."""
+"""The DDP strategy: the core's torch strategy plus a process group and model wrapping.
+
+Reductions (loss normalization, metrics) go through the run's `ctx.collectives`, which reduce
+over the default process group this strategy starts.
+"""
 
 from __future__ import annotations
 
 import contextlib
 
-import torch
 import torch.distributed as dist
-from tune.plugin import Strategy, World, start_process_group
+from tune.plugin import Strategy, World, processes
 
 
 class DDPStrategy(Strategy):
@@ -17,9 +20,9 @@ class DDPStrategy(Strategy):
         self.settings = settings
 
     def setup(self, ctx) -> World:
-        world = start_process_group(ctx, "ddp", self.settings.backend, self.settings.timeout_s)
-        self.device = world.device
-        return world
+        return processes.start_process_group(
+            ctx, "ddp", self.settings.backend, self.settings.timeout_s
+        )
 
     def prepare(self, model, optimizer, ctx):
         from torch.nn.parallel import DistributedDataParallel
@@ -38,17 +41,6 @@ class DDPStrategy(Strategy):
 
     def accumulate(self, model, is_last: bool):
         return contextlib.nullcontext() if is_last else model.no_sync()
-
-    def all_reduce_sum(self, value: float) -> float:
-        tensor = torch.tensor([float(value)], dtype=torch.float64, device=self._reduce_device())
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-        return float(tensor.item())
-
-    def _reduce_device(self) -> str:
-        return self.device if dist.get_backend() == "nccl" else "cpu"
-
-    def barrier(self) -> None:
-        dist.barrier()
 
     def teardown(self) -> None:
         if dist.is_initialized():

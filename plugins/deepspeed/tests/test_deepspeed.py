@@ -1,8 +1,13 @@
-"""DeepSpeed for real on CPU: ZeRO-2/3 with 2 gloo processes, parity, resume, consolidated output."""
+"""DeepSpeed for real on CPU: ZeRO-2/3 with 2 gloo processes, parity, resume, consolidated output,
+refusals at validation and of a checkpoint whose pickle could run code."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import shutil
+import socket
 import subprocess
 import sys
 
@@ -16,6 +21,7 @@ from tune.testing import (
     sgd_step,
     step_difference,
     train_losses,
+    write_plugin,
     write_recipe,
 )
 
@@ -31,6 +37,67 @@ base = json.load(open(adapter + "/adapter_config.json"))["base_model_name_or_pat
 model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), adapter)
 print(json.dumps(float(model(input_ids=torch.tensor([[1, 40, 50]])).logits.abs().mean())))
 """
+
+
+# A quantization backend for the refusal tests: what ZeRO-3 refuses is any quantized model, so
+# the check does not need bitsandbytes (nothing is loaded at validation).
+QUANT_PLUGIN = """
+from tune.plugin import Quantization, hookimpl
+
+
+class FourBit(Quantization):
+    def config(self):
+        raise RuntimeError("validation only")
+
+
+@hookimpl
+def tune_provide(provide):
+    provide.quantization("test4bit", doc="a stand-in 4-bit quantization", build=FourBit)
+"""
+
+
+# The payload of a malicious pickle: unpickling it runs `touch PATH`.
+class Payload:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def error_paragraph(res) -> str:
+    """The one-paragraph refusal of a `tune` command that exited 2, as one line."""
+    assert res.returncode == 2, res.stdout[-2000:] + res.stderr[-3000:]
+    assert "Traceback" not in res.stderr, res.stderr[-3000:]
+    err = res.stderr[res.stderr.index("error:") :].strip()
+    assert err.count("error:") == 1 and "\n\n" not in err, err
+    return " ".join(err.split())
+
+
+def rehash(checkpoint) -> None:
+    """Record the checkpoint's files as they are now in its manifest.json (sizes and sha256),
+    as tune wrote it: only the pickle check can then tell a changed file."""
+    manifest = json.loads((checkpoint / "manifest.json").read_text())
+    manifest["files"] = {
+        p.relative_to(checkpoint).as_posix(): {
+            "bytes": p.stat().st_size,
+            "sha256": hashlib.sha256(p.read_bytes()).hexdigest(),
+        }
+        for p in sorted(checkpoint.rglob("*"))
+        if p.is_file() and p.name != "manifest.json"
+    }
+    (checkpoint / "manifest.json").write_text(json.dumps(manifest, indent=1))
+
+
+def one_rank(*args):
+    """`tune ARGS` as the only rank of a world of one, without torchrun: tune's own exit code
+    and message (torchrun reports a failed rank as its own failure)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1"}
+    env |= {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    return run_cli(*args, env=env)
 
 
 def lora_recipe(tmp_path, out, strategy, **train):
@@ -114,24 +181,49 @@ def test_zero3_lora_trains_and_final_loads_without_deepspeed(tmp_path):
     assert max_weight_diff(final_weights(tmp_path / "z2"), final_weights(tmp_path / "z3")) <= 1e-4
 
 
+ZERO2 = {"name": "deepspeed", "zero_stage": 2}
+RESUMABLE = {"max_steps": 6, "save_every": 3, "keep_last": 3}
+
+
+@pytest.fixture(scope="module")
+def zero2_run(tmp_path_factory):
+    """A ZeRO-2 LoRA run of 6 steps that keeps its step-3 checkpoint."""
+    tmp = tmp_path_factory.mktemp("zero2")
+    res = launch(lora_recipe(tmp, "straight", ZERO2, **RESUMABLE))
+    assert res.returncode == 0, res.stderr[-3000:]
+    return tmp / "straight"
+
+
 @pytest.mark.slow
-def test_zero2_resume_continues_exactly(tmp_path):
-    kwargs = {"max_steps": 6, "save_every": 3, "keep_last": 3}
-    res = launch(
-        lora_recipe(tmp_path, "straight", {"name": "deepspeed", "zero_stage": 2}, **kwargs)
-    )
+def test_zero2_resume_continues_exactly(zero2_run, tmp_path):
+    straight = zero2_run
+    assert (straight / "checkpoints/step-3/deepspeed").is_dir()
+    resumed = lora_recipe(tmp_path, "resumed", ZERO2, **RESUMABLE)
+    res = launch(resumed, 2, "--resume-from", str(straight / "checkpoints/step-3"))
     assert res.returncode == 0, res.stderr[-3000:]
-    assert (tmp_path / "straight/checkpoints/step-3/deepspeed").is_dir()
-    resumed = lora_recipe(tmp_path, "resumed", {"name": "deepspeed", "zero_stage": 2}, **kwargs)
-    res = launch(resumed, 2, "--resume-from", str(tmp_path / "straight/checkpoints/step-3"))
-    assert res.returncode == 0, res.stderr[-3000:]
-    assert (
-        max_weight_diff(final_weights(tmp_path / "straight"), final_weights(tmp_path / "resumed"))
-        <= 1e-6
-    )
-    assert train_losses(tmp_path / "resumed") == pytest.approx(
-        train_losses(tmp_path / "straight")[3:], abs=1e-6
-    )
+    assert max_weight_diff(final_weights(straight), final_weights(tmp_path / "resumed")) <= 1e-6
+    assert train_losses(tmp_path / "resumed") == pytest.approx(train_losses(straight)[3:], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_a_checkpoint_whose_pickle_could_run_code_is_refused(zero2_run, tmp_path):
+    """DeepSpeed reads its states with torch.load(weights_only=False): a model states file
+    holding anything beyond tensors and DeepSpeed's own classes must never reach it."""
+    import torch
+
+    checkpoint = tmp_path / "step-3"
+    shutil.copytree(zero2_run / "checkpoints/step-3", checkpoint)
+    marker = tmp_path / "PWNED"
+    states = checkpoint / "deepspeed/mp_rank_00_model_states.pt"
+    torch.save({"module": {}, "ds_version": "0", "payload": Payload(marker)}, states)
+    rehash(checkpoint)  # the manifest agrees: only the pickle check stands in the way
+    path = lora_recipe(tmp_path, "evil", ZERO2, **RESUMABLE)
+    # As the only rank (the checkpoint was written by 2: --resume-changed accepts that).
+    res = one_rank("run", str(path), "--resume-from", str(checkpoint), "--resume-changed")
+    message = error_paragraph(res)
+    assert "mp_rank_00_model_states.pt" in message and "could run code" in message, message
+    assert "system" in message, message  # names what it would import
+    assert not marker.exists()
 
 
 @pytest.mark.parametrize(
@@ -139,17 +231,38 @@ def test_zero2_resume_continues_exactly(tmp_path):
     [
         (
             {"zero_stage": 3},
-            {"quantize": "nf4"},
-            "QLoRA (quantize = 'nf4') with ZeRO-3 is not supported",
+            {"quantize": "test4bit"},
+            "[strategy] name = 'deepspeed' cannot train a quantized model (quantize = 'test4bit') "
+            "(with zero_stage = 3: ZeRO-3 partitions every parameter",
         ),
-        ({"zero_stage": 2, "offload_params": "cpu"}, {}, "needs zero_stage = 3"),
-        ({"zero_stage": 3, "offload_params": "nvme"}, {}, "needs nvme_path"),
+        (
+            {"zero_stage": 2, "offload_params": "cpu"},
+            {},
+            "offload_params = 'cpu' needs zero_stage = 3 (only ZeRO-3 partitions parameters), "
+            "but zero_stage = 2; set zero_stage = 3",
+        ),
+        (
+            {"zero_stage": 3, "offload_params": "nvme"},
+            {},
+            "nvme offload needs nvme_path, a folder on a fast local disk; add nvme_path",
+        ),
     ],
 )
 def test_incompatible_combinations_are_refused_at_validation(tmp_path, strategy, model, expected):
+    env = write_plugin(tmp_path, "quant_plugin", QUANT_PLUGIN)
     data = recipe_dict(tmp_path, model=model, strategy={"name": "deepspeed", **strategy})
-    res = run_cli("validate", str(write_recipe(tmp_path, data)))
-    assert res.returncode == 2 and expected in res.stderr and "Traceback" not in res.stderr
+    res = run_cli("validate", str(write_recipe(tmp_path, data)), "-p", "quant_plugin", env=env)
+    assert expected in error_paragraph(res)
+
+
+def test_quantized_models_train_with_zero2(tmp_path):
+    """The capabilities follow the settings: ZeRO-2 replicates the (4-bit) base."""
+    env = write_plugin(tmp_path, "quant_plugin", QUANT_PLUGIN)
+    data = recipe_dict(
+        tmp_path, model={"quantize": "test4bit"}, strategy={"name": "deepspeed", "zero_stage": 2}
+    )
+    res = run_cli("validate", str(write_recipe(tmp_path, data)), "-p", "quant_plugin", env=env)
+    assert res.returncode == 0, res.stdout + res.stderr
 
 
 @pytest.mark.slow

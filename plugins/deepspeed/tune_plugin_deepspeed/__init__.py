@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
-from tune.plugin import MultiProcessSettings, TuneError, hookimpl
+from pydantic import Field, model_validator
+from tune.plugin import Capabilities, MultiProcessSettings, hookimpl
 
 Offload = Literal["none", "cpu", "nvme"]
 
@@ -34,41 +34,51 @@ class DeepSpeedSettings(MultiProcessSettings):
         "without local safetensors files transformers loads under zero.Init itself",
     )
 
+    @model_validator(mode="after")
+    def _offload_fits(self) -> DeepSpeedSettings:
+        """Offload settings DeepSpeed cannot run, explained before any model loads."""
+        if self.offload_params != "none" and self.zero_stage != 3:
+            raise ValueError(
+                f"offload_params = '{self.offload_params}' needs zero_stage = 3 (only ZeRO-3 "
+                f"partitions parameters), but zero_stage = {self.zero_stage}; set zero_stage = 3, "
+                'or offload_params = "none"'
+            )
+        if "nvme" in (self.offload_params, self.offload_optimizer) and not self.nvme_path:
+            raise ValueError(
+                "nvme offload needs nvme_path, a folder on a fast local disk; add "
+                'nvme_path = "/local_nvme/ds" to [strategy], or offload to "cpu"'
+            )
+        return self
+
+
+# Why a ZeRO-3 run cannot train a quantized model, in the refusal a user reads.
+QLORA_WITH_ZERO3 = (
+    "with zero_stage = 3: ZeRO-3 partitions every parameter, and bitsandbytes' packed 4-bit "
+    "weights cannot be partitioned and gathered back by it in this version of tune; "
+    "zero_stage = 2 trains them, the 4-bit base replicated and LoRA weights, gradients and "
+    "optimizer state sharded"
+)
+
+
+def capabilities(settings: DeepSpeedSettings) -> Capabilities:
+    """ZeRO-3 partitions parameters, which bitsandbytes' packed 4-bit weights do not survive."""
+    zero3 = settings.zero_stage == 3
+    return Capabilities(
+        processes="many",
+        shards_parameters=zero3,
+        quantized_models=not zero3,
+        why={"quantized_models": QLORA_WITH_ZERO3},
+    )
+
 
 @hookimpl
 def tune_provide(provide):
-    provide.strategy("deepspeed", DeepSpeedSettings, doc="DeepSpeed ZeRO 1/2/3, CPU/NVMe offload")
-
-
-@hookimpl
-def tune_check_recipe(recipe):
-    """Incompatible combinations, explained before any model loads."""
-    if recipe.strategy.name != "deepspeed":
-        return
-    settings = recipe.selected("strategy").settings
-    where = f"{recipe.path}: [strategy]"
-    if settings.offload_params != "none" and settings.zero_stage != 3:
-        raise TuneError(
-            f"offload_params = '{settings.offload_params}' needs zero_stage = 3 (only ZeRO-3 "
-            f"partitions parameters), but zero_stage = {settings.zero_stage}.",
-            where=where,
-            fix='set zero_stage = 3, or offload_params = "none".',
-        )
-    if "nvme" in (settings.offload_params, settings.offload_optimizer) and not settings.nvme_path:
-        raise TuneError(
-            "nvme offload needs nvme_path, a folder on a fast local disk.",
-            where=where,
-            fix='add nvme_path = "/local_nvme/ds" to [strategy], or offload to "cpu".',
-        )
-    if recipe.model.quantize and settings.zero_stage == 3:
-        raise TuneError(
-            f"QLoRA (quantize = '{recipe.model.quantize}') with ZeRO-3 is not supported: ZeRO-3 "
-            "partitions every parameter, and bitsandbytes' packed 4-bit weights cannot be "
-            "partitioned and gathered back by it in this version of tune.",
-            where=where,
-            fix="use zero_stage = 2 (the 4-bit base is replicated, LoRA and optimizer state are "
-            "sharded), or drop quantize for ZeRO-3.",
-        )
+    provide.strategy(
+        "deepspeed",
+        DeepSpeedSettings,
+        doc="DeepSpeed ZeRO 1/2/3, CPU/NVMe offload",
+        capabilities=capabilities,
+    )
 
 
 @hookimpl

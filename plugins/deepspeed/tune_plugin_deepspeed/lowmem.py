@@ -22,12 +22,14 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from tune.plugin import FileTensor, checkpoint_index, file_tensor, read_elements
+from tune.plugin import weights
 
 LARGE_BYTES = 32 << 20
 
 
-def file_entries(model: Any, index: dict[str, FileTensor]) -> dict[str, FileTensor] | None:
+def file_entries(
+    model: Any, index: dict[str, weights.FileTensor]
+) -> dict[str, weights.FileTensor] | None:
     """{parameter name: its checkpoint entry} when the files hold every parameter under its
     own name and shape (tied weights under either name); None otherwise: checkpoints that
     transformers converts while loading (fused MoE experts, renamed keys, FP8), or a weight
@@ -38,21 +40,23 @@ def file_entries(model: Any, index: dict[str, FileTensor]) -> dict[str, FileTens
     entries = {}
     for name, param in model.named_parameters():
         shape = getattr(param, "ds_shape", param.shape)
-        entry = next((e for a in aliases[id(param)] if (e := file_tensor(a, shape, index))), None)
+        entry = next(
+            (e for a in aliases[id(param)] if (e := weights.file_tensor(a, shape, index))), None
+        )
         if entry is None:
             return None
         entries[name] = entry
     return entries
 
 
-def probe_entries(build) -> dict[str, FileTensor] | None:
+def probe_entries(build) -> dict[str, weights.FileTensor] | None:
     """`file_entries` of the architecture built on the meta device (no memory, no collective;
     set_zero3_state keeps transformers from entering zero.Init for this build)."""
     from transformers.modeling_utils import set_zero3_state
 
     with torch.device("meta"), set_zero3_state():
         probe = build()
-    return file_entries(probe, checkpoint_index(probe))
+    return file_entries(probe, weights.checkpoint_index(probe))
 
 
 def build_partitioned(build, config: dict[str, Any]) -> Any:
@@ -102,12 +106,12 @@ def build_partitioned(build, config: dict[str, Any]) -> Any:
     return model
 
 
-def fill_partitions(model: Any, entries: dict[str, FileTensor]) -> None:
+def fill_partitions(model: Any, entries: dict[str, weights.FileTensor]) -> None:
     """Read this rank's partition of every parameter (and any persistent buffer saved in the
     checkpoint) from the files."""
     import deepspeed.comm as dist
 
-    index = checkpoint_index(model)
+    index = weights.checkpoint_index(model)
     with torch.no_grad():
         for name, param in model.named_parameters():
             part = param.ds_tensor.ds_numel
@@ -115,12 +119,12 @@ def fill_partitions(model: Any, entries: dict[str, FileTensor]) -> None:
             lo = min(rank * part, param.ds_numel)
             hi = min(lo + part, param.ds_numel)
             if hi > lo:
-                read_elements(entries[name], lo, hi, param.ds_tensor.data[: hi - lo])
+                weights.read_elements(entries[name], lo, hi, param.ds_tensor.data[: hi - lo])
         for module_name, module in model.named_modules():
             for key, buffer in module._buffers.items():
                 if buffer is None or key in module._non_persistent_buffers_set:
                     continue  # computed at construction, never read from a checkpoint
                 name = f"{module_name}.{key}" if module_name else key
-                entry = file_tensor(name, buffer.shape, index)
+                entry = weights.file_tensor(name, buffer.shape, index)
                 if entry is not None:
-                    read_elements(entry, 0, entry.numel, buffer)
+                    weights.read_elements(entry, 0, entry.numel, buffer)

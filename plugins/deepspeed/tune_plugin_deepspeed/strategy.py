@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from tune.plugin import Strategy, TuneError, World, join_world, resolve_precision
+from tune.plugin import Strategy, TuneError, World, processes, resolve_precision, weights
 
 TAG = "deepspeed"
 # Keys tune fills from [train] and the world size; a raw JSON may not set them differently.
@@ -79,12 +79,12 @@ class DeepSpeedStrategy(Strategy):
     def __init__(self, settings):
         super().__init__()
         self.settings = settings
-        self.sharded_params = settings.zero_stage == 3
+        self.zero3 = settings.zero_stage == 3  # parameters partitioned across ranks
 
     def setup(self, ctx) -> World:
         import deepspeed
 
-        started, device = join_world(ctx, "deepspeed")
+        started, device = processes.join_world(ctx, "deepspeed")
         deepspeed.init_distributed(
             dist_backend="nccl" if device.startswith("cuda") else "gloo",
             timeout=datetime.timedelta(seconds=self.settings.timeout_s),
@@ -93,56 +93,34 @@ class DeepSpeedStrategy(Strategy):
         self.config = build_config(self.settings, ctx.recipe, started.world_size, self.precision)
         return World(started.rank, started.world_size, started.local_rank, device)
 
-    def loading(self, ctx):
+    # -- building the model ------------------------------------------------------------------
+    def load_model(self, load, build_empty, checkpoint, ctx):
         """ZeRO-3 with low_memory_load: transformers' DeepSpeed config stays alive for the run,
         so transformers and PEFT know parameters are partitioned from the start (adapter
-        creation, resizing, generation). Off: every rank loads the whole model and
-        deepspeed.initialize partitions it."""
-        if self.sharded_params and self.settings.low_memory_load and not ctx.recipe.model.quantize:
-            from transformers.integrations import HfDeepSpeedConfig
+        creation, resizing, generation), and every rank builds the model partitioned and reads
+        its own partitions from the checkpoint's safetensors files. Where it cannot (no local
+        safetensors files, keys converted while loading, a missing weight), `load()` runs and
+        transformers loads under zero.Init itself. Otherwise every rank loads the whole model
+        and deepspeed.initialize partitions it."""
+        s = self.settings
+        if not (self.zero3 and s.low_memory_load and not ctx.recipe.model.quantize):
+            return load()
+        from transformers.integrations import HfDeepSpeedConfig
 
-            self._hf_config = HfDeepSpeedConfig(self.config)
-        return contextlib.nullcontext()
-
-    def loads_weights(self, ctx) -> bool:
-        """False when every rank can read its partitions from the checkpoint's safetensors
-        files (`empty_model` does); otherwise transformers loads under zero.Init itself."""
-        return not self._reads_partitions(ctx)
-
-    def _reads_partitions(self, ctx) -> bool:
-        if not hasattr(self, "_partitioned_load"):
-            from tune.plugin import weight_files
-
-            s = self.settings
-            wanted = (
-                self.sharded_params
-                and s.low_memory_load
-                and not ctx.recipe.model.quantize
-                and s.offload_params != "nvme"
-                and not self.config["zero_optimization"].get("zero_quantized_nontrainable_weights")
-                and ctx.checkpoint is not None
-            )
-            able = False
-            if wanted:  # the same on every rank: only then ask whether every rank sees the files
-                found = torch.tensor([int(bool(weight_files(ctx.checkpoint)))])
-                able = bool(self._all_min(found))
-            self._partitioned_load = able
-        return self._partitioned_load
-
-    def empty_model(self, build, ctx):
-        """Every rank builds the model partitioned and reads its partitions from the files; None
-        (load the ordinary way) when the files do not hold every weight under its own name."""
+        self._hf_config = HfDeepSpeedConfig(self.config)
+        if not self._reads_partitions(checkpoint, ctx):
+            return load()
         from tune_plugin_deepspeed.lowmem import build_partitioned, fill_partitions, probe_entries
 
-        entries = probe_entries(build)
-        if not self._all_min(torch.tensor([int(entries is not None)])):
+        entries = probe_entries(build_empty)
+        if not ctx.collectives.all_reduce_min(int(entries is not None)):
             ctx.print(
                 "deepspeed low-memory load: the checkpoint's safetensors files do not hold every "
                 "weight under its own name (keys converted while loading, or missing): loading "
                 "the ordinary way, transformers under zero.Init"
             )
-            return None
-        model = build_partitioned(build, self.config)
+            return load()
+        model = build_partitioned(build_empty, self.config)
         fill_partitions(model, entries)
         ctx.print(
             f"deepspeed low-memory load: each rank read its ZeRO-3 partition of {len(entries)} "
@@ -150,14 +128,19 @@ class DeepSpeedStrategy(Strategy):
         )
         return model
 
-    def _reduce_device(self) -> str:
-        """Where collectives' tensors live: NCCL takes CUDA tensors only."""
-        return f"cuda:{torch.cuda.current_device()}" if dist.get_backend() == "nccl" else "cpu"
-
-    def _all_min(self, tensor) -> int:
-        tensor = tensor.to(self._reduce_device())
-        dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
-        return int(tensor.item())
+    def _reads_partitions(self, checkpoint, ctx) -> bool:
+        """Whether every rank can read its partitions from the safetensors files in
+        `checkpoint` (the same answer on every rank)."""
+        wanted = (
+            self.settings.offload_params != "nvme"
+            and not self.config["zero_optimization"].get("zero_quantized_nontrainable_weights")
+            and checkpoint is not None
+        )
+        if not wanted:
+            return False
+        # The same on every rank so far: only now ask whether every rank sees the files.
+        found = int(bool(weights.weight_files(checkpoint)))
+        return bool(ctx.collectives.all_reduce_min(found))
 
     def prepare(self, model, optimizer, ctx):
         import deepspeed
@@ -186,16 +169,22 @@ class DeepSpeedStrategy(Strategy):
         norm = model.get_global_grad_norm()
         return float(norm) if norm is not None else None
 
-    def all_reduce_sum(self, value: float) -> float:
-        tensor = torch.tensor([float(value)], dtype=torch.float64, device=self._reduce_device())
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-        return float(tensor.item())
-
-    def barrier(self) -> None:
-        dist.barrier()
-
     def save_checkpoint(self, model, optimizer, path: Path, ctx) -> None:
         model.save_checkpoint(str(path), tag=TAG, save_latest=False, exclude_frozen_parameters=True)
+
+    def checkpoint_globals(self) -> list[type]:
+        """DeepSpeed's own objects in its checkpoint pickles (it reads them back with
+        `torch.load(weights_only=False)`, after the core checked them against these): the ZeRO
+        optimizers save their loss scaler object (static, or dynamic under fp16) and the ZeRO
+        stage as an enum, ZeRO-1/2 and the bf16 optimizer each parameter's slice of the flat
+        partition as a `fragment_address`. Found with
+        `torch.serialization.get_unsafe_globals_in_checkpoint` on real ZeRO-2 and ZeRO-3
+        checkpoints; the model states files need nothing beyond torch's allow-list."""
+        from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+        from deepspeed.runtime.zero.config import ZeroStageEnum
+        from deepspeed.utils.tensor_fragment import fragment_address
+
+        return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
 
     def load_checkpoint(self, model, optimizer, path: Path, ctx) -> None:
         loaded, _ = model.load_checkpoint(
@@ -214,7 +203,7 @@ class DeepSpeedStrategy(Strategy):
 
     def save_final(self, model, tokenizer, path: Path, ctx) -> None:
         """Consolidate ZeRO-3 shards into one 16-bit state dict; save a plain model or adapter."""
-        state = model._zero3_consolidated_16bit_state_dict() if self.sharded_params else None
+        state = model._zero3_consolidated_16bit_state_dict() if self.zero3 else None
         if not ctx.world.is_main:
             return
         module = self.unwrap(model)

@@ -1,11 +1,16 @@
 """FSDP2 for real: 2 processes on gloo. Per-step parity with one process, exact resume, final/
-loadable by plain transformers/peft, refusals at validation."""
+loadable by plain transformers/peft, refusals at validation and of a checkpoint whose pickle
+could run code."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import pickle
 import re
+import shutil
+import socket
 import subprocess
 import sys
 
@@ -44,6 +49,68 @@ else:
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), path)
 print(json.dumps(float(model(input_ids=torch.tensor([[1, 40, 50]])).logits.abs().mean())))
 """
+
+
+# A quantization backend for the refusal test: FSDP2 refuses any quantized model, so the check
+# does not need bitsandbytes (nothing is loaded at validation).
+QUANT_PLUGIN = """
+from tune.plugin import Quantization, hookimpl
+
+
+class FourBit(Quantization):
+    def config(self):
+        raise RuntimeError("validation only")
+
+
+@hookimpl
+def tune_provide(provide):
+    provide.quantization("test4bit", doc="a stand-in 4-bit quantization", build=FourBit)
+"""
+
+
+class Payload:
+    """Unpickling it runs `touch PATH`."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def error_paragraph(res) -> str:
+    """The one-paragraph refusal of a `tune` command that exited 2, as one line."""
+    assert res.returncode == 2, res.stdout[-2000:] + res.stderr[-3000:]
+    assert "Traceback" not in res.stderr, res.stderr[-3000:]
+    err = res.stderr[res.stderr.index("error:") :].strip()
+    assert err.count("error:") == 1 and "\n\n" not in err, err
+    return " ".join(err.split())
+
+
+def rehash(checkpoint) -> None:
+    """Record the checkpoint's files as they are now in its manifest.json (sizes and sha256),
+    as tune wrote it: only the pickle check can then tell a changed file."""
+    manifest = json.loads((checkpoint / "manifest.json").read_text())
+    manifest["files"] = {
+        p.relative_to(checkpoint).as_posix(): {
+            "bytes": p.stat().st_size,
+            "sha256": hashlib.sha256(p.read_bytes()).hexdigest(),
+        }
+        for p in sorted(checkpoint.rglob("*"))
+        if p.is_file() and p.name != "manifest.json"
+    }
+    (checkpoint / "manifest.json").write_text(json.dumps(manifest, indent=1))
+
+
+def one_rank(*args, env):
+    """`tune ARGS` as the only rank of a world of one, without torchrun: tune's own exit code
+    and message (torchrun reports a failed rank as its own failure)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**env, "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1"}
+    env |= {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    return run_cli(*args, env=env)
 
 
 def write(tmp_path, out, strategy, adapt=(), **train):
@@ -151,14 +218,45 @@ def test_fsdp_final_loads_without_tune(runs, kind):
     assert json.loads(out.stdout) == pytest.approx(json.loads(reference.stdout), abs=1e-4)
 
 
+@pytest.mark.slow
+def test_a_checkpoint_whose_metadata_pickle_could_run_code_is_refused(runs, tmp_path):
+    """DCP reads `.metadata` with pickle.load: one that needs anything beyond torch's allow-list
+    and DCP's metadata classes must never reach it."""
+    checkpoint = tmp_path / "step-2"
+    shutil.copytree(runs / "fsdp_lora/checkpoints/step-2", checkpoint)
+    marker = tmp_path / "PWNED"
+    (checkpoint / "fsdp/.metadata").write_bytes(pickle.dumps(Payload(marker), protocol=2))
+    rehash(checkpoint)  # the manifest agrees: only the pickle check stands in the way
+    env = write_plugin(tmp_path, "sgd_plugin", SGD_PLUGIN)
+    path = write(tmp_path, "evil", {"name": "fsdp"}, LORA, micro_batch_size=1, grad_accum=2)
+    # As the only rank (the checkpoint was written by 2: --resume-changed accepts that).
+    extra = ("-p", "sgd_plugin", "--resume-from", str(checkpoint), "--resume-changed")
+    res = one_rank("run", str(path), *extra, env=env)
+    message = error_paragraph(res)
+    assert ".metadata" in message and "could run code" in message, message
+    assert "system" in message, message  # names what it would import
+    assert not marker.exists()
+
+
 @pytest.mark.parametrize(
     ("model", "train", "expected"),
     [
-        ({"quantize": "nf4"}, {}, "QLoRA (quantize = 'nf4') with FSDP2 is not supported"),
-        ({}, {"precision": "fp16"}, "precision = 'fp16' is not supported with FSDP2"),
+        (
+            {"quantize": "test4bit"},
+            {},
+            "[strategy] name = 'fsdp' cannot train a quantized model (quantize = 'test4bit') "
+            "(bitsandbytes stores 4-bit weights as packed uint8 Params4bit",
+        ),
+        (
+            {},
+            {"precision": "fp16"},
+            "precision = 'fp16' is not supported by [strategy] name = 'fsdp' (fp16 would need a "
+            "sharded loss scaler)",
+        ),
     ],
 )
 def test_unsupported_combinations_are_refused_at_validation(tmp_path, model, train, expected):
-    data = recipe_dict(tmp_path, model=model, adapt=LORA, strategy={"name": "fsdp"}, train=train)
-    res = run_cli("validate", str(write_recipe(tmp_path, data)))
-    assert res.returncode == 2 and expected in res.stderr and "Traceback" not in res.stderr
+    env = write_plugin(tmp_path, "quant_plugin", QUANT_PLUGIN)
+    data = recipe_dict(tmp_path, model=model, strategy={"name": "fsdp"}, train=train)
+    res = run_cli("validate", str(write_recipe(tmp_path, data)), "-p", "quant_plugin", env=env)
+    assert expected in error_paragraph(res)

@@ -11,9 +11,9 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import Field
-from tune.plugin import MultiProcessSettings, TuneError, hookimpl
+from tune.plugin import Capabilities, MultiProcessSettings, hookimpl
 
-TUNE_API = ">=1,<2"
+TUNE_API = ">=2,<3"
 
 
 class FSDPSettings(MultiProcessSettings):
@@ -42,6 +42,20 @@ class FSDPSettings(MultiProcessSettings):
     )
 
 
+CAPABILITIES = Capabilities(
+    processes="many",
+    shards_parameters=True,
+    quantized_models=False,
+    precisions=("fp32", "bf16"),
+    why={
+        "quantized_models": "bitsandbytes stores 4-bit weights as packed uint8 Params4bit whose "
+        "quantization state (absmax, code, shape) lives outside the tensor, so fully_shard can "
+        "neither split it across ranks nor gather it back into a weight the layer can use",
+        "precisions": "fp16 would need a sharded loss scaler",
+    },
+)
+
+
 @hookimpl
 def tune_provide(provide):
     provide.strategy(
@@ -49,32 +63,8 @@ def tune_provide(provide):
         FSDPSettings,
         doc="PyTorch FSDP2 fully_shard per layer (nccl on CUDA, gloo on CPU), sharded checkpoints",
         requires=("torch",),
+        capabilities=CAPABILITIES,
     )
-
-
-@hookimpl
-def tune_check_recipe(recipe):
-    """Combinations FSDP2 cannot run, explained before any model loads."""
-    if recipe.strategy.name != "fsdp":
-        return
-    where = f"{recipe.path}: [strategy]"
-    if recipe.model.quantize:
-        raise TuneError(
-            f"QLoRA (quantize = '{recipe.model.quantize}') with FSDP2 is not supported: "
-            "bitsandbytes stores 4-bit weights as packed uint8 Params4bit whose quantization "
-            "state (absmax, code, shape) lives outside the tensor, so fully_shard can neither "
-            "split it across ranks nor gather it back into a weight the layer can use.",
-            where=where,
-            fix="drop quantize (LoRA on a bf16 base sharded by FSDP2), or use [strategy] name = "
-            '"ddp" or "deepspeed" with zero_stage = 2 for QLoRA.',
-        )
-    if recipe.train.precision == "fp16":
-        raise TuneError(
-            "precision = 'fp16' is not supported with FSDP2 here (it would need a sharded "
-            "loss scaler).",
-            where=f"{recipe.path}: [train] precision",
-            fix='use precision = "bf16" (or "auto": bf16 on a bf16 GPU, fp32 on CPU).',
-        )
 
 
 @hookimpl

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from tune.plugin import FileTensor, checkpoint_index, file_tensor, read_elements
+from tune.plugin import weights
 
 BLOCK_BYTES = 64 << 20  # rows are broadcast in blocks of at most this size
 
@@ -29,32 +29,32 @@ BLOCK_BYTES = 64 << 20  # rows are broadcast in blocks of at most this size
 class Filler:
     """`start` before fully_shard (all ranks), `finish` after it (all ranks)."""
 
-    def __init__(self, model: Any, world: Any, device: str):
+    def __init__(self, model: Any, world: Any, device: str, collectives: Any):
         self.model, self.rank, self.size, self.device = model, world.rank, world.world_size, device
+        self.collectives = collectives  # the run's `ctx.collectives`
         # Collectives run on the process group's device: NCCL takes CUDA tensors only, even
         # when the shards themselves are offloaded to the CPU.
         self.comm = world.device if str(world.device).startswith("cuda") else "cpu"
-        self.files: dict[str, FileTensor] = {}
+        self.files: dict[str, weights.FileTensor] = {}
         self.stash: dict[str, torch.Tensor] = {}
         self.buffers: dict[str, torch.Tensor] = {}
 
     def start(self) -> None:
         _check_same_structure(self.model, self.rank, self.comm)
-        index = checkpoint_index(self.model)
+        index = weights.checkpoint_index(self.model)
         aliases: dict[int, list[str]] = {}  # tied weights may be saved under either name
         for name, param in self.model.named_parameters(remove_duplicate=False):
             aliases.setdefault(id(param), []).append(name)
         for name, param in self.model.named_parameters():
             for alias in aliases[id(param)]:
-                found = file_tensor(alias, param.shape, index)
+                found = weights.file_tensor(alias, param.shape, index)
                 if found is not None:
                     self.files[name] = found
                     break
         # Every rank must agree on what is read and what is broadcast (a rank on another node
         # may not see the files): if they do not, rank 0 broadcasts everything.
-        counts = torch.tensor([len(self.files), -len(self.files)], device=self.comm)
-        dist.all_reduce(counts, op=dist.ReduceOp.MAX)
-        if int(counts[0]) != -int(counts[1]):
+        found = len(self.files)
+        if self.collectives.all_reduce_max(found) != self.collectives.all_reduce_min(found):
             self.files = {}
         self.sent = [n for n, _ in self.model.named_parameters() if n not in self.files]
         if self.rank == 0:
@@ -132,10 +132,10 @@ def _block_rows(shape: Any, element_size: int) -> int:
     return max(1, BLOCK_BYTES // row)
 
 
-def _read_rows(local: torch.Tensor, entry: FileTensor, lo: int, hi: int) -> None:
+def _read_rows(local: torch.Tensor, entry: weights.FileTensor, lo: int, hi: int) -> None:
     """Rows [lo, hi) of a checkpoint tensor into this rank's shard: one contiguous range."""
     row = int(torch.Size(entry.shape[1:]).numel())
-    read_elements(entry, lo * row, hi * row, local)
+    weights.read_elements(entry, lo * row, hi * row, local)
 
 
 def _broadcast_rows(

@@ -1,7 +1,7 @@
 """The FSDP2 strategy: fully_shard per decoder layer and the root, DCP checkpoints, gathered final/.
 
 Low-memory loading (`low_memory_load`, on by default): rank 0 builds the model from the
-checkpoint, the others on the meta device (the core loader asks `loads_weights`); `prepare`
+checkpoint, the others on the meta device (`load_model`, called by the loader); `prepare`
 shards meta tensors and fills each rank's shards only (see `lowmem`).
 """
 
@@ -13,14 +13,14 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from tune.plugin import Strategy, TuneError, World, resolve_precision, start_process_group
+from tune.plugin import Strategy, TuneError, World, processes, resolve_precision
 
 DCP_DIR = "fsdp"  # the DCP folder inside checkpoints/step-N/
+METADATA = ".metadata"  # DCP's index of the folder, a pickle
 
 
 class FSDPStrategy(Strategy):
     name = "fsdp"
-    sharded_params = True  # every rank joins each forward: samples are generated in lockstep
 
     def __init__(self, settings):
         super().__init__()
@@ -28,13 +28,21 @@ class FSDPStrategy(Strategy):
 
     # -- set-up ------------------------------------------------------------------------------
     def setup(self, ctx) -> World:
-        world = start_process_group(ctx, "fsdp", self.settings.backend, self.settings.timeout_s)
-        self.device = world.device
+        world = processes.start_process_group(
+            ctx, "fsdp", self.settings.backend, self.settings.timeout_s
+        )
         self.precision = resolve_precision(ctx.recipe.train.precision, world.device)
         return world
 
-    def loads_weights(self, ctx) -> bool:
-        return ctx.world.rank == 0 or not self.settings.low_memory_load
+    def load_model(self, load, build_empty, checkpoint, ctx):
+        """With low_memory_load, rank 0 loads the model and every other rank builds it on the
+        meta device (no memory, nothing read); `prepare` then gives each rank its shard, read
+        from the checkpoint files or sent by rank 0. `checkpoint` is not needed here: the files
+        are found from the built model (`weights.checkpoint_index`)."""
+        if ctx.world.rank == 0 or not self.settings.low_memory_load:
+            return load()
+        with torch.device("meta"):
+            return build_empty()
 
     def prepare(self, model, optimizer, ctx):
         from torch.distributed.device_mesh import init_device_mesh
@@ -64,11 +72,11 @@ class FSDPStrategy(Strategy):
         kwargs = {"mesh": mesh, "mp_policy": mp, "offload_policy": offload}
         units = self._units(model, ctx)
         filler = None
-        if self._fills(model):
+        if self._fills(model, ctx):
             from tune_plugin_fsdp.lowmem import Filler
 
             local = ctx.world.device if cuda and not self.settings.cpu_offload else "cpu"
-            filler = Filler(model, ctx.world, local)
+            filler = Filler(model, ctx.world, local, ctx.collectives)
             filler.start()  # every rank: meta tensors, so sharding allocates nothing yet
         for _, module in units:
             fully_shard(module, reshard_after_forward=self.settings.reshard_after_forward, **kwargs)
@@ -86,14 +94,12 @@ class FSDPStrategy(Strategy):
             group["params"] = [params[n] for n in wanted]
         return model, optimizer
 
-    def _fills(self, model) -> bool:
+    def _fills(self, model, ctx) -> bool:
         """Low-memory loading is on and some rank built its model on the meta device."""
         if not self.settings.low_memory_load:
             return False
         meta = any(p.is_meta for p in model.parameters())
-        flag = torch.tensor([int(meta)], device=self._reduce_device())
-        dist.all_reduce(flag)
-        return bool(flag.item())
+        return bool(ctx.collectives.all_reduce_max(int(meta)))
 
     def _units(self, model, ctx) -> list[tuple[str, Any]]:
         """(prefix, module) of each module sharded on its own: decoder layers by default."""
@@ -138,24 +144,36 @@ class FSDPStrategy(Strategy):
         optimizer.zero_grad(set_to_none=True)
         return norm
 
-    # -- collectives -------------------------------------------------------------------------
-    def all_reduce_sum(self, value: float) -> float:
-        tensor = torch.tensor([float(value)], dtype=torch.float64, device=self._reduce_device())
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-        return float(tensor.item())
-
-    def _reduce_device(self) -> str:
-        return self.device if dist.get_backend() == "nccl" else "cpu"
-
-    def barrier(self) -> None:
-        dist.barrier()
-
     # -- checkpoints -------------------------------------------------------------------------
     def save_checkpoint(self, model, optimizer, path: Path, ctx) -> None:
-        """Each rank writes its shards of the trainable weights and optimizer state (DCP)."""
+        """Each rank writes its shards of the trainable weights and optimizer state (DCP).
+        Before a resume the core checks every pickle in them (the `.metadata` and the torch.save
+        archives joined in each `.distcp` file) against `checkpoint_globals`."""
         import torch.distributed.checkpoint as dcp
 
         dcp.save(_state(model, optimizer), checkpoint_id=str(path / DCP_DIR))
+
+    def checkpoint_globals(self) -> list[type]:
+        """The classes of torch.distributed.checkpoint's `.metadata` pickle (which DCP reads
+        with `pickle.load`): its metadata dataclasses, the storage info of the file system
+        writer and the checkpoint's path (`StorageMeta.checkpoint_id`, a `pathlib` path).
+        Found by unpickling a real `.metadata` with a recording `find_class`; torch.Size, dtypes
+        and layouts are on torch's own allow-list."""
+        from torch.distributed.checkpoint import metadata
+        from torch.distributed.checkpoint.filesystem import _StorageInfo
+
+        return [
+            metadata.Metadata,
+            metadata.MetadataIndex,
+            metadata.StorageMeta,
+            metadata.TensorProperties,
+            metadata.TensorStorageMetadata,
+            metadata.BytesStorageMetadata,
+            metadata.ChunkStorageMetadata,
+            metadata._MEM_FORMAT_ENCODING,
+            _StorageInfo,
+            type(Path()),  # PosixPath (WindowsPath on Windows)
+        ]
 
     def load_checkpoint(self, model, optimizer, path: Path, ctx) -> None:
         """DCP re-shards on load, so the checkpoint may come from a different world size."""
@@ -163,7 +181,7 @@ class FSDPStrategy(Strategy):
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
         folder = path / DCP_DIR
-        if not (folder / ".metadata").exists():
+        if not (folder / METADATA).exists():
             raise TuneError(
                 "no FSDP (torch.distributed.checkpoint) shards in this checkpoint.",
                 where=str(path),

@@ -98,6 +98,79 @@ def test_cli_ollama_export_writes_gguf_and_modelfile(trained, tmp_path):
     assert 'PARAMETER stop "<|eot_id|>"' in modelfile
     assert "PARAMETER num_ctx 64" in modelfile  # the recipe's max_seq_len
     assert '{{ else if eq .Role "user" }}<|start_header_id|>user<|end_header_id|>' in modelfile
+    assert f"ollama create run-q8_0 -f {out / 'Modelfile'}" in modelfile  # not a temporary path
+    assert sorted(p.name for p in out.iterdir()) == [".tune-export.json", "Modelfile", gguf.name]
+
+
+def test_export_targets_a_file_or_names_the_file_in_a_folder(trained, tmp_path):
+    from tune.plugin import RunContext
+    from tune.testing import load_recipe
+    from tune_plugin_gguf import GGUFExporter, GGUFSettings, OllamaExporter, OllamaSettings
+
+    ctx = RunContext(recipe=load_recipe(trained / "recipe.toml"), output_dir=tmp_path)
+    gguf = GGUFExporter(GGUFSettings(quant="q8_0"), ctx)
+    assert gguf.targets(tmp_path / "m.gguf") == [tmp_path / "m.gguf"]
+    assert gguf.targets(tmp_path / "out") == [tmp_path / "out" / "run-q8_0.gguf"]
+    named = OllamaExporter(OllamaSettings(name="qs"), ctx)
+    assert named.targets(tmp_path / "out") == [
+        tmp_path / "out" / "qs-f16.gguf",
+        tmp_path / "out" / "Modelfile",
+    ]
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(TuneError, match="not a .gguf"):
+        gguf.targets(tmp_path / "notes.txt")
+    assert not (tmp_path / "out").exists()  # asked before anything loads: nothing is made
+
+
+def _export(trained, fmt, out, quant="f16"):
+    return run_cli("export", str(trained), "--format", fmt, "--quant", quant, "--out", str(out))
+
+
+def test_export_never_replaces_a_users_file_and_replaces_its_own(trained, tmp_path):
+    """A Modelfile or .gguf tune did not write stops the export (exit 2, named, untouched);
+    what an earlier export wrote there (.tune-export.json lists it) is replaced."""
+    out = tmp_path / "ollama"
+    out.mkdir()
+    (out / "Modelfile").write_text("FROM ./mine.gguf\n")
+    refused = _export(trained, "ollama", out)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert "Modelfile" in refused.stderr and "did not write" in refused.stderr
+    assert (out / "Modelfile").read_text() == "FROM ./mine.gguf\n"
+    assert sorted(p.name for p in out.iterdir()) == ["Modelfile"]  # nothing else written
+
+    mine = tmp_path / "mine.gguf"
+    mine.write_bytes(b"GGUF mine")
+    refused = _export(trained, "gguf", mine)
+    assert refused.returncode == 2 and "mine.gguf" in refused.stderr.replace("\n", "")
+    assert mine.read_bytes() == b"GGUF mine"
+
+    (out / "Modelfile").unlink()
+    first = _export(trained, "ollama", out)
+    assert first.returncode == 0, first.stderr
+    before = (out / "run-f16.gguf").stat().st_mtime_ns
+    again = _export(trained, "ollama", out, quant="q8_0")  # another quant: a new file beside
+    assert again.returncode == 0, again.stderr
+    assert "FROM ./run-q8_0.gguf" in (out / "Modelfile").read_text()
+    again = _export(trained, "ollama", out)  # the same export again: its own files replaced
+    assert again.returncode == 0, again.stderr
+    assert "FROM ./run-f16.gguf" in (out / "Modelfile").read_text()
+    assert (out / "run-f16.gguf").stat().st_mtime_ns != before
+    assert sorted(p.name for p in out.iterdir()) == [
+        ".tune-export.json",
+        "Modelfile",
+        "run-f16.gguf",
+        "run-q8_0.gguf",
+    ]
+
+
+def test_push_dry_run_lists_the_gguf_export(trained):
+    """`tune push --export gguf:QUANT` (was --gguf QUANT) stages the GGUF beside the model."""
+    out = run_cli("push", str(trained), "me/qs", "--export", "gguf:q8_0", "--dry-run")
+    assert out.returncode == 0, out.stderr
+    assert "run-q8_0.gguf" in out.stdout and "model.safetensors" in out.stdout
+    assert ".tune-export.json" not in out.stdout
+    refused = run_cli("push", str(trained), "me/qs", "--export", "gguf:q9_9", "--dry-run")
+    assert refused.returncode == 2 and "q9_9" in refused.stderr
 
 
 def test_template_pieces_reproduce_each_shipped_chat_template():

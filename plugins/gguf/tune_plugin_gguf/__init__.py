@@ -4,11 +4,14 @@
     tune export runs/qs --format ollama --quant q8_0 --out ollama/   # + Modelfile
     ollama create qs -f ollama/Modelfile
 
-`--out` is the .gguf file, or a folder (the file is then named <run>-<quant>.gguf).
+`--out` is the .gguf file, or a folder (the file is then named <run>-<quant>.gguf); ollama's
+Modelfile goes beside the GGUF.
 
-The core hands over a plain transformers folder (adapters merged); this plugin converts it with
-the `gguf` package (see convert.py for why not llama.cpp's script), tokenizer and chat template
-embedded. Llama, Mistral and Qwen2 architectures; f32, f16, bf16 and q8_0 tensors.
+The core hands over a plain transformers folder (adapters merged) and temporary paths named as
+the targets, in one folder; it moves them into place once all are written, never over a file
+tune did not write. This plugin converts the folder with the `gguf` package (see convert.py for
+why not llama.cpp's script), tokenizer and chat template embedded. Llama, Mistral and Qwen2
+architectures; f32, f16, bf16 and q8_0 tensors.
 """
 
 from __future__ import annotations
@@ -16,9 +19,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from pydantic import Field, field_validator
-from tune.plugin import Settings, hookimpl
+from tune.plugin import Exporter, Settings, TuneError, hookimpl
 
-TUNE_API = ">=1,<2"
+TUNE_API = ">=2,<3"
 
 
 class GGUFSettings(Settings):
@@ -46,6 +49,57 @@ class OllamaSettings(GGUFSettings):
     system: str | None = Field(None, description="SYSTEM prompt of the Modelfile")
 
 
+class GGUFExporter(Exporter):
+    """`--format gguf`: one .gguf file."""
+
+    def title(self) -> str:
+        """general.name, and the file's name in a folder: `-x name=...`, else the run's."""
+        return self.settings.name or _run_name(self.ctx)
+
+    def targets(self, out: Path) -> list[Path]:
+        out = Path(out)
+        if out.suffix == ".gguf":
+            gguf = out
+        elif out.exists() and not out.is_dir():
+            raise TuneError(
+                f"--out '{out}' is a file that is not a .gguf.",
+                where="tune export --out",
+                fix="name a .gguf file, or a folder (the file is then named <name>-<quant>.gguf).",
+            )
+        else:  # a folder: the file is named after the run and the quant
+            gguf = out / f"{self.title()}-{self.settings.quant}.gguf"
+        return [gguf]
+
+    def write(self, model_dir: Path, files: list[Path]) -> None:
+        self.convert(Path(model_dir), Path(files[0]))
+
+    def convert(self, model_dir: Path, gguf: Path):
+        from tune_plugin_gguf.write import write_gguf
+
+        return write_gguf(
+            model_dir, gguf, self.settings.quant, name=self.title(), metadata=_metadata(self.ctx)
+        )
+
+
+class OllamaExporter(GGUFExporter):
+    """`--format ollama`: the GGUF and a Modelfile beside it (`FROM ./<file>.gguf`)."""
+
+    modelfile: Path | None = None  # where the Modelfile will be, for its `ollama create` line
+
+    def targets(self, out: Path) -> list[Path]:
+        (gguf,) = super().targets(out)
+        self.modelfile = gguf.parent / "Modelfile"
+        return [gguf, self.modelfile]
+
+    def write(self, model_dir: Path, files: list[Path]) -> None:
+        from tune_plugin_gguf.ollama import write_modelfile
+
+        gguf, modelfile = (Path(f) for f in files)
+        vocab = self.convert(Path(model_dir), gguf)
+        shown = self.modelfile or modelfile
+        write_modelfile(gguf, vocab, self.settings, self.ctx, path=modelfile, shown=shown)
+
+
 @hookimpl
 def tune_provide(provide):
     provide.exporter(
@@ -53,30 +107,15 @@ def tune_provide(provide):
         GGUFSettings,
         doc="one GGUF file (llama.cpp): Llama, Mistral, Qwen2",
         requires="gguf",
+        build=GGUFExporter,
     )
     provide.exporter(
         "ollama",
         OllamaSettings,
         doc="GGUF + Modelfile (TEMPLATE from the trained chat template)",
         requires="gguf",
+        build=OllamaExporter,
     )
-
-
-@hookimpl
-def tune_export(name, settings, model_dir, out, ctx):
-    from tune_plugin_gguf.write import write_gguf
-
-    out = Path(out)
-    title = settings.name or _run_name(ctx)
-    if out.suffix != ".gguf":  # a folder: the file is named after the run and the quant
-        out.mkdir(parents=True, exist_ok=True)
-        out = out / f"{title}-{settings.quant}.gguf"
-    vocab = write_gguf(Path(model_dir), out, settings.quant, name=title, metadata=_metadata(ctx))
-    if name != "ollama":
-        return [out]
-    from tune_plugin_gguf.ollama import write_modelfile
-
-    return [out, write_modelfile(out, vocab, settings, ctx)]
 
 
 def _run_name(ctx) -> str:

@@ -130,13 +130,23 @@ def _quote(text: str, what: str) -> str:
     return f'"""{text}"""'
 
 
-def write_modelfile(gguf: Path, vocab: Any, settings: Any, ctx: Any) -> Path:
-    """Modelfile beside `gguf`; returns its path."""
+def write_modelfile(
+    gguf: Path,
+    vocab: Any,
+    settings: Any,
+    ctx: Any,
+    path: Path | None = None,
+    shown: Path | None = None,
+) -> Path:
+    """The Modelfile at `path` (default: `Modelfile` beside `gguf`, which must stay beside it:
+    `FROM ./<gguf name>`); `shown` is where it will be for `ollama create` (default `path`).
+    Returns its path."""
+    path = path or gguf.parent / "Modelfile"
     bos = vocab.tokens[vocab.special["bos"]] if "bos" in vocab.special else ""
     eos = vocab.tokens[vocab.special["eos"]] if "eos" in vocab.special else ""
     lines = [
         "# Written by `tune export --format ollama`. Create the model with:",
-        f"#   ollama create {gguf.stem} -f {gguf.parent / 'Modelfile'}",
+        f"#   ollama create {gguf.stem} -f {shown or path}",
         f"FROM ./{gguf.name}",
     ]
     pieces = derive(vocab.chat_template, bos, eos) if vocab.chat_template else None
@@ -160,6 +170,5 @@ def write_modelfile(gguf: Path, vocab: Any, settings: Any, ctx: Any) -> Path:
         f"PARAMETER top_p {settings.top_p}",
         f"PARAMETER num_ctx {num_ctx}",
     ]
-    path = gguf.parent / "Modelfile"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path

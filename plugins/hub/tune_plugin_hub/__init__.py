@@ -21,7 +21,7 @@ from typing import Any
 from pydantic import Field
 from tune.plugin import DataSource, Settings, TuneError, hookimpl
 
-TUNE_API = ">=1,<2"
+TUNE_API = ">=2,<3"
 SCHEME = "hf://"
 _SLICE = re.compile(
     r"^(?P<split>[\w.-]+)(\[(?P<start>-?\d*)(?P<pct1>%?):(?P<stop>-?\d*)(?P<pct2>%?)\])?$"
@@ -206,9 +206,6 @@ def _load_error(exc: Exception, spec: str, local: Path | None, split: str, where
 @hookimpl
 def tune_provide(provide):
     doc = "Hugging Face Hub datasets (hf://org/name), through datasets.load_dataset"
-    provide.data_source("hub", HubSettings, doc=doc, requires=("datasets",), schemes=("hf",))
-
-
-@hookimpl
-def tune_open_data_source(settings, ctx):
-    return HubSource(settings, ctx)
+    provide.data_source(
+        "hub", HubSettings, doc=doc, requires=("datasets",), schemes=("hf",), build=HubSource
+    )

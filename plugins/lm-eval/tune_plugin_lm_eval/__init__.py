@@ -12,9 +12,9 @@ from __future__ import annotations
 from typing import Any
 
 from pydantic import Field
-from tune.plugin import Settings, hookimpl, resolve_input
+from tune.plugin import Settings, files, hookimpl
 
-TUNE_API = ">=1,<2"
+TUNE_API = ">=2,<3"
 
 
 class LmEvalSettings(Settings):
@@ -66,7 +66,8 @@ def tune_evaluate(names, settings, model, data, ctx):
     options = settings["lm_eval"]
     include = None
     if options.include_path:
-        include = str(resolve_input(options.include_path, ctx.recipe.path, "[eval.lm_eval]"))
+        where = "[eval.lm_eval] include_path"
+        include = str(files.resolve_input(options.include_path, ctx.recipe.path, where))
     import lm_eval
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager

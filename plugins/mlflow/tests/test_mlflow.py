@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 from tune.testing import recipe_dict
-from tune_plugin_mlflow import MAX_PARAM_VALUE, flatten
+from tune_plugin_mlflow import MAX_PARAM_VALUE, flatten, local_path
 
 
 def _recipe(tmp_path, **train):
@@ -49,7 +50,8 @@ def test_params_metrics_artifacts_and_resume_same_run(tmp_path, run_recipe):
     with open(local) as fh:
         assert json.load(fh)["steps"] == 4
 
-    # --resume from step 2 to step 6: the same run id, metrics going on from step 3.
+    # --resume from step 2 (not the last checkpoint) to step 6: the same run id; steps 3 and 4
+    # are trained again, and the run holds each step once.
     run_recipe(
         _recipe(tmp_path, max_steps=6),
         resume_from=run_dir / "checkpoints" / "step-2",
@@ -57,10 +59,49 @@ def test_params_metrics_artifacts_and_resume_same_run(tmp_path, run_recipe):
     )
     (again,) = client.search_runs([run.info.experiment_id])
     assert again.info.run_id == run.info.run_id and again.info.status == "FINISHED"
-    steps = [s for s, _ in _history(client, run.info.run_id, "loss")]
-    assert steps == [1, 2, 3, 3, 4, 4, 5, 6]  # MLflow keeps both sessions' points after 2
+    assert [s for s, _ in _history(client, run.info.run_id, "loss")] == [1, 2, 3, 4, 5, 6]
+    assert [s for s, _ in _history(client, run.info.run_id, "eval_loss")] == [2, 4, 6]
+    jsonl = [json.loads(line) for line in (run_dir / "metrics.jsonl").open()]
+    replayed = [r["loss"] for r in jsonl if r["kind"] == "train" and r["step"] in (3, 4)]
+    kept = [v for s, v in _history(client, run.info.run_id, "loss") if s in (3, 4)]
+    assert kept == pytest.approx(replayed)  # exact resume: the replay trains the same losses
+    samples = {a.path for a in client.list_artifacts(run.info.run_id, "samples")}
+    for path in samples:  # a replayed step's table is not appended to
+        local = client.download_artifacts(run.info.run_id, path, str(tmp_path / "dl"))
+        with open(local) as fh:
+            table = json.load(fh)
+        assert len(table["data"]) == 1, (path, table)
     changed = json.loads(again.data.tags["tune.resumed_with"])
     assert changed["train.max_steps"] == "6" and again.data.params["train.max_steps"] == "4"
+
+
+@pytest.mark.slow
+def test_the_store_in_the_run_directory_is_the_runs(tmp_path, run_recipe):
+    """mlflow.db and mlartifacts/ are claimed: --overwrite replaces them with the new run's, and
+    a user's file of that name is never written to."""
+    run_dir = tmp_path / "run"
+    recipe = _recipe(tmp_path, max_steps=2, save_every=0, eval_every=0)
+    run_recipe(recipe)
+    assert (run_dir / "mlflow.db").is_file() and (run_dir / "mlartifacts").is_dir()
+    run_recipe(recipe, overwrite=True)
+    client = MlflowClient(tracking_uri=f"sqlite:///{run_dir / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("tests").experiment_id
+    assert len(client.search_runs([experiment])) == 1  # not the first run's store, appended to
+
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "mlflow.db").write_text("mine")
+    recipe["train"]["output_dir"] = str(other)
+    summary, _ = run_recipe(recipe, name="other.toml")
+    assert summary["steps"] == 2  # the tracker is dropped with a warning; training goes on
+    assert (other / "mlflow.db").read_text() == "mine"
+
+
+def test_local_paths_of_stores_and_artifact_locations(tmp_path):
+    assert local_path(f"sqlite:///{tmp_path}/m.db") == tmp_path / "m.db"
+    assert local_path(tmp_path.as_uri()) == tmp_path and local_path("runs/x") == Path("runs/x")
+    for remote in ("http://mlflow:5000", "postgresql://u@h/db", "s3://b/x", "databricks"):
+        assert local_path(remote) is None
 
 
 def test_flatten_keys_and_limits():

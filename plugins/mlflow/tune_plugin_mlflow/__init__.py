@@ -3,8 +3,11 @@
 Params are the resolved recipe flattened ("optimizer.lr"), metrics are logged by step, samples
 are a table artifact, and at the end final/ and summary.json are the run's artifacts.
 `--resume` continues the same MLflow run (its id is saved in `state()`), metrics going on from
-the checkpoint step. Uses `MlflowClient` only (no fluent global "active run"), so several runs
-in one process never mix. Imports nothing heavy at the top: `tune plugins list` imports it.
+the checkpoint step; the steps training replays after the checkpoint that the run already holds
+are not logged again (MLflow cannot delete a metric point). Uses `MlflowClient` only (no fluent
+global "active run"), so several runs in one process never mix. What it writes inside the run
+directory (mlflow.db, mlartifacts/) is claimed first, so the run owns it. Imports nothing heavy
+at the top: `tune plugins list` imports it.
 """
 
 from __future__ import annotations
@@ -13,11 +16,12 @@ import json
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlparse
 
 from pydantic import Field
-from tune.plugin import RunInfo, Settings, Tracker, hookimpl
+from tune.plugin import RunInfo, Settings, Tracker, TuneError, hookimpl
 
-TUNE_API = ">=1,<2"
+TUNE_API = ">=2,<3"
 
 MAX_PARAM_KEY = 250  # MLflow's limits on a param's key and value
 MAX_PARAM_VALUE = 6000
@@ -55,6 +59,40 @@ def flatten(data: Any, prefix: str = "") -> dict[str, str]:
     return out
 
 
+def local_path(location: str) -> Path | None:
+    """The local file a tracking URI or artifact location names (sqlite:///x.db, file:///x, a
+    plain path), or None for a server, a database or a cloud bucket."""
+    if location == "databricks":
+        return None
+    if location.startswith("sqlite:///"):
+        return Path(location[len("sqlite:///") :].split("?")[0]).expanduser()
+    parsed = urlparse(location)
+    if parsed.scheme == "file":
+        return Path(unquote(parsed.path)).expanduser()
+    if parsed.scheme and len(parsed.scheme) > 1:  # (a one-letter "scheme" is a Windows drive)
+        return None
+    return Path(location).expanduser()
+
+
+def claim(ctx: Any, output_dir: Path, path: Path | None, key: str) -> None:
+    """Claim the run-directory entry `path` lies in (the run then owns it: --overwrite removes
+    it, a user's file of that name is refused); nothing when it is outside the run directory."""
+    if path is None:
+        return
+    try:
+        inside = path.resolve().relative_to(output_dir.resolve())
+    except ValueError:
+        return
+    if not inside.parts:
+        raise TuneError(
+            f"[[track]] mlflow {key} is the run directory itself.",
+            fix=f"leave {key} out (the default is inside the run directory), or name a path "
+            "within or outside it.",
+        )
+    if ctx is not None:
+        ctx.claim(inside.parts[0])
+
+
 def _scalars(values: dict[str, Any]) -> dict[str, float]:
     return {
         k: float(v)
@@ -75,12 +113,22 @@ class MlflowTracker(Tracker):
         s = self.settings
         self.output_dir = Path(run.output_dir)
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        uri = s.tracking_uri or f"sqlite:///{(self.output_dir / 'mlflow.db').resolve()}"
+        # (metric key, step) and sample steps the run holds from after the checkpoint
+        self.held: set[tuple[str, int]] = set()
+        self.held_samples: set[int] = set()
+        store = local_path(s.tracking_uri) if s.tracking_uri else self.output_dir / "mlflow.db"
+        claim(self.ctx, self.output_dir, store, "tracking_uri")
+        if s.artifact_location is not None:
+            claim(self.ctx, self.output_dir, local_path(s.artifact_location), "artifact_location")
+        elif s.tracking_uri is None:  # the default store keeps artifacts in the run directory
+            claim(self.ctx, self.output_dir, self.output_dir / "mlartifacts", "artifact_location")
+        uri = s.tracking_uri or f"sqlite:///{store.resolve()}"
         self.client = MlflowClient(tracking_uri=uri)
         previous = run.state.get("run_id") if run.resumed else None
         if previous:
             self.run_id = previous
             self.client.update_run(previous, status="RUNNING")
+            self._replayed(previous, run.step)
         else:
             self.run_id = self.client.create_run(
                 self._experiment_id(uri), run_name=s.run_name or run.name
@@ -95,6 +143,18 @@ class MlflowTracker(Tracker):
         items = [Param(k, v) for k, v in params.items()]
         for i in range(0, len(items), BATCH):
             self.client.log_batch(self.run_id, params=items[i : i + BATCH])
+
+    def _replayed(self, run_id: str, step: int) -> None:
+        """What the run holds after `step`: training replays those steps; logging them again
+        would give MLflow two points per step (it cannot delete one)."""
+        for key in self.client.get_run(run_id).data.metrics:
+            for point in self.client.get_metric_history(run_id, key):
+                if point.step > step:
+                    self.held.add((key, point.step))
+        for item in self.client.list_artifacts(run_id, "samples"):
+            logged = Path(item.path).name.removeprefix("step-").removesuffix(".json")
+            if logged.isdigit() and int(logged) > step:
+                self.held_samples.add(int(logged))
 
     def _experiment_id(self, uri: str) -> str:
         s = self.settings
@@ -111,10 +171,8 @@ class MlflowTracker(Tracker):
 
         now = int(time.time() * 1000)
         prefix = "" if kind == "train" else f"{kind}_"
-        metrics = [
-            Metric(k if k.startswith(prefix) else prefix + k, v, now, step)
-            for k, v in _scalars(values).items()
-        ]
+        named = {k if k.startswith(prefix) else prefix + k: v for k, v in _scalars(values).items()}
+        metrics = [Metric(k, v, now, step) for k, v in named.items() if (k, step) not in self.held]
         if metrics:
             self.client.log_batch(self.run_id, metrics=metrics)
 
@@ -122,7 +180,7 @@ class MlflowTracker(Tracker):
         self.client.set_tag(self.run_id, "tune.last_checkpoint", str(path))
 
     def samples(self, step: int, samples: list[dict[str, str]]) -> None:
-        if not samples:
+        if not samples or step in self.held_samples:  # log_table would append a replay
             return
         table = {
             "step": [step] * len(samples),
@@ -149,9 +207,5 @@ def tune_provide(provide):
         MlflowSettings,
         requires=("mlflow",),
         doc="MLflow (local SQLite by default): recipe params, metrics by step, artifacts",
+        build=MlflowTracker,
     )
-
-
-@hookimpl
-def tune_build_tracker(name, settings, ctx):
-    return MlflowTracker(settings, ctx)

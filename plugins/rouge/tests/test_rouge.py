@@ -33,7 +33,7 @@ def test_rouge_equals_rouge_score_called_directly():
 def test_bleu_from_summed_stats_equals_corpus_bleu():
     whole = BLEU().corpus_score(PREDS, [REFS]).score
     halves = [bleu_stats(PREDS[:2], REFS[:2]), bleu_stats(PREDS[2:], REFS[2:])]
-    summed = [a + b for a, b in zip(*halves, strict=True)]  # as reduce_sum over two ranks
+    summed = [a + b for a, b in zip(*halves, strict=True)]  # as all_reduce_sum over two ranks
     assert bleu_from_stats(summed) == pytest.approx(whole)
 
 
@@ -41,6 +41,21 @@ def test_prompt_and_reference_split():
     ex = {"input_ids": [1, 2, 3, 4, 5, 6, 7], "labels": [-100, -100, -100, 4, 5, -100, 7]}
     assert prompt_and_reference(ex) == ([1, 2, 3], [4, 5])
     assert prompt_and_reference({"input_ids": [0, 0], "labels": [-100, -100]}) is None
+
+
+def test_generation_is_in_lockstep_only_when_the_strategy_shards_parameters():
+    from types import SimpleNamespace
+
+    from tune.plugin import Capabilities
+    from tune_plugin_rouge import sharded
+
+    def ctx(**caps):
+        strategy = SimpleNamespace(capabilities=Capabilities(**caps))
+        return SimpleNamespace(recipe=SimpleNamespace(backends={"strategy": strategy}))
+
+    assert sharded(ctx(shards_parameters=True))
+    assert not sharded(ctx()) and not sharded(None)
+    assert not sharded(SimpleNamespace(recipe=SimpleNamespace(backends={})))  # tune eval
 
 
 def _copy_rows():
@@ -116,7 +131,6 @@ def test_left_padded_batches_generate_as_one_prompt_at_a_time():
         tokenizer=tok,
         pad_id=tok.pad_token_id,
         device="cpu",
-        strategy=None,
         autocast=contextlib.nullcontext,
     )
     batched = generate(model, data, prompts, GenerationSettings(max_new_tokens=6, batch_size=4))

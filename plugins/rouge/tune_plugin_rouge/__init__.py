@@ -2,8 +2,9 @@
 
 For each eval example the prompt is its tokens before the first trained token (the chat
 template exactly as in training) and the reference is the decoded first trained span. Each rank
-generates for its share of the eval set in left-padded batches; sums go through
-`data.reduce_sum`, so every rank reports the same global figures. ROUGE is rouge-score's F1
+generates for its share of the eval set in left-padded batches (all ranks in lockstep when the
+run's strategy shards parameters); sums go through `data.collectives.all_reduce_sum`, so every
+rank reports the same global figures. ROUGE is rouge-score's F1
 (0..1, stemmer on by default), exact match a fraction (0..1), BLEU sacrebleu's corpus BLEU
 (0..100) from summed n-gram statistics, so it equals BLEU over the whole set.
 Imports nothing heavy at the top: `tune plugins list` imports this module.
@@ -16,9 +17,9 @@ import math
 from typing import Any
 
 from pydantic import Field
-from tune.plugin import IGNORE, Settings, hookimpl
+from tune.plugin import IGNORE, LM_EXAMPLES, Capabilities, Settings, hookimpl
 
-TUNE_API = ">=1,<2"
+TUNE_API = ">=2,<3"
 
 ROUGE_KEYS = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 NEEDS = {"rouge": ("rouge_score",), "exact_match": (), "bleu": ("sacrebleu",)}
@@ -79,12 +80,22 @@ def prompt_and_reference(example: dict[str, Any]) -> tuple[list[int], list[int]]
     return ids[:start], ids[start:end]
 
 
-def generate(model, data, prompts: list[list[int]], settings: GenerationSettings) -> list[str]:
-    """Greedy continuations, left-padded batches, decoded without special tokens, stripped."""
+def sharded(ctx: Any) -> bool:
+    """Whether the run's strategy partitions parameters across ranks (ZeRO-3, FSDP): every rank
+    must then join each forward, so generation runs in lockstep."""
+    backends = getattr(getattr(ctx, "recipe", None), "backends", None) or {}
+    strategy = backends.get("strategy")
+    return bool(strategy is not None and strategy.capabilities.shards_parameters)
+
+
+def generate(
+    model, data, prompts: list[list[int]], settings: GenerationSettings, lockstep: bool = False
+) -> list[str]:
+    """Greedy continuations, left-padded batches, decoded without special tokens, stripped.
+    `lockstep`: parameters are sharded, every rank generates as long as the longest."""
     import torch
 
     tok, pad = data.tokenizer, data.pad_id
-    lockstep = bool(getattr(data.strategy, "sharded_params", False))
     extra = {"synced_gpus": True} if lockstep else {}
     out: list[str] = []
     for i in range(0, len(prompts), settings.batch_size):
@@ -108,38 +119,39 @@ def generate(model, data, prompts: list[list[int]], settings: GenerationSettings
     return out
 
 
-def _score(names: list[str], settings: Any, model, data) -> dict[str, float]:
+def _score(names: list[str], settings: Any, model, data, ctx) -> dict[str, float]:
     """Generate once for these metrics (same generation settings) and score each."""
     first = settings[names[0]]
-    world = data.ctx.world.world_size if data.ctx is not None else 1
+    world = ctx.world.world_size if ctx is not None else 1
     examples = data.examples
     if first.max_examples:
         examples = examples[: math.ceil(first.max_examples / world)]
     pairs = [prompt_and_reference(e) for e in examples]
     # Rows without targets still generate under ZeRO-3 (every rank calls generate alike).
-    lockstep = bool(getattr(data.strategy, "sharded_params", False))
+    lockstep = sharded(ctx)
     dummy = [data.pad_id]
     use = [p for p in pairs if p is not None or lockstep]
     prompts = [p[0] if p is not None else dummy for p in use]
-    replies = generate(model, data, prompts, first) if prompts else []
+    replies = generate(model, data, prompts, first, lockstep) if prompts else []
     scored = [(r, p) for r, p in zip(replies, use, strict=True) if p is not None]
     preds = [r for r, _ in scored]
     refs = [data.tokenizer.decode(p[1], skip_special_tokens=True).strip() for _, p in scored]
-    count = data.reduce_sum(float(len(preds)))
+    total = data.collectives.all_reduce_sum  # the same calls, in the same order, on every rank
+    count = total(float(len(preds)))
     results: dict[str, float] = {}
     if "rouge" in names:
         sums = rouge_sums(preds, refs, settings["rouge"].use_stemmer) if preds else {}
         for key in ROUGE_KEYS:
-            total = data.reduce_sum(sums.get(key, 0.0))
+            summed = total(sums.get(key, 0.0))
             if count:
-                results[key] = total / count
+                results[key] = summed / count
     if "exact_match" in names:
-        hits = data.reduce_sum(float(sum(p == r for p, r in zip(preds, refs, strict=True))))
+        hits = total(float(sum(p == r for p, r in zip(preds, refs, strict=True))))
         if count:
             results["exact_match"] = hits / count
     if "bleu" in names:
         stats = bleu_stats(preds, refs) if preds else [0.0] * 10
-        stats = [data.reduce_sum(x) for x in stats]
+        stats = [total(x) for x in stats]
         if count:
             results["bleu"] = bleu_from_stats(stats)
     return results
@@ -154,7 +166,17 @@ def tune_provide(provide):
         "bleu": (GenerationSettings, "sacrebleu corpus BLEU of eval generations"),
     }
     for name, (settings, doc) in docs.items():
-        provide.metric(name, settings, doc=doc, requires=NEEDS[name])
+        provide.metric(
+            name,
+            settings,
+            doc=doc,
+            requires=NEEDS[name],
+            # prompt and reference are read off input_ids / labels: causal-LM examples only
+            capabilities=Capabilities(
+                scores=(LM_EXAMPLES,),
+                why={"scores": "it generates a reply to the tokens before the trained ones"},
+            ),
+        )
 
 
 @hookimpl
@@ -168,5 +190,5 @@ def tune_evaluate(names, settings, model, data, ctx):
         groups.setdefault((s.max_new_tokens, s.batch_size, s.max_examples), []).append(name)
     results: dict[str, float] = {}
     for group in groups.values():
-        results.update(_score(group, settings, model, data))
+        results.update(_score(group, settings, model, data, ctx))
     return results

@@ -53,6 +53,29 @@ def test_scalars_text_and_resume_without_duplicates(tmp_path, run_recipe):
     assert [e.step for e in acc.Scalars("eval/eval_loss")] == [2, 4, 6]
 
 
+@pytest.mark.slow
+def test_the_log_dir_in_the_run_directory_is_the_runs(tmp_path, run_recipe):
+    """tensorboard/ is claimed: --overwrite replaces the earlier run's event files, and a
+    user's folder of that name is never written to."""
+    recipe = _recipe(tmp_path, max_steps=2, save_every=0, eval_every=0)
+    run_recipe(recipe)
+    recipe["optimizer"]["lr"] = 1e-2  # another run: other losses
+    run_recipe(recipe, overwrite=True)
+    log_dir = tmp_path / "run" / "tensorboard"
+    assert len(list(log_dir.glob("events.out.tfevents.*"))) == 1
+    losses = [e.value for e in _events(log_dir).Scalars("train/loss")]
+    jsonl = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    assert losses == pytest.approx([r["loss"] for r in jsonl if r["kind"] == "train"])
+
+    other = tmp_path / "other"
+    (other / "tensorboard").mkdir(parents=True)
+    (other / "tensorboard" / "notes.txt").write_text("mine")
+    recipe["train"]["output_dir"] = str(other)
+    summary, _ = run_recipe(recipe, name="other.toml")
+    assert summary["steps"] == 2  # the tracker is dropped with a warning; training goes on
+    assert [p.name for p in (other / "tensorboard").iterdir()] == ["notes.txt"]
+
+
 def test_samples_markdown_escapes_cells():
     text = samples_markdown([{"prompt": "a|b", "reply": "x\ny"}])
     assert text.splitlines()[-1] == "| a\\|b | x<br>y |"

@@ -3,6 +3,7 @@
 Writes with `torch.utils.tensorboard.SummaryWriter` (backed by the `tensorboard` package's
 event-file writer): it needs no TensorFlow, and its `purge_step` writes the marker TensorBoard's
 readers use to drop points after a resume step, so a resumed run shows no duplicate points.
+The default log dir, inside the run directory, is claimed first, so the run owns it.
 Imports nothing heavy at the top: `tune plugins list` imports this module.
 """
 
@@ -13,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import Field
-from tune.plugin import RunInfo, Settings, Tracker, hookimpl
+from tune.plugin import RunInfo, Settings, Tracker, TuneError, hookimpl
 
-TUNE_API = ">=1,<2"
+TUNE_API = ">=2,<3"
 
 
 class TensorBoardSettings(Settings):
@@ -45,13 +46,32 @@ def samples_markdown(samples: list[dict[str, str]]) -> str:
     return "\n".join(["| prompt | reply |", "|---|---|", *rows])
 
 
+def claim(ctx: Any, output_dir: Path, log_dir: Path) -> None:
+    """Claim the run-directory entry the log dir is in (the run then owns it: --overwrite
+    removes it, a user's folder of that name is refused); nothing when it is outside."""
+    try:
+        inside = log_dir.resolve().relative_to(output_dir.resolve())
+    except ValueError:
+        return
+    if not inside.parts:
+        raise TuneError(
+            "[[track]] tensorboard log_dir is the run directory itself.",
+            fix='leave log_dir out (default "<output_dir>/tensorboard"), or name a folder '
+            "within or outside the run directory.",
+        )
+    if ctx is not None:
+        ctx.claim(inside.parts[0])
+
+
 class TensorBoardTracker(Tracker):
     """One SummaryWriter on the run's log dir; on resume, the same dir purged after the step."""
 
     def start(self, run: RunInfo) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
-        self.log_dir = Path(self.settings.log_dir or Path(run.output_dir) / "tensorboard")
+        default = Path(run.output_dir) / "tensorboard"
+        self.log_dir = Path(self.settings.log_dir or default).expanduser()
+        claim(self.ctx, Path(run.output_dir), self.log_dir)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         # purge_step: readers drop every point at or after it logged before this session.
         purge = run.step + 1 if run.resumed else None
@@ -91,9 +111,5 @@ def tune_provide(provide):
         TensorBoardSettings,
         requires=("tensorboard",),
         doc="TensorBoard event files under the run dir: scalars, samples, recipe",
+        build=TensorBoardTracker,
     )
-
-
-@hookimpl
-def tune_build_tracker(name, settings, ctx):
-    return TensorBoardTracker(settings, ctx)

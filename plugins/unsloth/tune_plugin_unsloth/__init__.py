@@ -2,23 +2,26 @@
 
 Declares `loader = "unsloth"` and, scoped to that loader only, `quantize = "nf4" | "int8"` and
 `[[adapt]] method = "lora"`: with another loader those names keep going to the bitsandbytes and
-PEFT plugins. Unsloth must be imported before transformers; `tune_run_start` does that first
-thing in `tune run`. Unsloth >= 2026.10.9 trains on a GPU or, without one, on its CPU backend;
-STATUS says which, and where neither can run (older Unsloth without a GPU, the CPU fallback
-turned off) Unsloth recipes are refused at validation, before anything loads. No torch or
-unsloth import at module level.
+PEFT plugins. Unsloth must be imported before transformers: the loader declares
+`preload=("unsloth",)`, which `tune run` imports first. Unsloth trains in one process and swaps
+its own kernels in (declared capabilities: the core refuses multi-process strategies and other
+kernel patches such as Liger). Unsloth >= 2026.10.9 trains on a GPU or, without one, on its CPU
+backend; STATUS says which, and where neither can run (older Unsloth without a GPU, the CPU
+fallback turned off) Unsloth recipes are refused at validation, before anything loads. No torch
+or unsloth import at module level.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
-import sys
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field
-from tune.plugin import Settings, TuneError, hookimpl
+from tune.plugin import Capabilities, Load, Loaded, Quantization, Settings, TuneError, hookimpl
+
+TUNE_API = ">=2,<3"
 
 LOADER = "unsloth"
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -55,16 +58,39 @@ class UnslothLoraSettings(Settings):
     layers_to_transform: list[int] | None = None
 
 
+# Unsloth's own Triton kernels replace these parts of the model it loads.
+KERNELS = ("rms_norm", "rope", "swiglu", "cross_entropy")
+
+
 @hookimpl
 def tune_provide(provide):
     provide.loader(
-        LOADER, UnslothLoaderSettings, doc="FastLanguageModel (GPU, or CPU from Unsloth 2026.10.9)"
+        LOADER,
+        UnslothLoaderSettings,
+        doc="FastLanguageModel (GPU, or CPU from Unsloth 2026.10.9)",
+        preload=("unsloth",),
+        capabilities=Capabilities(
+            processes="one",
+            replaces_kernels=KERNELS,
+            why={
+                "processes": "Unsloth trains in one process",
+                "replaces_kernels": "Unsloth patches these layers with its own kernels",
+            },
+        ),
     )
     provide.quantization(
-        "nf4", UnslothQuantSettings, doc="Unsloth 4-bit loading", for_loader=LOADER
+        "nf4",
+        UnslothQuantSettings,
+        doc="Unsloth 4-bit loading",
+        for_loader=LOADER,
+        build=UnslothQuantization,
     )
     provide.quantization(
-        "int8", UnslothQuantSettings, doc="Unsloth 8-bit loading", for_loader=LOADER
+        "int8",
+        UnslothQuantSettings,
+        doc="Unsloth 8-bit loading",
+        for_loader=LOADER,
+        build=UnslothQuantization,
     )
     provide.adapter(
         "lora", UnslothLoraSettings, doc="FastLanguageModel.get_peft_model", for_loader=LOADER
@@ -152,38 +178,6 @@ def tune_plugin_status():
     return backend_here()[1]
 
 
-@hookimpl
-def tune_check_recipe(recipe):
-    if recipe.model.loader != LOADER:
-        return
-    reason = why_not_here()
-    if reason:
-        raise TuneError(
-            f"[model] loader = 'unsloth' cannot run here: {reason}.",
-            where=f"{recipe.path}: [model] loader",
-            fix='use loader = "transformers" (same recipe otherwise: tune-plugin-peft and '
-            "tune-plugin-bitsandbytes serve lora and nf4 for it), or install unsloth "
-            f">= {CPU_BACKEND_SINCE} (CPU) / run on a GPU machine.",
-        )
-    if recipe.strategy.name != "single":
-        raise TuneError(
-            f"Unsloth trains in one process; [strategy] name = '{recipe.strategy.name}' is not "
-            "supported with it.",
-            where=f"{recipe.path}: [strategy] name",
-            fix='use name = "single", or loader = "transformers" for ddp/deepspeed.',
-        )
-
-
-@hookimpl
-def tune_run_start(recipe):
-    """Import unsloth before transformers so its patches apply (it warns and is slower otherwise)."""
-    if recipe.model.loader != LOADER:
-        return
-    if "transformers" in sys.modules and "unsloth" not in sys.modules:
-        print("tune: warning: transformers was imported before unsloth", file=sys.stderr)
-    import unsloth  # noqa: F401  (patches transformers, peft and trl on import)
-
-
 # -- the work (a GPU, or Unsloth's CPU backend) ---------------------------------------------------
 def _torch():
     import torch
@@ -238,14 +232,12 @@ def get_peft_model_kwargs(
     }
 
 
-@hookimpl
-def tune_quantization_config(name, settings, ctx):
-    return {"unsloth": name}  # Unsloth quantizes while loading; the loader reads [model] quantize
+class UnslothQuantization(Quantization):
+    """Unsloth quantizes while loading (the loader reads [model] quantize) and prepares the
+    k-bit model itself: nothing for the core to pass or do."""
 
-
-@hookimpl
-def tune_prepare_quantized_model(name, settings, model, ctx):
-    return model  # FastLanguageModel already prepared it for k-bit training
+    def config(self):
+        return {"unsloth": self.ctx.recipe.model.quantize}
 
 
 def _fast_language_model():
@@ -264,7 +256,11 @@ def _fast_language_model():
 
 
 @hookimpl
-def tune_load_model(name, settings, ctx):
+def tune_load_model(name, settings, ctx, want: Load):
+    if not want.weights:
+        return None, _tokenizer_only(settings, ctx)
+    if not want.training:
+        return _base_for_inference(settings, want.dtype, ctx)
     model, tokenizer = _fast_language_model().from_pretrained(
         **from_pretrained_kwargs(ctx.recipe, settings)
     )
@@ -272,7 +268,12 @@ def tune_load_model(name, settings, ctx):
     tokenizer = _with_chat_template(tokenizer, settings)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return model, tokenizer
+    return Loaded(model, tokenizer, prepare_generation=_for_inference)
+
+
+def _for_inference(model):
+    """The closing samples in Unsloth's fast inference mode."""
+    return _fast_language_model().for_inference(model)
 
 
 def _with_chat_template(tokenizer, settings: UnslothLoaderSettings):
@@ -301,8 +302,7 @@ def _plain_tokenizer(settings: UnslothLoaderSettings, path: str):
     return tokenizer
 
 
-@hookimpl
-def tune_load_tokenizer(name, settings, ctx):
+def _tokenizer_only(settings, ctx):
     """The model's own tokenizer (what FastLanguageModel returns), without loading weights or
     needing a GPU: `tune data preview` works anywhere."""
     path = ctx.recipe.model.path
@@ -317,8 +317,7 @@ def tune_load_tokenizer(name, settings, ctx):
     return _with_chat_template(tokenizer, settings)
 
 
-@hookimpl
-def tune_load_for_inference(name, settings, dtype, ctx):
+def _base_for_inference(settings, dtype, ctx):
     """For merge and chat: the 16-bit base through plain transformers. Merging a LoRA adapter
     needs no Unsloth kernels, so a run trained on a GPU merges on any machine."""
     import torch
@@ -390,8 +389,3 @@ def fit_tune_batches(model):
         model.register_forward_pre_hook(_as_unsloth_expects, with_kwargs=True)
         model._tune_unsloth_hook = True
     return model
-
-
-@hookimpl
-def tune_prepare_generation(name, settings, model, ctx):
-    return _fast_language_model().for_inference(model)

@@ -123,15 +123,38 @@ def test_offline_history_config_and_resume_same_run(tmp_path, run_recipe):
     assert [a.name for a in models] == ["run-final"]
     assert "model.safetensors" in {f.path for f in models[0].manifest.contents}
 
+    # Resume from step 2, not the last checkpoint: steps 3 and 4 are trained again, and the
+    # W&B run, which holds them already, does not get them twice.
     run_recipe(
         _recipe(tmp_path, max_steps=6),
-        resume_from=run_dir / "checkpoints" / "step-4",
+        resume_from=run_dir / "checkpoints" / "step-2",
         resume_changed=True,
     )
     second = next(p for p in (run_dir / "wandb").glob("offline-run-*") if p != first)
     again, rows2, _ = read_run(second)
     assert again.run_id == run.run_id
     assert [r["_step"] for r in rows2 if "train/loss" in r] == [5, 6]
+    assert [r["_step"] for r in rows2 if "eval/eval_loss" in r] == [6]
+    steps = [r["_step"] for r in rows + rows2 if "train/loss" in r]
+    assert steps == [1, 2, 3, 4, 5, 6]  # what `wandb sync` of both sessions uploads
+
+
+@pytest.mark.slow
+def test_the_wandb_folder_in_the_run_directory_is_the_runs(tmp_path, run_recipe):
+    """wandb/ is claimed: --overwrite removes the earlier run's files, and a user's folder of
+    that name is never written to."""
+    recipe = _recipe(tmp_path, max_steps=2, save_every=0, eval_every=0)
+    run_recipe(recipe)
+    run_recipe(recipe, overwrite=True)
+    assert len(list((tmp_path / "run" / "wandb").glob("offline-run-*"))) == 1
+
+    other = tmp_path / "other"
+    (other / "wandb").mkdir(parents=True)
+    (other / "wandb" / "notes.txt").write_text("mine")
+    recipe["train"]["output_dir"] = str(other)
+    summary, _ = run_recipe(recipe, name="other.toml")
+    assert summary["steps"] == 2  # the tracker is dropped with a warning; training goes on
+    assert [p.name for p in (other / "wandb").iterdir()] == ["notes.txt"]
 
 
 @pytest.mark.slow

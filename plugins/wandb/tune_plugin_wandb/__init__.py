@@ -3,13 +3,19 @@
 The resolved recipe is the run's config; train and eval metrics are logged by step
 ("train/loss", "eval/eval_loss"); samples are a `wandb.Table`; `log_artifact = true` logs
 final/ as a model artifact at the end. `--resume` continues the same W&B run: its id is saved in
-`state()` and handed to `wandb.init(id=..., resume="allow")`. The API key comes only from the
-environment (WANDB_API_KEY) or wandb's own login; tune never reads or writes it.
+`state()` and handed to `wandb.init(id=..., resume="allow")`. W&B keeps one value per step, so
+the steps training replays after the checkpoint that the run already holds are not logged
+again: the last step logged is kept beside wandb's files (`wandb/tune-<run id>.json`; online,
+W&B's own starting step says it too). The wandb/ folder in the run directory is claimed first,
+so the run owns it. The API key comes only from the environment (WANDB_API_KEY) or wandb's own
+login; tune never reads or writes it.
 Imports nothing heavy at the top: `tune plugins list` imports this module.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -17,7 +23,7 @@ from typing import Any, Literal
 from pydantic import Field
 from tune.plugin import RunInfo, Settings, Tracker, hookimpl
 
-TUNE_API = ">=1,<2"
+TUNE_API = ">=2,<3"
 
 
 class WandbSettings(Settings):
@@ -45,6 +51,25 @@ def _scalars(values: dict[str, Any]) -> dict[str, float]:
     }
 
 
+def claim(ctx: Any, output_dir: Path, path: Path) -> None:
+    """Claim the run-directory entry `path` is in (the run then owns it: --overwrite removes it,
+    a user's folder of that name is refused); nothing when it is outside the run directory."""
+    try:
+        inside = path.resolve().relative_to(output_dir.resolve())
+    except ValueError:
+        return
+    if ctx is not None and inside.parts:
+        ctx.claim(inside.parts[0])
+
+
+def read_last_step(path: Path) -> int:
+    """The last step a W&B run was logged at, from the file `log` keeps; -1 when unknown."""
+    try:
+        return int(json.loads(path.read_text(encoding="utf-8"))["last_step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return -1
+
+
 class WandbTracker(Tracker):
     """One wandb run per tune run; the same run (same id) across --resume."""
 
@@ -56,7 +81,8 @@ class WandbTracker(Tracker):
         s = self.settings
         self.output_dir = Path(run.output_dir)
         self.name = s.run_name or run.name
-        folder = Path(s.dir) if s.dir else self.output_dir
+        folder = Path(s.dir).expanduser() if s.dir else self.output_dir
+        claim(self.ctx, self.output_dir, folder / "wandb")  # where wandb writes, under dir
         folder.mkdir(parents=True, exist_ok=True)
         run_id = run.state.get("run_id") if run.resumed else None
         self.run = wandb.init(
@@ -78,16 +104,34 @@ class WandbTracker(Tracker):
         self.run.define_metric("step")
         self.run.define_metric("train/*", step_metric="step")
         self.run.define_metric("eval/*", step_metric="step")
+        # On resume, training replays the steps after the checkpoint; W&B keeps one value per
+        # step and the run may hold those already (the interrupted session logged them).
+        self.steps_file = folder / "wandb" / f"tune-{self.run.id}.json"
+        self.last = -1
+        if run_id:
+            self.last = max(read_last_step(self.steps_file), self.run.starting_step - 1)
+        self.held = self.last
+
+    def _logged(self, step: int) -> None:
+        if step <= self.last or not self.steps_file.parent.is_dir():
+            return
+        self.last = step
+        tmp = self.steps_file.with_name(self.steps_file.name + ".tmp")
+        tmp.write_text(json.dumps({"last_step": step}), encoding="utf-8")
+        os.replace(tmp, self.steps_file)
 
     def log(self, kind: str, step: int, values: dict[str, Any]) -> None:
+        if step <= self.held:  # a replayed step the run holds
+            return
         data = {f"{kind}/{k}": v for k, v in _scalars(values).items()}
         self.run.log({**data, "step": step}, step=step)
+        self._logged(step)
 
     def checkpoint(self, step: int, path: Path) -> None:
         self.run.summary["last_checkpoint"] = str(path)
 
     def samples(self, step: int, samples: list[dict[str, str]]) -> None:
-        if not samples:
+        if not samples or step <= self.held:
             return
         import wandb
 
@@ -95,6 +139,7 @@ class WandbTracker(Tracker):
         for s in samples:
             table.add_data(step, s.get("prompt", ""), s.get("reply", ""))
         self.run.log({"samples": table}, step=step)
+        self._logged(step)
 
     def end(self, summary: dict[str, Any]) -> None:
         for key, value in summary.items():
@@ -121,9 +166,5 @@ def tune_provide(provide):
         WandbSettings,
         requires=("wandb",),
         doc="Weights & Biases: config, metrics by step, samples table, final/ artifact",
+        build=WandbTracker,
     )
-
-
-@hookimpl
-def tune_build_tracker(name, settings, ctx):
-    return WandbTracker(settings, ctx)
