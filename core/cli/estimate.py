@@ -6,7 +6,7 @@ import json
 import sys
 
 import click
-from tune.cli import (
+from tune.cli.base import (
     CONTEXT_SETTINGS,
     _console,
     _plugin_manager,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from tune.cli import CONTEXT_SETTINGS, _console, _plugin_manager, cli, plugin_option
+from tune.cli.base import CONTEXT_SETTINGS, _console, _plugin_manager, cli, plugin_option
 
 trust_option = click.option(
     "--trust-remote-code",

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import click
-from tune.cli import (
+from tune.cli.base import (
     CONTEXT_SETTINGS,
     _console,
     _plugin_manager,

@@ -9,7 +9,3 @@
 - `final`: final/, written like a checkpoint and protected from signals;
 - `atomic`: the one way tune writes a folder or a file so a kill leaves the old or the new.
 """
-
-from tune.train.checkpoints.save import checkpoints_dir, list_checkpoints
-
-__all__ = ["checkpoints_dir", "list_checkpoints"]
