@@ -7,11 +7,13 @@ change in any release. What is here follows the plugin API version `API_VERSION`
 minor version adds, a major version may break); a plugin may declare the range it was built
 for with a module attribute `TUNE_API = ">=2,<3"`, and is not loaded outside it.
 
-Besides the names below, five namespaces group helpers that plugins of one kind share:
+Besides the names below, six namespaces group helpers that plugins of one kind share:
 `chat` (messages, templates, assistant spans: formats), `files` (reading rows, resolving
 paths: data sources), `model_files` (checking a model folder's config, safetensors, tokenizer
 and GGUF files before a library reads them: loaders), `weights` (reading a shard of a
-safetensors checkpoint: strategies), `processes` (joining a multi-process run: strategies).
+safetensors checkpoint: strategies), `processes` (joining a multi-process run: strategies),
+`memory` (what `estimate=` functions receive and return: `Plan`, `AdapterSize`,
+`OptimizerState`, `Sharding`; every kind).
 Importing this module imports no torch.
 """
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 from tune import PLUGIN_API as API_VERSION
 from tune import __version__
+from tune.contract import memory
 from tune.contract.capabilities import Capabilities
 from tune.contract.collectives import Collectives
 from tune.contract.context import RunContext, World
@@ -106,6 +109,7 @@ __all__ = [
     # memory estimates
     "MemoryTerm",
     "ModelShape",
+    "memory",
     # devices and generation
     "auto_device",
     "resolve_precision",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pydantic import Field
+from tune.builtin import memory
 from tune.plugin import AdamStyleSettings, hookimpl
 
 
@@ -12,7 +13,7 @@ class AdamWSettings(AdamStyleSettings):
 
 @hookimpl
 def tune_provide(provide):
-    provide.optimizer("adamw", AdamWSettings, doc="torch.optim.AdamW")
+    provide.optimizer("adamw", AdamWSettings, doc="torch.optim.AdamW", estimate=memory.adamw)
 
 
 @hookimpl

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+from tune.builtin import memory
 from tune.plugin import Capabilities, Settings, Strategy, hookimpl
 
 
@@ -18,6 +19,7 @@ def tune_provide(provide):
         SingleSettings,
         doc="one process, one device (auto: cuda > mps > cpu)",
         capabilities=Capabilities(processes="one"),
+        estimate=memory.single,
     )
 
 

@@ -56,7 +56,7 @@ def estimate(ctx, recipe, gpus, gpu_memory, as_json, overrides, plugin_opts) -> 
     memory = parse_size(gpu_memory) if gpu_memory else None
     pm = _plugin_manager(ctx, plugin_opts)
     rec = load_recipe(find_recipe(recipe), list(overrides), plugins=pm)
-    result = run_estimate(rec, gpus=gpus, gpu_memory=memory)
+    result = run_estimate(rec, gpus=gpus, gpu_memory=memory, plugins=pm)
     if as_json:
         click.echo(json.dumps(result.as_dict(), indent=1))
     else:
@@ -74,7 +74,7 @@ def _print(result, rec) -> None:
     console.print(
         f"[bold]{rec.path}[/bold]: {sh.model_type}, {sh.total_params() / 1e6:,.1f}M parameters "
         f"({sh.layers} layers, hidden {sh.hidden}, vocab {sh.vocab:,}); {s.ranks} x {s.device}, "
-        f"strategy {s.strategy}, weights {s.quantize or s.weight_dtype}, precision "
+        f"strategy {s.strategy.backend.name}, weights {s.quantize or s.weight_dtype}, precision "
         f"{s.precision}, micro-batch {s.micro_batch} x {s.seq} tokens, checkpointing "
         f"{'on' if s.checkpointing else 'off'}, chunked loss {'on' if s.chunked else 'off'}"
     )

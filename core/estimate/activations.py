@@ -5,14 +5,16 @@ tests): each RMSNorm keeps its input and 1/rms, plus the normalized input when i
 trains; the norm outputs are kept when the projections after them train (or carry LoRA);
 attention keeps rotated q, k, v, its output and one log-sum-exp per head; the gated MLP keeps
 gate, up and silu(gate), and their product when down_proj trains (only gate and up with
-`[train] lean_activations`, which recomputes the rest); each LoRA keeps its
-r-wide middle. With checkpointing only each layer's input is kept, and one layer is
-recomputed at a time in backward.
+`[train] lean_activations`, which recomputes the rest); each adapter keeps what it says it
+saves (a LoRA its r-wide middle). An objective that takes several sequences per example (a
+preference pair) multiplies the rows. With checkpointing only each layer's input is kept, and
+one layer is recomputed at a time in backward.
 """
 
 from __future__ import annotations
 
-from tune.estimate.memory import Setup, Term
+from tune.contract.memory import MemoryTerm as Term
+from tune.estimate.setup import Setup
 
 try:  # the chunked loss's own chunk size (a module that imports no torch)
     from tune.train.chunked_loss import CHUNK_ELEMENTS
@@ -35,21 +37,22 @@ def act_elements(s: Setup, full: bool) -> tuple[float, str]:
     norm1_out = h if any(trains[n] for n in ("q_proj", "k_proj", "v_proj")) else 0
     norm2_out = h if trains["gate_proj"] or trains["up_proj"] else 0
     down_in = i if trains["down_proj"] else 0
-    lora_mid = sum(a.rank * len(a.targets) for a in s.adapters if a.method != "ia3")
+    adapter_mid = sum(a.saved for a in s.adapters)  # e.g. each LoRA's r-wide middle
     elements = 2 * h + 2 + norm_w + norm1_out + norm2_out + q + 2 * kv + q + sh.heads
     # lean activations: only gate and up are kept; silu(gate) and the product are recomputed
     mlp = 2 if s.lean else 3 + (1 if down_in else 0)
-    elements += mlp * i + lora_mid
+    elements += mlp * i + adapter_mid
     formula = (
         f"norms 2x(h+1{' +h' if full else ''}) + norm outs + attn (2q + 2kv + heads)"
-        f" + mlp {mlp}i{' (lean)' if s.lean else ''}" + (f" + lora {lora_mid}" if lora_mid else "")
+        f" + mlp {mlp}i{' (lean)' if s.lean else ''}"
+        + (f" + adapters {adapter_mid}" if adapter_mid else "")
     )
     return elements, formula
 
 
 def activation_terms(s: Setup, full: bool) -> list[Term]:
     sh = s.shapes
-    tokens = s.micro_batch * s.seq
+    tokens = s.micro_batch * s.sequences * s.seq  # sequences: a preference pair is 2
     ab = 4 if s.precision == "fp32" else 2
     per_layer, formula = act_elements(s, full)
     norm_extra = 0 if ab == 4 else 4 * sh.hidden  # fp32 upcast inside RMSNorm under autocast
@@ -72,7 +75,7 @@ def activation_terms(s: Setup, full: bool) -> list[Term]:
         logits = Term(
             "logits",
             tokens * sh.vocab * logits_bytes,
-            f"{s.micro_batch} x {s.seq} x vocab {sh.vocab:,} x {logits_bytes} B (fp32 "
+            f"{_rows(s)} x {s.seq} x vocab {sh.vocab:,} x {logits_bytes} B (fp32 "
             "log-softmax kept + its gradient + the logits gradient"
             + (", plus 16-bit logits" if ab == 2 else "")
             + ")",
@@ -107,3 +110,7 @@ def activation_terms(s: Setup, full: bool) -> list[Term]:
         )
     out.append(logits)
     return out
+
+
+def _rows(s: Setup) -> str:
+    return f"{s.micro_batch} x {s.sequences}" if s.sequences > 1 else str(s.micro_batch)

@@ -1,4 +1,4 @@
-"""Model shapes from the config alone: parameter counts per module and adapter sizes.
+"""Model shapes from the config alone: parameter counts per module (adapters count their own).
 
 Reads `config.json` as JSON (no torch import); only when keys the estimate needs are missing does
 it ask transformers' AutoConfig, which fills architecture defaults but imports torch. The
@@ -9,7 +9,6 @@ it ask transformers' AutoConfig, which fills architecture defaults but imports t
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +35,6 @@ LLAMA_LIKE = {
 }
 # Architectures with biases on q/k/v whatever `attention_bias` says.
 QKV_BIAS = {"qwen2"}
-# PEFT's default LoRA targets (target_modules = None) for these families.
-DEFAULT_TARGETS = ["q_proj", "v_proj"]
-IA3_TARGETS, IA3_FEEDFORWARD = ["k_proj", "v_proj", "down_proj"], ["down_proj"]
-ATTN = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP = ("gate_proj", "up_proj", "down_proj")
 
 
@@ -169,59 +164,3 @@ def shapes_from_config(cfg: dict[str, Any], where: str) -> Shapes:
         biases=biases,
         config=cfg,
     )
-
-
-@dataclass
-class Adapter:
-    """What one [[adapt]] step adds: trainable parameters, and which base linears it wraps."""
-
-    method: str
-    params: int
-    targets: list[str]
-    rank: int = 0
-    layers: int = 0
-    saved: list[str] = field(default_factory=list)  # modules_to_save (trainable full copies)
-
-
-def adapter_for(method: str, settings: Any, shapes: Shapes, where: str) -> Adapter:
-    """Exact trainable parameter count of a PEFT LoRA / DoRA / IA3 step from the shapes."""
-    if method not in ("lora", "dora", "ia3"):
-        raise TuneError(
-            f"tune estimate counts lora, dora and ia3 adapters, not '{method}'.",
-            where=where,
-            fix="estimate with method = 'lora' of a similar size, or measure a short run.",
-        )
-    wanted = settings.targets
-    if wanted is None:
-        default = IA3_TARGETS if method == "ia3" else DEFAULT_TARGETS
-        targets = [t for t in default if t in shapes.linears]
-    elif wanted == "all-linear":
-        targets = list(shapes.linears)
-    else:
-        names = [wanted] if isinstance(wanted, str) else list(wanted)
-        targets = [n for n in shapes.linears if any(n == t or n.endswith("." + t) for t in names)]
-        unknown = [t for t in names if t.split(".")[-1] not in shapes.linears]
-        if unknown:
-            raise TuneError(
-                f"targets {unknown} are not linear layers tune estimate knows for "
-                f"'{shapes.model_type}'.",
-                where=where,
-                fix=f"use names among {', '.join(shapes.linears)} (or 'all-linear').",
-            )
-    layers = settings.layers_to_transform
-    n_layers = len([x for x in layers if 0 <= x < shapes.layers]) if layers else shapes.layers
-    r = int(getattr(settings, "r", 0) or 0)
-    per_layer = 0
-    for name in targets:
-        fan_in, fan_out = shapes.linears[name]
-        if method == "ia3":
-            ff = getattr(settings, "feedforward_modules", None) or IA3_FEEDFORWARD
-            per_layer += fan_in if name in ff else fan_out  # scales the input of ff layers
-            continue
-        rank = int(getattr(settings, "rank_pattern", {}).get(name, r))
-        per_layer += rank * (fan_in + fan_out) + (fan_out if method == "dora" else 0)
-    params = per_layer * n_layers
-    saved = list(settings.modules_to_save or [])
-    # modules_to_save: PEFT trains a full copy of each (the head and embeddings are vocab x h).
-    params += sum(shapes.vocab * shapes.hidden for n in saved if n in ("lm_head", "embed_tokens"))
-    return Adapter(method, params, targets, rank=r, layers=n_layers, saved=saved)

@@ -12,6 +12,8 @@ from typing import Literal
 from pydantic import Field
 from tune.plugin import AdamStyleSettings, hookimpl
 
+TUNE_API = ">=2,<3"
+
 StateDType = Literal["bfloat16", "float16", "float32"]
 
 
@@ -26,10 +28,13 @@ class AnyPrecisionSettings(AdamStyleSettings):
 
 @hookimpl
 def tune_provide(provide):
+    from tune_plugin_anyprecision import memory
+
     provide.optimizer(
         "anyprecision_adamw",
         AnyPrecisionSettings,
         doc="AdamW with bf16 (or chosen) state and Kahan-compensated updates",
+        estimate=memory.estimate,
     )
 
 

@@ -9,7 +9,17 @@ from pathlib import Path
 import pytest
 import torch
 from tune.plugin import hookimpl
-from tune.testing import chat_rows, recipe_dict, run_cli, tiny_model, write_jsonl
+from tune.testing import (
+    build_model,
+    chat_rows,
+    load_recipe,
+    recipe_dict,
+    run_cli,
+    tiny_model,
+    write_jsonl,
+    write_plugin,
+    write_recipe,
+)
 
 REPO = Path(__file__).resolve().parents[3]
 PASSKEY_TRAIN = REPO / "recipes" / "data" / "passkey-train.jsonl"
@@ -130,6 +140,53 @@ def test_beacon_then_lora_trains_saves_and_merges(tmp_path, run_recipe, probe):
     with torch.no_grad():
         logits = model(input_ids=torch.tensor(PROBE_IDS)).logits
     assert torch.allclose(logits, probe.logits[-1], atol=1e-4)
+
+
+def test_beacon_weights_stay_trainable_when_lora_follows(tmp_path):
+    """The beacon marks its own parameters (`keep_trainable`): LoRA freezes the rest."""
+    lora = {"method": "lora", "r": 4, "alpha": 8, "targets": ["q_proj", "v_proj"]}
+    data = longctx(tmp_path, adapt_extra=[lora])
+    data["adapt"][0]["only_train_beacon"] = True
+    model, _ = build_model(load_recipe(write_recipe(tmp_path, data)), tmp_path)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    beacon = {n for n in trainable if "beacon_" in n and "lora_" not in n}
+    assert beacon and any("beacon_embedding" in n for n in beacon)
+    assert trainable - beacon and all("lora_" in n for n in trainable - beacon)
+
+
+# An exporter that must never be reached: the core refuses a beacon run before loading anything.
+NEVER_EXPORTER = """
+from tune.plugin import Exporter, hookimpl
+
+
+class Never(Exporter):
+    def write(self, model_dir, files):
+        raise AssertionError("a beacon run reached the exporter")
+
+
+@hookimpl
+def tune_provide(provide):
+    provide.exporter("never", doc="refuses to be reached", build=Never)
+"""
+
+
+def test_export_of_a_beacon_run_is_refused_before_loading(tmp_path):
+    """`mergeable=False`: the beacon adds modules the base architecture lacks, so no plain
+    model of it can be written; the core says so from the recipe alone (final/ holds no
+    weights here, and nothing is loaded)."""
+    env = write_plugin(tmp_path, "never_exporter", NEVER_EXPORTER)
+    final = tmp_path / "run" / "final"
+    final.mkdir(parents=True)
+    write_recipe(final, longctx(tmp_path))
+    out = tmp_path / "exported"
+    res = run_cli(
+        "export", str(tmp_path / "run"), "--format", "never", "--out", str(out),
+        "-p", "never_exporter", env=env,
+    )  # fmt: skip
+    assert res.returncode == 2, res.stdout + res.stderr
+    error = " ".join(res.stderr.split())
+    assert "method = 'beacon'" in error and "does not fold into the base weights" in error, error
+    assert "Traceback" not in res.stderr and not out.exists()
 
 
 def test_generation_past_the_base_models_positions():

@@ -1,6 +1,9 @@
 """`[[adapt]] method = "beacon"`: Activation Beacon long context, plus `passkey` and `long_ppl`.
 
 The model code is in `model.py`; this module declares the backends and wires them into tune.
+The adapter declares `extends_positions` (a recipe may train beyond the base model's positions)
+and `mergeable=False` (it adds modules the base architecture lacks: `tune merge` keeps its files
+beside the merged model, and the core refuses exporting it as a plain model before loading).
 Imports no torch at module level.
 """
 
@@ -9,7 +12,9 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import Field, model_validator
-from tune.plugin import Settings, hookimpl
+from tune.plugin import Capabilities, Settings, hookimpl, keep_trainable
+
+TUNE_API = ">=2,<3"
 
 BEACON_FILE, CONFIG_FILE = "beacon.safetensors", "beacon.json"
 
@@ -73,13 +78,25 @@ class LongPplSettings(Settings):
 @hookimpl
 def tune_provide(provide):
     provide.adapter(
-        "beacon", BeaconSettings, doc="Activation Beacon long context (Llama, Mistral, Qwen2)"
+        "beacon",
+        BeaconSettings,
+        doc="Activation Beacon long context (Llama, Mistral, Qwen2)",
+        capabilities=Capabilities(
+            extends_positions=True,
+            mergeable=False,
+            why={"mergeable": "the beacon adds modules the base architecture does not have"},
+        ),
     )
     provide.metric(
         "passkey", PasskeySettings, doc="5-digit passkey retrieval accuracy by length and depth"
     )
     provide.metric(
-        "long_ppl", LongPplSettings, doc="perplexity on long eval text by position bucket"
+        "long_ppl",
+        LongPplSettings,
+        doc="perplexity on long eval text by position bucket",
+        capabilities=Capabilities(
+            scores=("lm",), why={"scores": "it scores the next-token loss of lm examples"}
+        ),
     )
 
 
@@ -100,10 +117,11 @@ def tune_adapt_model(name, settings, model, ctx):
     if settings.only_train_beacon:
         for param in model.parameters():
             param.requires_grad_(False)
-    for param in beacon_parameters(model).values():
+    params = list(beacon_parameters(model).values())
+    for param in params:
         param.requires_grad_(True)
-    ctx.keep_trainable.append("beacon_")  # stays trainable if LoRA follows
-    n = sum(p.numel() for p in beacon_parameters(model).values())
+    keep_trainable(params)  # stays trainable if LoRA follows
+    n = sum(p.numel() for p in params)
     cfg = model.beacon_config
     ctx.print(
         f"beacon: window {cfg.window}, ratios {cfg.ratios}, {cfg.pos} + {cfg.attn}, sink "

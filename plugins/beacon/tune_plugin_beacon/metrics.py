@@ -89,7 +89,8 @@ def long_ppl(model: Any, data: Any, settings: Any) -> dict[str, float]:
     out = {}
     low = 0
     for b, edge in enumerate(edges):
-        total_loss, total_tokens = data.reduce_sum(loss_sum[b]), data.reduce_sum(tokens[b])
+        reduce = data.collectives.all_reduce_sum
+        total_loss, total_tokens = reduce(loss_sum[b]), reduce(tokens[b])
         if total_tokens:
             out[f"long_ppl@{low + 1}-{edge}"] = math.exp(min(total_loss / total_tokens, 50.0))
         low = edge

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+import tune_plugin_bitsandbytes
 from tune.plugin import hookimpl
 from tune.testing import (
     build_model,
+    check_missing_library,
     load_recipe,
     recipe_dict,
     run_cli,
@@ -65,6 +69,47 @@ def test_quantized_layers_are_really_4bit(tmp_path, tune_plugin):
     assert len(layers) == 4 * 7  # q k v o gate up down in each of 4 layers
     assert layers[0].weight.quant_state.quant_type == "nf4"
     assert not any(inspect.requires_grad)  # frozen until LoRA
+
+
+# In a fresh process: validating recipes (one quantized) and building the quantization's config
+# import no bitsandbytes (its import alone prints a kernel-loading warning on CPU machines).
+NO_BNB_IMPORT = """
+import sys
+from pathlib import Path
+from tune.testing import load_recipe, recipe_dict, write_recipe
+import tune_plugin_bitsandbytes as plugin
+
+tmp = Path(sys.argv[1])
+plain = write_recipe(tmp, recipe_dict(tmp, 8), "plain.toml")
+quantized = recipe_dict(tmp, 8, model={"quantize": "nf4"}, adapt=[{"method": "lora"}])
+quantized = load_recipe(write_recipe(tmp, quantized, "nf4.toml"))
+load_recipe(plain)
+selected = quantized.selected("quantization")
+assert isinstance(selected.backend.build(selected.settings, None), plugin.NF4)
+config = plugin.NF4(selected.settings, None).config()
+assert config.load_in_4bit and config.bnb_4bit_quant_type == "nf4"
+print("bitsandbytes" in sys.modules, "peft" in sys.modules)
+"""
+
+
+def test_plugin_imports_bitsandbytes_only_when_a_recipe_uses_it(tmp_path):
+    res = subprocess.run(
+        [sys.executable, "-c", NO_BNB_IMPORT, str(tmp_path)], capture_output=True, text=True
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.split() == ["False", "False"], res.stdout + res.stderr[-2000:]
+
+
+def test_without_bitsandbytes_its_recipes_are_refused_and_others_validate(tmp_path):
+    check_missing_library(tmp_path, "bitsandbytes", "bitsandbytes", qlora(tmp_path))
+
+
+def test_numel_counts_the_values_a_packed_4bit_weight_holds():
+    plain = torch.nn.Parameter(torch.zeros(8, 4))
+    packed = torch.zeros(16, 1, dtype=torch.uint8)  # 32 4-bit values, 2 per byte
+    packed.quant_state = object()  # what bitsandbytes' Params4bit carries
+    quantization = tune_plugin_bitsandbytes.NF4(tune_plugin_bitsandbytes.QuantSettings(), None)
+    assert quantization.numel(plain) == 32 and quantization.numel(packed) == 32
 
 
 @pytest.mark.parametrize("name", ["paged_adamw_8bit", "paged_adamw_32bit", "lion_8bit"])

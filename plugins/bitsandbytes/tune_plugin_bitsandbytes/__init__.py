@@ -1,16 +1,52 @@
 """QLoRA quantization (`[model] quantize = "nf4" | "fp4" | "int8"`) and bitsandbytes optimizers.
 
-The quantization config goes to the loader through `tune_quantization_config`; after loading,
-`tune_prepare_quantized_model` makes the k-bit model trainable (PEFT's preparation: frozen base,
-fp32 norms, input grads for checkpointing). Imports no torch or bitsandbytes at module level.
+Each quantization is a `tune.plugin.Quantization` the core builds from its declaration: its
+`config()` (a transformers `BitsAndBytesConfig`) goes to the loader, `prepare(model)` makes the
+loaded k-bit model trainable (PEFT's preparation: frozen base, fp32 norms, input grads for
+checkpointing) and `numel(param)` counts the values a packed 4-bit weight holds. Imports no
+torch, peft or bitsandbytes at module level: bitsandbytes is imported only when a recipe
+quantizes or uses one of its optimizers.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Literal
 
 from pydantic import Field
-from tune.plugin import AdamStyleSettings, Settings, hookimpl, resolve_dtype
+from tune.plugin import AdamStyleSettings, Quantization, Settings, hookimpl, resolve_dtype
+
+TUNE_API = ">=2,<3"
+
+
+class _KernelNotice(logging.Filter):
+    """bitsandbytes warns when it is imported that an optional CPU kernel could not be fetched.
+    transformers and peft import it in every run, quantized or not, so the notice is held back
+    here and shown once a recipe really uses bitsandbytes (a quantization or an 8-bit
+    optimizer), where it concerns the user."""
+
+    LOGGER = "bitsandbytes.backends.cpu.ops"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: list[logging.LogRecord] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "gemm_4bit_forward" in record.getMessage():
+            self.held.append(record)
+            return False
+        return True
+
+    def release(self) -> None:
+        logger = logging.getLogger(self.LOGGER)
+        logger.removeFilter(self)
+        for record in self.held:
+            logger.handle(record)
+        self.held.clear()
+
+
+_NOTICE = _KernelNotice()
+logging.getLogger(_KernelNotice.LOGGER).addFilter(_NOTICE)
 
 DType = Literal["auto", "bfloat16", "float16", "float32"]
 
@@ -41,7 +77,68 @@ class LionSettings(OptimSettings):
     betas: tuple[float, float] = (0.9, 0.99)
 
 
-QUANTS = {"nf4": "4-bit NormalFloat (QLoRA)", "fp4": "4-bit float", "int8": "LLM.int8()"}
+class BnbQuantization(Quantization):
+    """A bitsandbytes quantization; subclasses name the quant type (`[model] quantize`)."""
+
+    quant_type = ""
+
+    def config(self):
+        _NOTICE.release()
+        from transformers import BitsAndBytesConfig
+
+        settings = self.settings
+        if self.quant_type == "int8":
+            return BitsAndBytesConfig(
+                load_in_8bit=True,
+                llm_int8_threshold=settings.int8_threshold,
+                llm_int8_skip_modules=settings.skip_modules,
+            )
+        device = self.ctx.world.device if self.ctx is not None else "cpu"
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type=self.quant_type,
+            bnb_4bit_use_double_quant=settings.double_quant,
+            bnb_4bit_compute_dtype=resolve_dtype(settings.compute_dtype, device),
+            bnb_4bit_quant_storage=resolve_dtype(settings.quant_storage, device)
+            if settings.quant_storage != "uint8"
+            else "uint8",
+            llm_int8_skip_modules=settings.skip_modules,
+        )
+
+    def prepare(self, model):
+        from peft import prepare_model_for_kbit_training
+
+        checkpointing = bool(self.ctx is not None and self.ctx.recipe.train.gradient_checkpointing)
+        return prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False} if checkpointing else None,
+        )
+
+    def numel(self, param) -> int:
+        """Packed 4-bit weights hold 8 / 4 = 2 values per byte of storage."""
+        if hasattr(param, "quant_state"):
+            return param.numel() * 2 * param.element_size()
+        return param.numel()
+
+
+class NF4(BnbQuantization):
+    quant_type = "nf4"
+
+
+class FP4(BnbQuantization):
+    quant_type = "fp4"
+
+
+class Int8(BnbQuantization):
+    quant_type = "int8"
+
+
+QUANTS = {
+    "nf4": (NF4, "4-bit NormalFloat (QLoRA)"),
+    "fp4": (FP4, "4-bit float"),
+    "int8": (Int8, "LLM.int8()"),
+}
 OPTIMIZERS = {
     "adamw_8bit": ("AdamW8bit", OptimSettings, "AdamW with 8-bit state"),
     "paged_adamw_8bit": ("PagedAdamW8bit", OptimSettings, "AdamW, 8-bit state in paged memory"),
@@ -52,56 +149,27 @@ OPTIMIZERS = {
 
 @hookimpl
 def tune_provide(provide):
-    for name, doc in QUANTS.items():
-        provide.quantization(name, QuantSettings, doc=doc)
-    for name, (_, settings, doc) in OPTIMIZERS.items():
-        provide.optimizer(name, settings, doc=doc)
+    from tune_plugin_bitsandbytes import memory
 
-
-@hookimpl
-def tune_quantization_config(name, settings, ctx):
-    from transformers import BitsAndBytesConfig
-
-    if name == "int8":
-        return BitsAndBytesConfig(
-            load_in_8bit=True,
-            llm_int8_threshold=settings.int8_threshold,
-            llm_int8_skip_modules=settings.skip_modules,
+    for name, (cls, doc) in QUANTS.items():
+        # peft: its prepare_model_for_kbit_training (the library, not tune's peft plugin)
+        provide.quantization(
+            name,
+            QuantSettings,
+            doc=doc,
+            build=cls,
+            requires=("bitsandbytes", "peft"),
+            estimate=memory.ESTIMATES[name],
         )
-    return BitsAndBytesConfig(
-        load_in_4bit=True,
-        bnb_4bit_quant_type=name,
-        bnb_4bit_use_double_quant=settings.double_quant,
-        bnb_4bit_compute_dtype=resolve_dtype(settings.compute_dtype, ctx.world.device),
-        bnb_4bit_quant_storage=resolve_dtype(settings.quant_storage, ctx.world.device)
-        if settings.quant_storage != "uint8"
-        else "uint8",
-        llm_int8_skip_modules=settings.skip_modules,
-    )
-
-
-@hookimpl
-def tune_prepare_quantized_model(name, settings, model, ctx):
-    from peft import prepare_model_for_kbit_training
-
-    checkpointing = ctx.recipe.train.gradient_checkpointing
-    return prepare_model_for_kbit_training(
-        model,
-        use_gradient_checkpointing=checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if checkpointing else None,
-    )
-
-
-@hookimpl
-def tune_logical_numel(name, settings, param):
-    """Packed 4-bit weights hold 8 / 4 = 2 values per byte of storage."""
-    if hasattr(param, "quant_state"):
-        return param.numel() * 2 * param.element_size()
-    return param.numel()
+    for name, (_, settings, doc) in OPTIMIZERS.items():
+        provide.optimizer(
+            name, settings, doc=doc, requires=("bitsandbytes",), estimate=memory.ESTIMATES[name]
+        )
 
 
 @hookimpl
 def tune_build_optimizer(name, settings, params, ctx):
+    _NOTICE.release()
     import bitsandbytes as bnb
 
     cls = getattr(bnb.optim, OPTIMIZERS[name][0])

@@ -25,11 +25,14 @@ class DDPSettings(MultiProcessSettings):
 
 @hookimpl
 def tune_provide(provide):
+    from tune_plugin_ddp import memory
+
     provide.strategy(
         "ddp",
         DDPSettings,
         doc="DistributedDataParallel (nccl on CUDA, gloo on CPU)",
         capabilities=Capabilities(processes="many"),
+        estimate=memory.estimate,
     )
 
 

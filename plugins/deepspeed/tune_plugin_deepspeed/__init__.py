@@ -73,11 +73,14 @@ def capabilities(settings: DeepSpeedSettings) -> Capabilities:
 
 @hookimpl
 def tune_provide(provide):
+    from tune_plugin_deepspeed import memory
+
     provide.strategy(
         "deepspeed",
         DeepSpeedSettings,
         doc="DeepSpeed ZeRO 1/2/3, CPU/NVMe offload",
         capabilities=capabilities,
+        estimate=memory.estimate,
     )
 
 

@@ -58,12 +58,15 @@ CAPABILITIES = Capabilities(
 
 @hookimpl
 def tune_provide(provide):
+    from tune_plugin_fsdp import memory
+
     provide.strategy(
         "fsdp",
         FSDPSettings,
         doc="PyTorch FSDP2 fully_shard per layer (nccl on CUDA, gloo on CPU), sharded checkpoints",
         requires=("torch",),
         capabilities=CAPABILITIES,
+        estimate=memory.estimate,
     )
 
 

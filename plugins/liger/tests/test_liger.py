@@ -7,9 +7,15 @@ import json
 
 import pytest
 import tune_plugin_liger
-from tune.plugin import TuneError
+from tune.plugin import Capabilities, Settings, TuneError, hookimpl
 from tune.testing import load_recipe, recipe_dict, run_cli, write_recipe
-from tune_plugin_liger import LigerSettings, gpu_present, patch_kwargs, why_not_here
+from tune_plugin_liger import (
+    LigerSettings,
+    capabilities,
+    gpu_present,
+    patch_kwargs,
+    why_not_here,
+)
 
 no_gpu = pytest.mark.skipif(gpu_present(), reason="checks the no-GPU behaviour")
 LIGER = [{"method": "liger"}, {"method": "lora", "r": 4}]
@@ -39,13 +45,52 @@ def test_without_liger_the_same_recipe_validates(tmp_path):
     assert run_cli("validate", str(recipe)).returncode == 0
 
 
-def test_liger_with_the_unsloth_loader_is_refused(tmp_path, monkeypatch):
+# The kernel names the unsloth loader declares it replaces (tune-plugin-unsloth's KERNELS).
+UNSLOTH_KERNELS = ("rms_norm", "rope", "swiglu", "cross_entropy")
+
+
+def test_liger_declares_a_cuda_device_and_the_kernels_it_patches():
+    caps = capabilities(LigerSettings())
+    assert caps.devices == ("cuda",)
+    assert caps.replaces_kernels == UNSLOTH_KERNELS  # the same names: the core compares them
+    assert caps.why["devices"] and caps.why["replaces_kernels"]
+    fewer = capabilities(LigerSettings(rope=False, fused_linear_cross_entropy=False))
+    assert fewer.replaces_kernels == ("rms_norm", "swiglu")
+
+
+class KernelLoader:
+    """Loader `kernels`: declares that it replaces Unsloth's kernels (as the unsloth loader
+    does); it never loads anything, the recipe is refused at validation."""
+
+    class LoaderSettings(Settings):
+        trust_remote_code: bool = False
+
+    @hookimpl
+    def tune_provide(self, provide):
+        provide.loader(
+            "kernels",
+            self.LoaderSettings,
+            doc="a loader that swaps Unsloth's kernels in",
+            capabilities=Capabilities(replaces_kernels=UNSLOTH_KERNELS),
+        )
+
+    @hookimpl
+    def tune_load_model(self, name, settings, ctx, want):
+        raise AssertionError("validation only")
+
+
+@pytest.mark.gpu
+def test_liger_beside_a_loader_that_replaces_the_same_kernels_is_refused(
+    tmp_path, monkeypatch, tune_plugin
+):
+    """The unsloth loader declares these kernels; the core refuses the pair before loading
+    (a CUDA device must be visible: without one liger is refused for that first)."""
     monkeypatch.setattr(tune_plugin_liger, "why_not_here", lambda: None)
-    path = write_recipe(tmp_path, recipe_dict(tmp_path, 8, adapt=LIGER))
-    recipe = load_recipe(path)
-    recipe.model.loader = "unsloth"
-    with pytest.raises(TuneError, match="Unsloth patches the same layers"):
-        tune_plugin_liger.tune_check_recipe(recipe)
+    tune_plugin(KernelLoader(), "kernels")
+    data = recipe_dict(tmp_path, 8, adapt=LIGER)
+    data["model"]["loader"] = "kernels"
+    with pytest.raises(TuneError, match="both replace the model's cross_entropy, rms_norm"):
+        load_recipe(write_recipe(tmp_path, data))
 
 
 def test_settings_map_onto_ligers_api():

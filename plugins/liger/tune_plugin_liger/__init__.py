@@ -6,8 +6,10 @@
 RMSNorm, rotary embeddings and the SwiGLU MLP run as fused kernels, and with
 `fused_linear_cross_entropy` the model's own forward computes the loss without the full logits
 (tune's chunked loss then stands aside for Liger's: the model's forward is Liger's). Without a
-CUDA GPU, or without liger-kernel installed, STATUS says so and recipes using it are refused at
-validation. No torch or liger import at module level.
+CUDA GPU, or without liger-kernel installed, STATUS says so and the core refuses recipes using it
+at validation. The step declares the kernels it replaces (`replaces_kernels`), so the core also
+refuses it beside another backend that swaps the same ones (the unsloth loader). No torch or
+liger import at module level.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import Field
-from tune.plugin import Settings, TuneError, hookimpl
+from tune.plugin import Capabilities, Settings, TuneError, hookimpl
+
+TUNE_API = ">=2,<3"
 
 METHOD = "liger"
 # model_type -> the liger_kernel.transformers function that patches that architecture
@@ -38,10 +42,36 @@ class LigerSettings(Settings):
     )
 
 
+def replaced_kernels(settings: LigerSettings) -> tuple[str, ...]:
+    """The model kernels Liger swaps in for these settings, by the names every backend uses
+    for them (`Capabilities.replaces_kernels`)."""
+    chosen = {
+        "rms_norm": settings.rms_norm,
+        "rope": settings.rope,
+        "swiglu": settings.swiglu,
+        "cross_entropy": settings.fused_linear_cross_entropy,
+    }
+    return tuple(kernel for kernel, on in chosen.items() if on)
+
+
+def capabilities(settings: LigerSettings) -> Capabilities:
+    return Capabilities(
+        devices=("cuda",),
+        replaces_kernels=replaced_kernels(settings),
+        why={
+            "devices": "Liger's kernels are Triton GPU kernels",
+            "replaces_kernels": "Liger patches these layers with its fused kernels",
+        },
+    )
+
+
 @hookimpl
 def tune_provide(provide):
     provide.adapter(
-        METHOD, LigerSettings, doc="Liger kernels for Llama/Mistral/Qwen2 (CUDA GPU only)"
+        METHOD,
+        LigerSettings,
+        doc="Liger kernels for Llama/Mistral/Qwen2 (CUDA GPU only)",
+        capabilities=capabilities,
     )
 
 
@@ -55,9 +85,13 @@ def gpu_present() -> bool:
 
 
 def why_not_here() -> str | None:
-    """Why Liger cannot run on this machine, or None."""
+    """Why Liger cannot run on this machine, or None. As STATUS, the core refuses recipes with a
+    liger step with this line (so it says the way out on any device too)."""
     if not gpu_present():
-        return "needs a CUDA GPU (Liger's kernels are Triton GPU kernels)"
+        return (
+            "needs a CUDA GPU (Liger's kernels are Triton GPU kernels; tune's chunked loss, "
+            "[train] chunked_loss = true, keeps the logits out of memory on any device)"
+        )
     if importlib.util.find_spec("liger_kernel") is None:
         return 'liger-kernel not installed: pip install "tune-plugin-liger[liger]"'
     return None
@@ -66,32 +100,6 @@ def why_not_here() -> str | None:
 @hookimpl
 def tune_plugin_status():
     return why_not_here()
-
-
-def _uses_liger(recipe) -> bool:
-    return any(s.backend.name == METHOD for s in recipe.backends.get("adapt", []))
-
-
-@hookimpl
-def tune_check_recipe(recipe):
-    if not _uses_liger(recipe):
-        return
-    reason = why_not_here()
-    if reason:
-        raise TuneError(
-            f"[[adapt]] method = 'liger' cannot run here: {reason}.",
-            where=f"{recipe.path}: [[adapt]] method",
-            fix="remove the liger step (tune's chunked loss, [train] chunked_loss = true, "
-            "already keeps the logits out of memory on any device), or run on a CUDA machine.",
-        )
-    if recipe.model.loader == "unsloth":
-        raise TuneError(
-            "[[adapt]] method = 'liger' with loader = 'unsloth': Unsloth patches the same "
-            "layers with its own kernels.",
-            where=f"{recipe.path}: [[adapt]] method",
-            fix="remove the liger step (Unsloth already fuses these), or use loader = "
-            '"transformers".',
-        )
 
 
 # -- the work (GPU) -------------------------------------------------------------------------------

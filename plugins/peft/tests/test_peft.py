@@ -8,8 +8,9 @@ import sys
 
 import pytest
 import torch
-from tune.plugin import hookimpl
-from tune.testing import recipe_dict, run_cli
+from tune.plugin import TuneError, hookimpl
+from tune.testing import recipe_dict, run_cli, tiny_model
+from tune_plugin_peft import recognize_adapter
 
 PROBE_IDS = [[1, 40, 50, 60, 70, 80, 90, 100, 5, 6, 7]]
 
@@ -142,3 +143,37 @@ def test_merge_refuses_to_overwrite_and_explains(tmp_path):
     res = run_cli("merge", str(tmp_path), "--out", str(tmp_path / "out"))
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert (tmp_path / "out" / "x").read_text() == "keep me"
+
+
+def test_recognizes_a_peft_adapter_directory_and_nothing_else(tmp_path):
+    assert recognize_adapter(tmp_path) is None  # no adapter_config.json: not PEFT's
+    config = {"base_model_name_or_path": "org/base", "peft_type": "LORA", "use_dora": True}
+    (tmp_path / "adapter_config.json").write_text(json.dumps(config))
+    assert recognize_adapter(tmp_path) == {
+        "model": {"path": "org/base"},
+        "adapt": [{"method": "dora"}],
+    }
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"peft_type": "LOHA"}))
+    with pytest.raises(TuneError, match="no base_model_name_or_path"):
+        recognize_adapter(tmp_path)
+
+
+@pytest.mark.slow
+def test_merge_opens_an_adapter_that_plain_peft_wrote(tmp_path):
+    """No recipe.toml: the adapters' `recognizes=` tells `tune merge` the base and method."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(str(tiny_model()), dtype=torch.float32)
+    config = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    model = get_peft_model(base, config).eval()
+    with torch.no_grad():
+        want = model(input_ids=torch.tensor(PROBE_IDS)).logits
+    model.save_pretrained(str(tmp_path / "adapter"))
+    merged = tmp_path / "merged"
+    res = run_cli("merge", str(tmp_path / "adapter"), "--out", str(merged), "--dtype", "fp32")
+    assert res.returncode == 0, res.stderr
+    plain = AutoModelForCausalLM.from_pretrained(str(merged), dtype=torch.float32).eval()
+    with torch.no_grad():
+        got = plain(input_ids=torch.tensor(PROBE_IDS)).logits
+    assert torch.allclose(got, want, atol=1e-5), float((got - want).abs().max())

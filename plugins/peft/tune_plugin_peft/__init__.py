@@ -2,7 +2,8 @@
 
 The adapter is saved by PEFT itself (`final/` holds adapter_config.json and
 adapter_model.safetensors), so `PeftModel.from_pretrained` loads it with tune uninstalled.
-Imports no torch or peft at module level.
+Each method declares `recognizes=`: `tune merge` and `tune chat` open a PEFT adapter directory
+any tool wrote. Imports no torch or peft at module level.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 from tune.plugin import Settings, TuneError, hookimpl
+
+TUNE_API = ">=2,<3"
 
 Targets = Literal["all-linear"] | list[str] | None
 
@@ -72,8 +75,18 @@ DOCS = {
 
 @hookimpl
 def tune_provide(provide):
+    from tune_plugin_peft import memory
+
     for method, settings in METHODS.items():
-        provide.adapter(method, settings, doc=DOCS[method])
+        # mergeable (the default): every method folds into the base weights (tune_merge_adapter)
+        provide.adapter(
+            method,
+            settings,
+            doc=DOCS[method],
+            requires=("peft",),
+            recognizes=recognize_adapter,
+            estimate=memory.ESTIMATES[method],
+        )
 
 
 def peft_config(method: str, settings: Any):
@@ -148,10 +161,10 @@ def tune_merge_adapter(name, settings, model, adapter_dir, ctx):
     return peft.PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
 
 
-@hookimpl
-def tune_recipe_for_artifact(path):
-    """A PEFT adapter directory saved by any tool: its base model and method, from PEFT's own
-    adapter_config.json (so `tune merge` and `tune chat` open it)."""
+def recognize_adapter(path):
+    """A PEFT adapter directory saved by any tool: the recipe table of its base model and
+    method, from PEFT's own adapter_config.json (so `tune merge` and `tune chat` open it);
+    None for any other directory."""
     import json
     from pathlib import Path
 

@@ -7,8 +7,7 @@ import json
 import math
 
 import pytest
-import tune_plugin_preference
-from tune.plugin import IGNORE, TuneError
+from tune.plugin import IGNORE, RunData, TuneError
 from tune.testing import (
     final_weights,
     load_recipe,
@@ -20,6 +19,13 @@ from tune.testing import (
     write_recipe,
 )
 from tune_plugin_preference.formats import PreferenceFormat, PreferenceSettings
+from tune_plugin_preference.objectives import DPOObjective
+
+
+def _prepared(objective, model):
+    """The objective after its one entry point, as a run calls it before the first step."""
+    objective.prepare(model, RunData(train=[], eval=[], micro_batch_size=4, pad_id=0, device="cpu"))
+    return objective
 
 
 def _format(max_seq_len: int = 256, **keys) -> PreferenceFormat:
@@ -79,6 +85,13 @@ def test_truncation_keeps_prompt_end_and_reply_start():
     "row,message",
     [
         ({"prompt": "hi", "rejected": "no"}, "no 'chosen'"),
+        ({"prompt": "hi", "chosen": None, "rejected": "no"}, "'chosen' reply is null"),
+        ({"prompt": "hi", "chosen": "yes", "rejected": {"role": "gpt"}}, "expected role/content"),
+        (
+            {"prompt": "hi", "chosen": [{"role": "assistant", "content": None}], "rejected": "x"},
+            "'chosen' message 0 (role 'assistant') has content: null",
+        ),
+        ({"prompt": [{"role": "robot", "content": "x"}], "chosen": "a", "rejected": "b"}, "robot"),
         ({"prompt": "hi", "chosen": "", "rejected": "no"}, "'chosen' is empty"),
         ({"prompt": "hi", "chosen": "yes", "rejected": []}, "'rejected' is empty"),
         ({"chosen": "yes", "rejected": "no"}, "no prompt"),
@@ -125,7 +138,22 @@ def test_perplexity_on_pairs_is_refused(tmp_path, dpo_recipe_of):
     recipe["data"]["eval_fraction"] = 0.25
     result = run_cli("validate", str(write_recipe(tmp_path, recipe)))
     assert result.returncode == 2
-    assert 'metrics = ["preference"]' in " ".join((result.stdout + result.stderr).split())
+    out = " ".join((result.stdout + result.stderr).split())
+    assert "metric 'perplexity' scores 'lm' examples" in out and "Traceback" not in out
+    assert "use metrics that score them (" in out and "preference" in out  # the way out
+
+
+def test_preference_metric_on_lm_examples_is_refused(tmp_path):
+    """The metric declares what it scores: pairs and KTO replies, not a causal-LM run's."""
+    from tune.testing import recipe_dict
+
+    recipe = recipe_dict(tmp_path, 16, eval={"metrics": ["preference"]})
+    recipe["data"]["eval_fraction"] = 0.25
+    result = run_cli("validate", str(write_recipe(tmp_path, recipe)))
+    assert result.returncode == 2
+    out = " ".join((result.stdout + result.stderr).split())
+    assert "metric 'preference' scores 'preference' or 'kto' examples" in out, out
+    assert "Traceback" not in out
 
 
 # -- the reference model --------------------------------------------------------------------------
@@ -156,9 +184,7 @@ def test_adapter_reference_allocates_no_second_model(tmp_path, dpo_recipe_of):
 
     recipe = load_recipe(write_recipe(tmp_path, dpo_recipe_of()))
     model, _ = build_model(recipe, tmp_path)
-    objective = tune_plugin_preference.tune_build_objective(
-        "dpo", recipe.selected("objective").settings, None
-    )
+    objective = DPOObjective(recipe.selected("objective").settings, None)
 
     def modules() -> int:
         gc.collect()
@@ -166,7 +192,7 @@ def test_adapter_reference_allocates_no_second_model(tmp_path, dpo_recipe_of):
 
     before_modules = modules()
     params = sum(p.numel() for p in model.parameters())
-    objective.setup(model, None)
+    _prepared(objective, model)
     batch = objective.collate(tune_plugin_preference_examples(recipe), 0)
     out = objective.loss(model, batch)
     out.loss.backward()
@@ -174,11 +200,9 @@ def test_adapter_reference_allocates_no_second_model(tmp_path, dpo_recipe_of):
     assert modules() == before_modules
     assert sum(p.numel() for p in model.parameters()) == params
     # a full fine-tune, by contrast, keeps a frozen copy: same parameter count again
-    full = tune_plugin_preference.tune_build_objective(
-        "dpo", recipe.selected("objective").settings, None
-    )
+    full = DPOObjective(recipe.selected("objective").settings, None)
     base = model.get_base_model()
-    full.setup(base, None)
+    _prepared(full, base)
     assert full.reference.copy is not None
     assert not any(p.requires_grad for p in full.reference.copy.parameters())
 
@@ -250,9 +274,7 @@ def test_packed_batches_keep_pairs_whole_and_match_padded(tmp_path, pairs, dpo_r
 def test_packed_collate_never_splits_a_pair(tmp_path, dpo_recipe_of):
     recipe = load_recipe(write_recipe(tmp_path, dpo_recipe_of()))
     examples = tune_plugin_preference_examples(recipe)
-    objective = tune_plugin_preference.tune_build_objective(
-        "dpo", recipe.selected("objective").settings, None
-    )
+    objective = DPOObjective(recipe.selected("objective").settings, None)
     batch = objective.collate_packed([examples[:3], examples[3:]], 0)
     assert objective.count(batch) == 4
     for k, example in enumerate(examples):
@@ -266,9 +288,7 @@ def test_packed_collate_never_splits_a_pair(tmp_path, dpo_recipe_of):
 def test_eval_padding_counts_for_nothing(tmp_path, dpo_recipe_of):
     recipe = load_recipe(write_recipe(tmp_path, dpo_recipe_of()))
     examples = tune_plugin_preference_examples(recipe)
-    objective = tune_plugin_preference.tune_build_objective(
-        "dpo", recipe.selected("objective").settings, None
-    )
+    objective = DPOObjective(recipe.selected("objective").settings, None)
     batch = objective.collate(examples[:2] + [objective.empty_like(examples[0])], 0)
     assert objective.count(batch) == 2
 
@@ -288,7 +308,11 @@ def test_full_fine_tune_reference_under_zero3_is_refused(tmp_path, dpo_recipe_of
     recipe.pop("adapt")
     result = run_cli("validate", str(write_recipe(tmp_path, recipe)))
     assert result.returncode == 2
-    assert "zero_stage = 2" in " ".join((result.stdout + result.stderr).split())
+    out = " ".join((result.stdout + result.stderr).split())
+    assert "keeps a frozen copy of the model as its reference" in out, out
+    # the ways out: precompute the reference, or train an adapter
+    assert "precompute_ref = true" in out and 'method = "lora"' in out
+    assert "Traceback" not in out
 
 
 def test_sft_weight_adds_the_chosen_per_token_nll(tmp_path, dpo_recipe_of):
@@ -300,8 +324,7 @@ def test_sft_weight_adds_the_chosen_per_token_nll(tmp_path, dpo_recipe_of):
     losses = []
     for weight in (0.0, 0.5):
         settings = recipe.selected("objective").settings.model_copy(update={"sft_weight": weight})
-        objective = tune_plugin_preference.tune_build_objective("dpo", settings, None)
-        objective.setup(model, None)
+        objective = _prepared(DPOObjective(settings, None), model)
         batch = objective.collate(tokenize(recipe).train[:4], 0)
         losses.append(float(objective.loss(model, batch).loss))
     import torch
@@ -326,10 +349,7 @@ def test_log_probs_come_chunked_and_equal_the_full_logits_way(tmp_path, dpo_reci
 
     recipe = load_recipe(write_recipe(tmp_path, dpo_recipe_of()))
     model, _ = build_model(recipe, tmp_path)
-    objective = tune_plugin_preference.tune_build_objective(
-        "dpo", recipe.selected("objective").settings, None
-    )
-    objective.setup(model, None)
+    objective = _prepared(DPOObjective(recipe.selected("objective").settings, None), model)
     pairs = tokenize(recipe).train[:4]
     batch = (
         objective.collate_packed([pairs[:2], pairs[2:]], 0) if pack else objective.collate(pairs, 0)

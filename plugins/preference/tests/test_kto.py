@@ -52,6 +52,27 @@ def test_kto_row_without_boolean_label_is_a_file_line_error(tmp_path, pairs, dpo
     assert "pairs.jsonl:3" in out and "boolean" in out and "Traceback" not in out
 
 
+def test_kto_with_packing_is_refused(tmp_path, pairs, dpo_recipe_of):
+    recipe = kto_recipe(dpo_recipe_of, kto_rows(pairs(8)))
+    recipe["data"]["pack"] = True
+    result = run_cli("validate", str(write_recipe(tmp_path, recipe)))
+    assert result.returncode == 2
+    out = " ".join((result.stdout + result.stderr).split())
+    assert "objective 'kto' does not train on packed micro-batches" in out, out
+    assert "another row's reply" in out and "pack = false" in out and "Traceback" not in out
+
+
+def test_kto_full_fine_tune_under_zero3_is_refused(tmp_path, pairs, dpo_recipe_of):
+    recipe = kto_recipe(
+        dpo_recipe_of, kto_rows(pairs(8)), strategy={"name": "deepspeed", "zero_stage": 3}
+    )
+    recipe.pop("adapt")
+    result = run_cli("validate", str(write_recipe(tmp_path, recipe)))
+    assert result.returncode == 2
+    out = " ".join((result.stdout + result.stderr).split())
+    assert "objective 'kto' keeps a frozen copy" in out and 'method = "lora"' in out, out
+
+
 def test_kto_loss_is_the_papers_formula():
     ratios = torch.tensor([0.3, -0.2, 1.5, -2.0], dtype=torch.float64)
     desirable = torch.tensor([True, True, False, False])
@@ -128,8 +149,9 @@ def test_kto_kl_reference_point_is_the_mean_over_ranks(tmp_path, pairs, dpo_reci
     / (its count + rank 1's count), through the objective's cross-rank sum."""
     from types import SimpleNamespace
 
-    import tune_plugin_preference
+    from tune.plugin import RunData
     from tune.testing import tokenize
+    from tune_plugin_preference.objectives import KTOObjective
 
     recipe = load_recipe(write_recipe(tmp_path, kto_recipe(dpo_recipe_of, kto_rows(pairs(8)))))
     model, _ = build_model(recipe, tmp_path)
@@ -137,9 +159,10 @@ def test_kto_kl_reference_point_is_the_mean_over_ranks(tmp_path, pairs, dpo_reci
     settings = recipe.selected("objective").settings
 
     def objective_with(reduce):
-        objective = tune_plugin_preference.tune_build_objective("kto", settings, None)
-        objective.setup(model, None)
-        objective.run = SimpleNamespace(all_reduce_sum=reduce)
+        """The objective of a run whose collectives sum over ranks with `reduce`."""
+        ctx = SimpleNamespace(collectives=SimpleNamespace(all_reduce_sum=reduce))
+        objective = KTOObjective(settings, ctx)
+        objective.prepare(model, RunData([], [], 4, 0, "cpu", collectives=ctx.collectives))
         return objective
 
     def sent() -> dict[int, list[float]]:

@@ -2,22 +2,69 @@
 
 Data formats `preference` (prompt + chosen + rejected) and `kto` (labelled replies), objectives
 `dpo` (sigmoid, ipo, hinge, robust), `simpo`, `orpo` and `kto`, and the metric `preference`
-(eval loss and rewards). Only `tune.plugin` is imported from
-tune; torch is imported inside the hooks.
+(eval loss and rewards). Each objective is a class the core builds (`build=`); what it needs
+(a reference, whole rows, no packing) is declared as capabilities, which the core checks
+against the recipe before anything loads. Only `tune.plugin` is imported from tune; torch is
+imported inside the hooks.
 """
 
 from __future__ import annotations
 
-from tune.plugin import TuneError, hookimpl
+from tune.plugin import Capabilities, hookimpl
 
 from .formats import KTOSettings as KTODataSettings
 from .formats import PreferenceSettings
-from .objectives import DPOSettings, KTOSettings, ORPOSettings, SimPOSettings
+from .objectives import (
+    DPOObjective,
+    DPOSettings,
+    KTOObjective,
+    KTOSettings,
+    ORPOObjective,
+    ORPOSettings,
+    SimPOObjective,
+    SimPOSettings,
+)
 
-TUNE_API = ">=1,<2"
+TUNE_API = ">=2,<3"
 
 PAIRS = "preference"  # the example kind: a chosen and a rejected sequence per example
 LABELLED = "kto"  # the example kind: one reply with a desirable / undesirable label
+
+
+def dpo_capabilities(settings: DPOSettings) -> Capabilities:
+    """DPO keeps a reference (the base under the adapter, or a frozen copy in a full
+    fine-tune), unless `precompute_ref` scores every pair with it once before training: then
+    no copy is kept, and every pair must be in memory before the first step."""
+    precompute = bool(settings.precompute_ref)
+    return Capabilities(
+        needs_reference=not precompute,
+        streams=not precompute,
+        sequences_per_example=2,  # chosen and rejected
+        full_logits=False,  # label log-probs chunk by chunk (token_logprobs)
+        why={
+            "needs_reference": "set [objective] precompute_ref = true to score the reference "
+            "once before training instead, with no copy kept",
+            "streams": "precompute_ref scores every pair once before training, but streamed "
+            "pairs are read only as training reaches them; set precompute_ref = false to run "
+            "the reference alongside each step",
+        },
+    )
+
+
+# SimPO and ORPO are reference-free: no reference forward, no frozen copy.
+REFERENCE_FREE = Capabilities(sequences_per_example=2, full_logits=False)
+
+KTO = Capabilities(
+    needs_reference=True,
+    packs=False,
+    sequences_per_example=2,  # each reply, and its prompt with another row's reply (the KL)
+    full_logits=False,
+    why={
+        "packs": "its KL estimate pairs each prompt with another row's reply inside a padded "
+        "micro-batch",
+        "needs_reference": "kto has no precompute_ref yet",
+    },
+)
 
 
 @hookimpl
@@ -35,18 +82,46 @@ def tune_provide(provide):
         examples=LABELLED,
     )
     provide.objective(
-        "kto", KTOSettings, doc="KTO: labelled replies, KL from mismatched pairs", examples=LABELLED
+        "kto",
+        KTOSettings,
+        doc="KTO: labelled replies, KL from mismatched pairs",
+        examples=LABELLED,
+        build=KTOObjective,
+        capabilities=KTO,
     )
     provide.objective(
-        "dpo", DPOSettings, doc="DPO against the base: sigmoid, ipo, hinge, robust", examples=PAIRS
+        "dpo",
+        DPOSettings,
+        doc="DPO against the base: sigmoid, ipo, hinge, robust",
+        examples=PAIRS,
+        build=DPOObjective,
+        capabilities=dpo_capabilities,
     )
     provide.objective(
-        "simpo", SimPOSettings, doc="SimPO: reference-free, length-normalized", examples=PAIRS
+        "simpo",
+        SimPOSettings,
+        doc="SimPO: reference-free, length-normalized",
+        examples=PAIRS,
+        build=SimPOObjective,
+        capabilities=REFERENCE_FREE,
     )
     provide.objective(
-        "orpo", ORPOSettings, doc="ORPO: SFT loss + odds-ratio term, reference-free", examples=PAIRS
+        "orpo",
+        ORPOSettings,
+        doc="ORPO: SFT loss + odds-ratio term, reference-free",
+        examples=PAIRS,
+        build=ORPOObjective,
+        capabilities=REFERENCE_FREE,
     )
-    provide.metric("preference", None, doc="eval loss, rewards and reward accuracy of pairs")
+    provide.metric(
+        "preference",
+        None,
+        doc="eval loss, rewards and reward accuracy of pairs (or KTO replies)",
+        capabilities=Capabilities(
+            scores=(PAIRS, LABELLED),
+            why={"scores": "it reports the loss and rewards of the preference objectives"},
+        ),
+    )
 
 
 @hookimpl
@@ -62,70 +137,9 @@ def tune_format_data(name, settings, tokenizer, ctx):
 
 
 @hookimpl
-def tune_build_objective(name, settings, ctx):
-    from .objectives import DPOObjective, KTOObjective, ORPOObjective, SimPOObjective
-
-    cls = {
-        "dpo": DPOObjective,
-        "simpo": SimPOObjective,
-        "orpo": ORPOObjective,
-        "kto": KTOObjective,
-    }[name]
-    return cls(settings, ctx)
-
-
-@hookimpl
 def tune_evaluate(names, settings, model, data, ctx):
     if "preference" not in names:
         return None
     from .metrics import evaluate_pairs
 
     return evaluate_pairs(model, data)
-
-
-@hookimpl
-def tune_check_recipe(recipe):
-    """Pairs have no next-token loss of their own: the perplexity metric cannot score them."""
-    objective = recipe.selected("objective")
-    if objective is None or objective.backend.examples not in (PAIRS, LABELLED):
-        return
-    if objective.backend.examples == LABELLED and recipe.data.pack:
-        raise TuneError(
-            "objective 'kto' does not pack: its KL estimate pairs each prompt with another "
-            "row's reply inside a padded micro-batch.",
-            where=f"{recipe.path}: [data] pack",
-            fix="set pack = false.",
-        )
-    name = objective.backend.name
-    precompute = bool(getattr(objective.settings, "precompute_ref", False))
-    if precompute and recipe.data.streaming:
-        raise TuneError(
-            "precompute_ref scores every pair once before training, but streamed pairs are "
-            "read only as training reaches them.",
-            where=f"{recipe.path}: [objective] precompute_ref",
-            fix="set precompute_ref = false (the reference then runs alongside each step), or "
-            "[data] streaming = false.",
-        )
-    strategy = recipe.selected("strategy")
-    zero3 = getattr(getattr(strategy, "settings", None), "zero_stage", None) == 3
-    if name in ("dpo", "kto") and zero3 and not recipe.backends.get("adapt") and not precompute:
-        fix = (
-            "set [objective] precompute_ref = true (reference log-probs computed once before "
-            "training, no copy), "
-            if name == "dpo"
-            else ""
-        )
-        raise TuneError(
-            f"objective '{name}' keeps a frozen copy of the model as its reference in a full "
-            "fine-tune, which ZeRO-3's partitioned parameters do not allow.",
-            where=f"{recipe.path}: [strategy] zero_stage",
-            fix=fix + 'train an adapter ([[adapt]] method = "lora": the reference is then the '
-            "base with the adapter off), or use zero_stage = 2.",
-        )
-    has_eval = bool(recipe.data.eval or recipe.data.eval_fraction)
-    if has_eval and "perplexity" in recipe.backends.get("metrics", {}):
-        raise TuneError(
-            "metric 'perplexity' scores next-token loss, which preference data does not have.",
-            where=f"{recipe.path}: [eval] metrics",
-            fix='use metrics = ["preference"] (eval loss, rewards and reward accuracy).',
-        )

@@ -2,8 +2,9 @@
 
 Rows come in the OpenAI/TRL layout (`prompt` + `chosen` + `rejected`, each a string, a message
 or a message list) or the ShareGPT layout LLaMA-Factory ships (`conversations` + `chosen` and
-`rejected` messages with from/value). Checking needs no tokenizer and no torch, so
-`tune validate` runs it on every row.
+`rejected` messages with from/value). Messages are read and rendered by tune's own chat helpers
+(`tune.plugin.chat`), as every chat format reads them. Checking needs no tokenizer and no torch,
+so `tune validate` runs it on every row.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from pydantic import Field
-from tune.plugin import CHAT_ROLES, IGNORE, DataFormat, Settings, TuneError, use_chat_template
+from tune.plugin import IGNORE, DataFormat, Settings, TuneError, chat
 
 Messages = list[dict[str, str]]
 
@@ -37,41 +38,10 @@ def _fail(message: str, where: str, fix: str) -> TuneError:
     return TuneError(message, where=where, fix=fix)
 
 
-def _content(value: Any, where: str, what: str) -> str:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, list) and all(
-        isinstance(p, dict) and p.get("type") == "text" for p in value
-    ):  # OpenAI content parts
-        return "".join(p.get("text", "") for p in value)
-    raise _fail(
-        f"{what} must be text, got {type(value).__name__}.",
-        where,
-        "give message content as a string.",
-    )
-
-
 def _message(turn: Any, where: str, what: str) -> dict[str, str]:
-    if not isinstance(turn, dict):
-        raise _fail(f"{what} is not a message object.", where, 'write it as {"role", "content"}.')
-    raw_role = turn.get("role", turn.get("from"))
-    content = turn.get("content", turn.get("value"))
-    if raw_role is None or content is None:
-        raise _fail(
-            f"{what} has keys {sorted(turn)}; expected role/content (OpenAI) or from/value "
-            "(ShareGPT).",
-            where,
-            'write each message as {"role": ..., "content": ...}.',
-        )
-    role = CHAT_ROLES.get(str(raw_role).lower())
-    if role is None:
-        raise _fail(
-            f"{what} has role '{raw_role}', which format 'preference' does not know "
-            f"(known: {', '.join(sorted(CHAT_ROLES))}).",
-            where,
-            "map the roles to user/assistant/system before training.",
-        )
-    return {"role": role, "content": _content(content, where, f"{what} content")}
+    """One OpenAI (role/content) or ShareGPT (from/value) turn as a {role, content} message;
+    no tool roles (a pair compares plain replies)."""
+    return chat.message(turn, where, what, tools=False)
 
 
 def _reply(row: dict, key: str, where: str) -> Messages:
@@ -80,8 +50,10 @@ def _reply(row: dict, key: str, where: str) -> Messages:
         f"every pair needs a non-empty '{key}' reply: a string, a message "
         '{"role": "assistant", "content": ...} or a list of messages; fix or remove the row.'
     )
-    if key not in row or row[key] is None:
+    if key not in row:
         raise _fail(f"row has no '{key}' reply; it has {sorted(row)}.", where, fix)
+    if row[key] is None:
+        raise _fail(f"row's '{key}' reply is null.", where, fix)
     value = row[key]
     if isinstance(value, str):
         messages = [{"role": "assistant", "content": value}]
@@ -170,19 +142,6 @@ def normalize_pair(row: dict, settings: PreferenceSettings, where: str):
     return prompt, _reply(row, "chosen", where), _reply(row, "rejected", where)
 
 
-def render(tokenizer: Any, messages: Messages, generation: bool, where: str) -> str:
-    try:
-        return tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=generation
-        )
-    except Exception as exc:  # jinja raises TemplateError and friends for bad conversations
-        raise _fail(
-            f"the chat template rejected this conversation: {str(exc).splitlines()[0]}.",
-            where,
-            "check the roles and their order, or pick another template.",
-        ) from None
-
-
 def tokenize_reply(tokenizer: Any, prompt: Messages, reply: Messages, where: str):
     """Token ids of prompt + reply and how many of them are the prompt.
 
@@ -190,8 +149,8 @@ def tokenize_reply(tokenizer: Any, prompt: Messages, reply: Messages, where: str
     generation prompt ends, and tokens are assigned by their character offsets, so the tokens
     are exactly those the model sees at inference.
     """
-    head = render(tokenizer, prompt, True, where)
-    text = render(tokenizer, prompt + reply, False, where)
+    head = chat.render(tokenizer, prompt, True, where)
+    text = chat.render(tokenizer, prompt + reply, False, where)
     if not text.startswith(head):
         raise _fail(
             "the chat template does not render the prompt as a prefix of the whole "
@@ -213,7 +172,7 @@ class PreferenceFormat(DataFormat):
     def __init__(self, settings, tokenizer=None, **kwargs):
         super().__init__(settings, tokenizer, **kwargs)
         if tokenizer is not None:
-            use_chat_template(tokenizer, settings.template, f"{self.where} template")
+            chat.use_template(tokenizer, settings.template, f"{self.where} template")
 
     def check(self, row, where):
         return normalize_pair(row, self.settings, where)
@@ -266,9 +225,7 @@ class PreferenceFormat(DataFormat):
         if self.settings.system_prompt:
             messages.append({"role": "system", "content": self.settings.system_prompt})
         messages.append({"role": "user", "content": text})
-        return self.tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=True
-        )
+        return chat.render(self.tokenizer, messages, True, "[generate] prompts")
 
 
 class KTOSettings(Settings):
@@ -336,7 +293,7 @@ class KTOFormat(DataFormat):
     def __init__(self, settings, tokenizer=None, **kwargs):
         super().__init__(settings, tokenizer, **kwargs)
         if tokenizer is not None:
-            use_chat_template(tokenizer, settings.template, f"{self.where} template")
+            chat.use_template(tokenizer, settings.template, f"{self.where} template")
 
     def check(self, row, where):
         return normalize_kto(row, self.settings, where)

@@ -10,8 +10,10 @@ def evaluate_pairs(model: Any, data: Any) -> dict[str, float]:
     rank; a (sum, n) metric is its own mean, as in training."""
     import torch
 
+    from .objectives import KTOObjective, PairObjective
+
     objective = data.objective
-    if not hasattr(objective, "needs_reference"):  # not one of ours: nothing to report
+    if not isinstance(objective, PairObjective | KTOObjective):  # the core refuses it (scores)
         return {}
     loss = pairs = 0.0
     sums: dict[str, list[float]] = {}  # key -> [sum, n]; n None-like (-1) = per unit
@@ -27,13 +29,14 @@ def evaluate_pairs(model: Any, data: Any) -> dict[str, float]:
                 acc[0] += float(total)
                 acc[1] += float(n or 0)
     # the same reductions, in the same order, on every rank
-    pairs = data.reduce_sum(pairs)
-    loss = data.reduce_sum(loss)
+    reduce = data.collectives.all_reduce_sum
+    pairs = reduce(pairs)
+    loss = reduce(loss)
     results = {}
     for key in sorted(sums):
         total, n, per_unit = sums[key]
-        total = data.reduce_sum(total)
-        divisor = pairs if per_unit else data.reduce_sum(n)
+        total = reduce(total)
+        divisor = pairs if per_unit else reduce(n)
         results[f"eval_{key}"] = total / max(divisor, 1e-12)
     if not pairs:
         return {}

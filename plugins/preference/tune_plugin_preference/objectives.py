@@ -91,29 +91,28 @@ class PairObjective(Objective):
     """What all pair objectives share: batch layout, counting, and log-probs of both replies."""
 
     unit = "pairs"
-    needs_reference = False
+    has_reference = False  # DPO: compares the policy with a reference policy
 
     def __init__(self, settings: Any = None, ctx: Any = None):
         super().__init__(settings, ctx)
-        self.reference = Reference() if self.needs_reference else None
+        self.reference = Reference() if self.has_reference else None
         self.precomputed = False
         self.chunked = chunked_loss(ctx)
 
-    def prepare(self, model: Any, ctx: Any, run: Any) -> None:
-        """With `precompute_ref`, the reference log-probs of every pair now (no frozen copy)."""
-        if self.reference is not None and getattr(self.settings, "precompute_ref", False):
+    def prepare(self, model: Any, run: Any) -> None:
+        """Before the first step: the reference (the base under the adapter, or a frozen
+        copy), or with `precompute_ref` the reference log-probs of every pair now (no copy)."""
+        if self.reference is None:
+            return
+        if getattr(self.settings, "precompute_ref", False):
             from .precompute import precompute
 
-            if run.streaming:  # tune_check_recipe refuses it; a direct caller gets told too
+            if run.streaming:  # the core refuses it (streams=False); a direct caller is told too
                 raise RuntimeError("precompute_ref needs the pairs in memory, not streamed")
-            precompute(self, model, run, ctx)
+            precompute(self, model, run, self.ctx)
             self.precomputed = True
             return
-        self.setup(model, ctx)
-
-    def setup(self, model: Any, ctx: Any) -> None:
-        if self.reference is not None:
-            self.reference.setup(model)
+        self.reference.setup(model)
 
     def reference_logps(self, model: Any, batch: dict[str, Any]):
         """(chosen, rejected) reference log-probs per pair: precomputed, or one no-grad forward."""
@@ -221,7 +220,7 @@ class PairObjective(Objective):
 class DPOObjective(PairObjective):
     """Direct preference optimization against a reference policy (see `losses.dpo_loss`)."""
 
-    needs_reference = True
+    has_reference = True
 
     def loss(self, model: Any, batch: dict[str, Any]) -> LossOutput:
         s = self.settings
@@ -338,14 +337,14 @@ class KTOObjective(Objective):
     the KL reference point z0 is the mean policy/reference log ratio of the mismatched ones."""
 
     unit = "examples"
-    needs_reference = True
 
     def __init__(self, settings: Any = None, ctx: Any = None):
         super().__init__(settings, ctx)
         self.reference = Reference()
         self.chunked = chunked_loss(ctx)
 
-    def setup(self, model: Any, ctx: Any) -> None:
+    def prepare(self, model: Any, run: Any) -> None:
+        """Before the first step: the reference (the base under the adapter, or a frozen copy)."""
         self.reference.setup(model)
 
     def length(self, example: dict[str, Any]) -> int:
@@ -379,7 +378,7 @@ class KTOObjective(Objective):
         }
 
     def collate_packed(self, rows, pad_id):
-        raise RuntimeError("kto does not pack: tune_check_recipe refuses [data] pack = true")
+        raise RuntimeError("kto does not pack: it declares packs=False, so [data] pack is refused")
 
     def count(self, batch: dict[str, Any]) -> int:
         return int(round(float(batch["weight"].sum())))
@@ -401,8 +400,8 @@ class KTOObjective(Objective):
         ratio, kl_ratio = (logps - ref_logps)[:n], (logps - ref_logps).detach()[n:]
         # z0: the mean log ratio of the mismatched pairs of this micro-batch on every rank (as
         # TRL gathers it), clamped at 0 and detached. Every rank calls loss() equally often.
-        kl_sum = self.all_reduce_sum(float((kl_ratio * weight).sum()))
-        kl_n = self.all_reduce_sum(float(weight.sum()))
+        kl_sum = self.collectives.all_reduce_sum(float((kl_ratio * weight).sum()))
+        kl_n = self.collectives.all_reduce_sum(float(weight.sum()))
         kl = torch.tensor(max(kl_sum / max(kl_n, 1.0), 0.0), dtype=logps.dtype, device=logps.device)
         per_example = kto_loss(
             ratio,

@@ -6,9 +6,11 @@ no-grad pass over the train and eval pairs gives every value the loss needs. Thi
 a full fine-tune under ZeRO-3 possible (its partitioned parameters allow no frozen copy).
 
 Each rank scores its share of the pairs in lockstep (ZeRO-3 gathers parameters collectively),
-writes it to `<output_dir>/reference-logps/`, and every rank reads the merged file. The file is
-keyed by the model's recipe table, the precision and the exact token ids of every pair, so a
-changed model or dataset computes afresh, while `--resume` (same key) reuses it.
+writes it to `<output_dir>/reference-logps/` (claimed by the main process as the run's own:
+`--overwrite` removes it, a user's folder of that name is refused), and every rank reads the
+merged file. The file is keyed by the model's recipe table, the precision and the exact token
+ids of every pair, so a changed model or dataset computes afresh, while `--resume` (same key)
+reuses it.
 """
 
 from __future__ import annotations
@@ -55,8 +57,11 @@ def precompute(objective: Any, model: Any, run: Any, ctx: Any) -> Path | None:
 
     splits = {"train": run.train, "eval": run.eval}
     key = cache_key(ctx, run.train, run.eval)
-    out_dir = Path(ctx.output_dir) / DIR if ctx is not None else None
+    out_dir = None
+    if ctx is not None:  # the main process claims the folder before anything is written there
+        out_dir = ctx.claim(DIR) if run.rank == 0 else Path(ctx.output_dir) / DIR
     path = out_dir / f"logps-{key}.pt" if out_dir else None
+    barrier = run.collectives.barrier
     say = ctx.print if ctx is not None else (lambda *a, **k: None)
     if path is None or not path.exists():
         parts = _score(objective, model, run, splits)
@@ -66,9 +71,9 @@ def precompute(objective: Any, model: Any, run: Any, ctx: Any) -> Path | None:
         rank_file = out_dir / f".part-{key}-{run.rank}.pt"
         if run.rank == 0:
             out_dir.mkdir(parents=True, exist_ok=True)
-        run.barrier()
+        barrier()
         torch.save(parts, rank_file)
-        run.barrier()
+        barrier()
         if run.rank == 0:
             merged = {name: {} for name in splits}
             for r in range(run.world_size):
@@ -82,7 +87,7 @@ def precompute(objective: Any, model: Any, run: Any, ctx: Any) -> Path | None:
             for old in out_dir.glob("logps-*.pt"):  # another dataset's or model's: stale
                 if old != path:
                     old.unlink(missing_ok=True)
-        run.barrier()
+        barrier()
         rank_file.unlink(missing_ok=True)
         say(f"reference log-probs: computed for {len(run.train)} train pairs -> {path}")
     else:

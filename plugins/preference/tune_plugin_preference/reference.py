@@ -45,7 +45,7 @@ class Reference:
         from tune.plugin import token_logprobs
 
         inner = unwrap(model)
-        if self.mode == "unset":  # loss() called without setup (e.g. directly in a test)
+        if self.mode == "unset":  # loss() called before the objective's prepare (a test)
             self.setup(model)
         with torch.no_grad():
             if self.mode == "adapter":

@@ -64,6 +64,8 @@ KERNELS = ("rms_norm", "rope", "swiglu", "cross_entropy")
 
 @hookimpl
 def tune_provide(provide):
+    from tune_plugin_unsloth import memory
+
     provide.loader(
         LOADER,
         UnslothLoaderSettings,
@@ -84,6 +86,7 @@ def tune_provide(provide):
         doc="Unsloth 4-bit loading",
         for_loader=LOADER,
         build=UnslothQuantization,
+        estimate=memory.ESTIMATES["nf4"],
     )
     provide.quantization(
         "int8",
@@ -91,9 +94,14 @@ def tune_provide(provide):
         doc="Unsloth 8-bit loading",
         for_loader=LOADER,
         build=UnslothQuantization,
+        estimate=memory.ESTIMATES["int8"],
     )
     provide.adapter(
-        "lora", UnslothLoraSettings, doc="FastLanguageModel.get_peft_model", for_loader=LOADER
+        "lora",
+        UnslothLoraSettings,
+        doc="FastLanguageModel.get_peft_model",
+        for_loader=LOADER,
+        estimate=memory.ESTIMATES["lora"],
     )
 
 
