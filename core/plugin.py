@@ -29,7 +29,6 @@ from tune.contract.evaluation import EvalData
 from tune.contract.exporter import Exporter
 from tune.contract.format import DataFormat
 from tune.contract.loading import Load, Loaded, keep_trainable
-from tune.contract.memory import MemoryTerm, ModelShape
 from tune.contract.objective import LossOutput, Objective, RunData
 from tune.contract.quantization import Quantization
 from tune.contract.settings import (
@@ -39,14 +38,14 @@ from tune.contract.settings import (
     Settings,
 )
 from tune.contract.source import DataSource
-from tune.contract.strategy import Strategy, load_trainable, trainable_state
+from tune.contract.strategy import Strategy
 from tune.contract.tracker import RunInfo, Tracker
 from tune.data import chat, files
 from tune.data.batching import collate_packed
 from tune.data.examples import IGNORE, collate, target_count
 from tune.errors import TuneError, did_you_mean
 from tune.machine import distributed as processes
-from tune.machine.devices import auto_device, resolve_dtype, resolve_precision
+from tune.machine.devices import resolve_dtype, resolve_precision
 from tune.model import checks as model_files
 from tune.model import weights
 from tune.model.generation import greedy_generate, text_prompt
@@ -100,18 +99,13 @@ __all__ = [
     "token_logprobs",
     "next_token_loss",
     "Strategy",
-    "trainable_state",
-    "load_trainable",
     "weights",
     "processes",
     "Tracker",
     "RunInfo",
     # memory estimates
-    "MemoryTerm",
-    "ModelShape",
     "memory",
     # devices and generation
-    "auto_device",
     "resolve_precision",
     "resolve_dtype",
     "greedy_generate",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tune.plugin import MemoryTerm, memory
+from tune.plugin import memory
 
 
 def adamw(settings: Any, plan: memory.Plan) -> memory.OptimizerState:
@@ -23,14 +23,14 @@ def adamw(settings: Any, plan: memory.Plan) -> memory.OptimizerState:
     if plan.device == "gpu" and fused is not False:
         return state
     if plan.device == "gpu":
-        step = MemoryTerm("AdamW foreach temporaries", n * tb, f"{n:,} x {tb} B", ("step",))
+        step = memory.MemoryTerm("AdamW foreach temporaries", n * tb, f"{n:,} x {tb} B", ("step",))
     else:
         sh = plan.shape
         if plan.adapters:
             big = max((size for a in plan.adapters for size, _ in a.tensors), default=0)
         else:
             big = sh.vocab * sh.hidden
-        step = MemoryTerm(
+        step = memory.MemoryTerm(
             "AdamW temporaries (largest tensor)", big * tb, f"{big:,} x {tb} B (sqrt(v))", ("step",)
         )
     return memory.OptimizerState(state.bytes, state.formula, step=step)

@@ -184,8 +184,8 @@ def message(turn: Any, where: str, what: str = "turn", tools: bool = True) -> di
         raise TuneError(
             f"{what} (role '{raw_role}') has {key}: null.",
             where=where,
-            fix=f"give the turn its text; only an assistant turn with tool_calls may have "
-            f"{key}: null.",
+            fix="give the turn its text"
+            + (f"; only an assistant turn with tool_calls may have {key}: null." if tools else "."),
         )
     return {"role": role, "content": text_of(text, where, f"{what} {key}")}
 

@@ -14,9 +14,9 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+import tune.estimate.contrib as contrib
 from pydantic import ValidationError
 from tune.errors import TuneError
-from tune.estimate import contrib
 from tune.estimate.memory import peak_of, trained_plan
 from tune.estimate.setup import Setup
 

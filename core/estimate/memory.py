@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import tune.estimate.contrib as contrib
 from tune.contract.memory import MemoryTerm as Term
 from tune.contract.memory import Plan, Sharding
-from tune.estimate import contrib
 from tune.estimate.contrib import BYTES
 from tune.estimate.setup import Setup
 

@@ -69,7 +69,7 @@ def as_tune_error(
     got = err.get("input")
     if kind == "value_error":  # a rule across keys (a model validator): its own words
         msg = err["msg"].removeprefix("Value error, ")
-        place = _table_of(loc)
+        place = _table_of(loc) if loc or not table_label else table_label
         return TuneError(f"{place}: {msg}.", where=str(path), fix=f"change {place} as said.")
     if kind == "literal_error":
         expected = err.get("ctx", {}).get("expected", "")

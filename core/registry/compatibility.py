@@ -42,10 +42,13 @@ def _why(selected: Selected, field: str) -> str:
     return f" ({reason})" if reason else ""
 
 
-def _alternatives(pm: Any, kind: str, wanted) -> str:
-    """Installed backends of `kind` whose default settings declare what `wanted` asks for."""
+def _alternatives(pm: Any, kind: str, wanted, refused: str | None = None) -> str:
+    """Installed backends of `kind` that can run here and whose default settings declare what
+    `wanted` asks for (`refused`, the backend being refused, left out)."""
     names = []
     for backend in pm.declared(kind):
+        if backend.name == refused or pm.status_refusal(backend):
+            continue
         try:
             caps = backend.capabilities_for(backend.settings())
         except Exception:  # settings without defaults: cannot say
@@ -78,7 +81,8 @@ def _check_available(pairs: list[tuple[str, Selected]], pm: Any, where: str) -> 
             raise TuneError(
                 f"{label} = '{backend.name}' cannot run here: {refusal}.",
                 where=where,
-                fix=f"choose another {backend.kind} ({_alternatives(pm, backend.kind, lambda c: True)}"
+                fix=f"choose another {backend.kind} "
+                f"({_alternatives(pm, backend.kind, lambda c: True, backend.name)}"
                 "), or see `tune plugins list` for what the plugin needs.",
             )
         devices = sel.capabilities.devices
@@ -116,7 +120,7 @@ def _check_strategy(
             f"'{quantization.backend.name}'){_why(strategy, 'quantized_models')}.",
             where=f"{where}: [strategy]",
             fix="drop quantize, or use a strategy that trains quantized models "
-            f"({_alternatives(pm, 'strategy', lambda c: c.quantized_models)}).",
+            f"({_alternatives(pm, 'strategy', lambda c: c.quantized_models, name)}).",
         )
     precision = recipe.train.precision
     if caps.precisions is not None and precision != "auto" and precision not in caps.precisions:
@@ -138,9 +142,13 @@ def _check_kernels(pairs: list[tuple[str, Selected]], where: str) -> None:
                     set(sel.capabilities.replaces_kernels)
                     & set(other.capabilities.replaces_kernels)
                 )
+                reason = sel.capabilities.why.get("replaces_kernels") or other.capabilities.why.get(
+                    "replaces_kernels"
+                )
                 raise TuneError(
                     f"{other_label} = '{other.backend.name}' and {label} = '{sel.backend.name}' "
-                    f"both replace the model's {', '.join(shared)} kernels with their own.",
+                    f"both replace the model's {', '.join(shared)} kernels with their own"
+                    + (f" ({reason})." if reason else "."),
                     where=where,
                     fix="keep one of them.",
                 )

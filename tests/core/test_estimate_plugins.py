@@ -8,7 +8,6 @@ from pydantic import Field
 from tune.estimate import estimate
 from tune.plugin import (
     Capabilities,
-    MemoryTerm,
     Objective,
     OptimizerSettings,
     Quantization,
@@ -30,7 +29,7 @@ def _no_local_gpu(monkeypatch):
     monkeypatch.setattr(mod, "local_gpus", lambda: [])
 
 
-def _term(est, prefix: str) -> MemoryTerm:
+def _term(est, prefix: str) -> memory.MemoryTerm:
     return next(t for t in est.terms if t.name.startswith(prefix))
 
 
@@ -77,12 +76,12 @@ class HalfSettings(Settings):
     shard: bool = Field(False, description="shard everything")
 
 
-def two_bit(settings, plan: memory.Plan) -> list[MemoryTerm]:
+def two_bit(settings, plan: memory.Plan) -> list[memory.MemoryTerm]:
     lin = plan.shape.decoder_linear_params()
     rest = plan.shape.total_params() - lin
     return [
-        MemoryTerm("weights, 2-bit (decoder linears)", lin / 4, f"{lin:,} x 0.25 B"),
-        MemoryTerm("weights, as loaded (the rest)", rest * plan.weight_bytes, f"{rest:,}"),
+        memory.MemoryTerm("weights, 2-bit (decoder linears)", lin / 4, f"{lin:,} x 0.25 B"),
+        memory.MemoryTerm("weights, as loaded (the rest)", rest * plan.weight_bytes, f"{rest:,}"),
     ]
 
 
@@ -91,7 +90,7 @@ def one_byte_state(settings, plan: memory.Plan) -> memory.OptimizerState:
 
 
 def halves(settings, plan: memory.Plan) -> memory.Sharding:
-    buffer = MemoryTerm("halves buffer", 12345, "a fixed buffer", phases=("compute",))
+    buffer = memory.MemoryTerm("halves buffer", 12345, "a fixed buffer", phases=("compute",))
     if settings.shard:
         return memory.Sharding(stage=3, terms=(buffer,))
     return memory.Sharding(stage=1, terms=(buffer,), variants=({"shard": True},))

@@ -12,20 +12,20 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from tune.plugin import MemoryTerm, memory
+from tune.plugin import memory
 
 NF4_BLOCK, STATE_BLOCK, DQ_BLOCK = 64, 256, 256  # bitsandbytes block sizes
 FILE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 
-def four_bit(name: str) -> Callable[[Any, memory.Plan], list[MemoryTerm]]:
+def four_bit(name: str) -> Callable[[Any, memory.Plan], list[memory.MemoryTerm]]:
     """nf4 / fp4: the packed decoder linears and the unquantized rest."""
 
-    def estimate(settings: Any, plan: memory.Plan) -> list[MemoryTerm]:
+    def estimate(settings: Any, plan: memory.Plan) -> list[memory.MemoryTerm]:
         lin = plan.shape.decoder_linear_params()
         dq = bool(getattr(settings, "double_quant", True))
         per = 0.5 + (1 / NF4_BLOCK + 4 / (NF4_BLOCK * DQ_BLOCK) if dq else 4 / NF4_BLOCK)
-        packed = MemoryTerm(
+        packed = memory.MemoryTerm(
             f"weights, {name} (decoder linears)",
             lin * per,
             f"{lin:,} x {per:.4f} B (4-bit + absmax{' double-quantized' if dq else ''})",
@@ -35,16 +35,18 @@ def four_bit(name: str) -> Callable[[Any, memory.Plan], list[MemoryTerm]]:
     return estimate
 
 
-def int8(settings: Any, plan: memory.Plan) -> list[MemoryTerm]:
+def int8(settings: Any, plan: memory.Plan) -> list[memory.MemoryTerm]:
     """LLM.int8(): a byte per weight and an fp32 scale per output feature."""
     sh = plan.shape
     lin = sh.decoder_linear_params()
     scales = sh.layers * sum(o for _, o in sh.linears.values()) * 4
-    packed = MemoryTerm("weights, int8 (decoder linears)", lin + scales, f"{lin:,} x 1 B + scales")
+    packed = memory.MemoryTerm(
+        "weights, int8 (decoder linears)", lin + scales, f"{lin:,} x 1 B + scales"
+    )
     return [packed, unquantized(plan)]
 
 
-def unquantized(plan: memory.Plan) -> MemoryTerm:
+def unquantized(plan: memory.Plan) -> memory.MemoryTerm:
     """Embeddings, head and norms of a k-bit model: float32 after PEFT's k-bit preparation.
 
     On CPU they stay views into the memory-mapped checkpoint, which therefore stays mapped
@@ -53,13 +55,13 @@ def unquantized(plan: memory.Plan) -> MemoryTerm:
     total = plan.shape.total_params()
     if plan.device == "cpu":
         fb = FILE_BYTES.get(plan.file_dtype, 4)
-        return MemoryTerm(
+        return memory.MemoryTerm(
             "checkpoint file, memory-mapped (unquantized weights are views into it)",
             total * fb,
             f"{total:,} x {fb} B ({plan.file_dtype} file; CPU only)",
         )
     rest = total - plan.shape.decoder_linear_params()
-    return MemoryTerm(
+    return memory.MemoryTerm(
         "weights, unquantized (embeddings, head, norms)",
         rest * 4,
         f"{rest:,} x 4 B (float32: k-bit preparation upcasts 16-bit weights)",

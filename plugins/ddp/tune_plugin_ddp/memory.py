@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from tune.plugin import MemoryTerm, memory
+from tune.plugin import memory
 
 
 def estimate(settings: Any, plan: memory.Plan) -> memory.Sharding:
     """`provide.strategy("ddp", ..., estimate=estimate)`."""
     n, tb = plan.trainable, plan.trainable_bytes
-    buckets = MemoryTerm(
+    buckets = memory.MemoryTerm(
         "DDP gradient buckets",
         n * tb,
         f"{n:,} x {tb} B (all-reduce buffers)",

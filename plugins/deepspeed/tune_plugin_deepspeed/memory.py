@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tune.plugin import MemoryTerm, memory
+from tune.plugin import memory
 
 ZERO3_LIVE = 10**9  # DeepSpeed's stage3_max_live_parameters / max_reuse_distance defaults
 BUCKET = 5e8  # DeepSpeed's default reduce_bucket_size
@@ -32,7 +32,7 @@ def estimate(settings: Any, plan: memory.Plan) -> memory.Sharding:
     terms = []
     if stage >= 1:
         terms.append(
-            MemoryTerm(
+            memory.MemoryTerm(
                 "fp32 master partition (DeepSpeed)",
                 trainable * 4 / n,
                 f"{trainable:,} x 4 B / {n} ranks (ZeRO keeps its own fp32 copy)",
@@ -43,7 +43,7 @@ def estimate(settings: Any, plan: memory.Plan) -> memory.Sharding:
     if stage >= 2 and not offload_opt:
         bucket = min(float(settings.reduce_bucket_size or BUCKET), trainable)
         terms.append(
-            MemoryTerm(
+            memory.MemoryTerm(
                 "gradient bucket (DeepSpeed)",
                 bucket * tb,
                 f"min(reduce_bucket_size, {trainable:,}) x {tb} B",
@@ -65,12 +65,12 @@ def estimate(settings: Any, plan: memory.Plan) -> memory.Sharding:
     )
 
 
-def zero3_terms(settings: Any, plan: memory.Plan) -> list[MemoryTerm]:
+def zero3_terms(settings: Any, plan: memory.Plan) -> list[memory.MemoryTerm]:
     """The gathered parameters, and what loading holds beyond the partitions."""
     total = plan.shape.total_params()
     pb = 2 if plan.precision in ("bf16", "fp16") else 4
     live = min(total, ZERO3_LIVE)
-    gathered = MemoryTerm(
+    gathered = memory.MemoryTerm(
         "gathered parameters (ZeRO-3)",
         live * pb,
         f"min({total:,}, stage3_max_live_parameters 1e9) x {pb} B",
@@ -78,14 +78,14 @@ def zero3_terms(settings: Any, plan: memory.Plan) -> list[MemoryTerm]:
     )
     wb = plan.weight_bytes
     if settings.low_memory_load and not plan.quantized:
-        load = MemoryTerm(
+        load = memory.MemoryTerm(
             "read block while loading",
             64 << 20,
             "64 MiB (each rank reads its partitions from the files block by block)",
             phases=("load",),
         )
     else:
-        load = MemoryTerm(
+        load = memory.MemoryTerm(
             "whole model while loading (before sharding)",
             total * wb,
             f"{total:,} x {wb} B on every rank",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tune.plugin import MemoryTerm, memory
+from tune.plugin import memory
 
 
 def estimate(settings: Any, plan: memory.Plan) -> memory.Sharding:
@@ -27,7 +27,7 @@ def estimate(settings: Any, plan: memory.Plan) -> memory.Sharding:
     )
 
 
-def gathered(settings: Any, plan: memory.Plan) -> MemoryTerm:
+def gathered(settings: Any, plan: memory.Plan) -> memory.MemoryTerm:
     sh = plan.shape
     total = sh.total_params()
     pb = 2 if plan.precision in ("bf16", "fp16") else 4
@@ -37,25 +37,25 @@ def gathered(settings: Any, plan: memory.Plan) -> MemoryTerm:
         count, how = total, f"{total:,} (all layers stay gathered between micro-batches)"
     else:
         count, how = root + 2 * layer, f"root {root:,} + 2 layers x {layer:,}"
-    return MemoryTerm(
+    return memory.MemoryTerm(
         "gathered parameters (FSDP2)", count * pb, f"{how} x {pb} B", phases=("compute",)
     )
 
 
-def loading(settings: Any, plan: memory.Plan) -> MemoryTerm:
+def loading(settings: Any, plan: memory.Plan) -> memory.MemoryTerm:
     """What loading holds beyond the shards: the whole model on every rank, or with the
     low-memory load on rank 0 only (in host RAM on a GPU machine)."""
     total, wb = plan.shape.total_params(), plan.weight_bytes
     whole = f"{total:,} x {wb} B"
     if settings.low_memory_load and not plan.quantized:
-        return MemoryTerm(
+        return memory.MemoryTerm(
             "whole model on rank 0 while loading",
             total * wb,
             f"{whole} (rank 0 reads)",
             phases=("load",),
             host=plan.device == "gpu",
         )
-    return MemoryTerm(
+    return memory.MemoryTerm(
         "whole model while loading (before sharding)",
         total * wb,
         f"{whole} on every rank",

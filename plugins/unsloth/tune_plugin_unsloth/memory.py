@@ -10,18 +10,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from tune.plugin import MemoryTerm, TuneError, memory
+from tune.plugin import TuneError, memory
 
 NF4_BLOCK, DQ_BLOCK = 64, 256  # bitsandbytes block sizes
 FILE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 DEFAULT_TARGETS = ("q_proj", "v_proj")  # PEFT's default targets for the Llama family
 
 
-def nf4(settings: Any, plan: memory.Plan) -> list[MemoryTerm]:
+def nf4(settings: Any, plan: memory.Plan) -> list[memory.MemoryTerm]:
     """Packed 4-bit decoder linears (double-quantized absmax) and the unquantized rest."""
     lin = plan.shape.decoder_linear_params()
     per = 0.5 + 1 / NF4_BLOCK + 4 / (NF4_BLOCK * DQ_BLOCK)
-    packed = MemoryTerm(
+    packed = memory.MemoryTerm(
         "weights, nf4 (decoder linears)",
         lin * per,
         f"{lin:,} x {per:.4f} B (4-bit + absmax double-quantized)",
@@ -29,28 +29,30 @@ def nf4(settings: Any, plan: memory.Plan) -> list[MemoryTerm]:
     return [packed, _unquantized(plan)]
 
 
-def int8(settings: Any, plan: memory.Plan) -> list[MemoryTerm]:
+def int8(settings: Any, plan: memory.Plan) -> list[memory.MemoryTerm]:
     """A byte per weight and an fp32 scale per output feature, and the unquantized rest."""
     sh = plan.shape
     lin = sh.decoder_linear_params()
     scales = sh.layers * sum(o for _, o in sh.linears.values()) * 4
-    packed = MemoryTerm("weights, int8 (decoder linears)", lin + scales, f"{lin:,} x 1 B + scales")
+    packed = memory.MemoryTerm(
+        "weights, int8 (decoder linears)", lin + scales, f"{lin:,} x 1 B + scales"
+    )
     return [packed, _unquantized(plan)]
 
 
-def _unquantized(plan: memory.Plan) -> MemoryTerm:
+def _unquantized(plan: memory.Plan) -> memory.MemoryTerm:
     """Embeddings, head and norms: float32 after k-bit preparation; on CPU views into the
     memory-mapped checkpoint, which stays mapped whole."""
     total = plan.shape.total_params()
     if plan.device == "cpu":
         fb = FILE_BYTES.get(plan.file_dtype, 4)
-        return MemoryTerm(
+        return memory.MemoryTerm(
             "checkpoint file, memory-mapped (unquantized weights are views into it)",
             total * fb,
             f"{total:,} x {fb} B ({plan.file_dtype} file; CPU only)",
         )
     rest = total - plan.shape.decoder_linear_params()
-    return MemoryTerm(
+    return memory.MemoryTerm(
         "weights, unquantized (embeddings, head, norms)",
         rest * 4,
         f"{rest:,} x 4 B (float32: k-bit preparation upcasts 16-bit weights)",
