@@ -6,9 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
-from mlflow.tracking import MlflowClient
 from tune.testing import recipe_dict
 from tune_plugin_mlflow import MAX_PARAM_VALUE, flatten, local_path
+
+MlflowClient = pytest.importorskip("mlflow.tracking").MlflowClient
 
 
 def _recipe(tmp_path, **train):

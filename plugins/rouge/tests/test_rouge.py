@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 
 import pytest
-from rouge_score import rouge_scorer
 from sacrebleu.metrics import BLEU
 from tune.testing import chat_rows, recipe_dict, write_jsonl
 from tune_plugin_rouge import (
@@ -16,6 +15,8 @@ from tune_plugin_rouge import (
     prompt_and_reference,
     rouge_sums,
 )
+
+rouge_scorer = pytest.importorskip("rouge_score.rouge_scorer")
 
 PREDS = ["the cat sat on the mat", "running quickly home", "olleh", "", "a b c d e"]
 REFS = ["a cat sat on a mat", "he runs quick to his home", "olleh", "dlrow", "a b c d"]

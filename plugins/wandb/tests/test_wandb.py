@@ -9,7 +9,9 @@ import zlib
 
 import pytest
 from tune.testing import recipe_dict
-from wandb.proto import wandb_internal_pb2 as pb
+
+pb = pytest.importorskip("wandb.proto.wandb_internal_pb2")
+
 
 BLOCK, HEADER = 32768, 7  # the .wandb file: a LevelDB-style log of wandb Record protos
 
