@@ -183,7 +183,13 @@ def why_not_here() -> str | None:
 
 @hookimpl
 def tune_plugin_status():
-    return backend_here()[1]
+    """What Unsloth does here; a line not starting with "ok" makes the core refuse recipes with
+    `loader = "unsloth"` at validation, before anything loads."""
+    reason = why_not_here()
+    if reason:
+        return reason
+    line = backend_here()[1]
+    return line if line.startswith("ok") else "ok"
 
 
 # -- the work (a GPU, or Unsloth's CPU backend) ---------------------------------------------------
