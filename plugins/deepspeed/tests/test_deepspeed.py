@@ -26,7 +26,7 @@ from tune.testing import (
 )
 
 pytest.importorskip("deepspeed")
-PeftModel = pytest.importorskip("peft").PeftModel
+pytest.importorskip("peft")
 
 PLAIN_PEFT = """
 import sys, json
@@ -34,6 +34,7 @@ sys.modules["tune"] = None
 sys.modules["deepspeed"] = None  # the artifact needs neither
 import torch
 from transformers import AutoModelForCausalLM
+from peft import PeftModel
 adapter = sys.argv[1]
 base = json.load(open(adapter + "/adapter_config.json"))["base_model_name_or_path"]
 model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), adapter)
