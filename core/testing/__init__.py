@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tune.testing.attacks import CodeRunningPickle, refusal_paragraph, rewrite_manifest
 from tune.testing.models import (
     build_model,
     final_weights,
@@ -58,6 +59,7 @@ from tune.testing.runs import (
 )
 
 __all__ = [
+    "CodeRunningPickle",
     "PROBE_IDS",
     "Probe",
     "SGD_PLUGIN",
@@ -70,9 +72,11 @@ __all__ = [
     "max_weight_diff",
     "plugin_manager",
     "recipe_dict",
+    "refusal_paragraph",
     "registered",
     "run",
     "run_cli",
+    "rewrite_manifest",
     "sgd_step",
     "step_difference",
     "tiny_model",

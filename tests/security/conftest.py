@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -45,19 +44,3 @@ def victim_run(finished_run, tmp_path) -> tuple[Path, Path]:
     shutil.copy(finished_run / "train.jsonl", tmp_path / "train.jsonl")
     data = recipe_dict(tmp_path, train={"max_steps": 4, "save_every": 2, "keep_last": 5})
     return out, write_recipe(tmp_path, data)
-
-
-def rewrite_manifest(folder: Path) -> None:
-    """Recompute a checkpoint's manifest, as an attacker who changed a file would."""
-    import hashlib
-
-    body = json.loads((folder / "manifest.json").read_text())
-    files = {}
-    for path in sorted(folder.rglob("*")):
-        if path.is_file() and path.name != "manifest.json":
-            files[path.relative_to(folder).as_posix()] = {
-                "bytes": path.stat().st_size,
-                "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
-            }
-    body["files"] = files
-    (folder / "manifest.json").write_text(json.dumps(body))

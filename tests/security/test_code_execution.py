@@ -7,28 +7,19 @@ FSDP and DeepSpeed checkpoint attacks live with their plugins (plugins/fsdp, plu
 from __future__ import annotations
 
 import json
-import os
 import pickle
 from pathlib import Path
 
-from tests.security.conftest import cli, one_paragraph, rewrite_manifest
+from tune.testing import CodeRunningPickle, rewrite_manifest
 
-
-class Payload:
-    """Unpickling this creates the file named in `marker`."""
-
-    def __init__(self, marker: Path):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
+from tests.security.conftest import cli, one_paragraph
 
 
 def test_a_checkpoint_pickle_that_would_run_code_is_refused(victim_run, tmp_path, capsys):
     out, recipe = victim_run
     marker = tmp_path / "PWNED"
     step = out / "checkpoints" / "step-4"
-    (step / "scheduler.pt").write_bytes(pickle.dumps({"state": Payload(marker)}))
+    (step / "scheduler.pt").write_bytes(pickle.dumps({"state": CodeRunningPickle(marker)}))
     rewrite_manifest(step)  # the manifest agrees: only the pickle check can catch it
     code, text = cli(capsys, "run", str(recipe), "--resume", "-o", "train.max_steps=5",
                      "--resume-changed")  # fmt: skip
@@ -43,7 +34,7 @@ def test_a_torch_archive_with_a_code_global_is_refused(victim_run, tmp_path, cap
     out, recipe = victim_run
     marker = tmp_path / "PWNED"
     step = out / "checkpoints" / "step-4"
-    torch.save({"payload": Payload(marker)}, step / "rng-rank0.pt")
+    torch.save({"payload": CodeRunningPickle(marker)}, step / "rng-rank0.pt")
     rewrite_manifest(step)
     code, text = cli(capsys, "run", str(recipe), "--resume", "-o", "train.max_steps=5",
                      "--resume-changed")  # fmt: skip

@@ -3,9 +3,7 @@ refusals at validation and of a checkpoint whose pickle could run code."""
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import shutil
 import socket
 import subprocess
@@ -13,10 +11,13 @@ import sys
 
 import pytest
 from tune.testing import (
+    CodeRunningPickle,
     final_weights,
     launch,
     max_weight_diff,
     recipe_dict,
+    refusal_paragraph,
+    rewrite_manifest,
     run_cli,
     sgd_step,
     step_difference,
@@ -57,39 +58,6 @@ class FourBit(Quantization):
 def tune_provide(provide):
     provide.quantization("test4bit", doc="a stand-in 4-bit quantization", build=FourBit)
 """
-
-
-# The payload of a malicious pickle: unpickling it runs `touch PATH`.
-class Payload:
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
-
-
-def error_paragraph(res) -> str:
-    """The one-paragraph refusal of a `tune` command that exited 2, as one line."""
-    assert res.returncode == 2, res.stdout[-2000:] + res.stderr[-3000:]
-    assert "Traceback" not in res.stderr, res.stderr[-3000:]
-    err = res.stderr[res.stderr.index("error:") :].strip()
-    assert err.count("error:") == 1 and "\n\n" not in err, err
-    return " ".join(err.split())
-
-
-def rehash(checkpoint) -> None:
-    """Record the checkpoint's files as they are now in its manifest.json (sizes and sha256),
-    as tune wrote it: only the pickle check can then tell a changed file."""
-    manifest = json.loads((checkpoint / "manifest.json").read_text())
-    manifest["files"] = {
-        p.relative_to(checkpoint).as_posix(): {
-            "bytes": p.stat().st_size,
-            "sha256": hashlib.sha256(p.read_bytes()).hexdigest(),
-        }
-        for p in sorted(checkpoint.rglob("*"))
-        if p.is_file() and p.name != "manifest.json"
-    }
-    (checkpoint / "manifest.json").write_text(json.dumps(manifest, indent=1))
 
 
 def one_rank(*args):
@@ -218,12 +186,12 @@ def test_a_checkpoint_whose_pickle_could_run_code_is_refused(zero2_run, tmp_path
     shutil.copytree(zero2_run / "checkpoints/step-3", checkpoint)
     marker = tmp_path / "PWNED"
     states = checkpoint / "deepspeed/mp_rank_00_model_states.pt"
-    torch.save({"module": {}, "ds_version": "0", "payload": Payload(marker)}, states)
-    rehash(checkpoint)  # the manifest agrees: only the pickle check stands in the way
+    torch.save({"module": {}, "ds_version": "0", "payload": CodeRunningPickle(marker)}, states)
+    rewrite_manifest(checkpoint)  # the manifest agrees: only the pickle check stands in the way
     path = lora_recipe(tmp_path, "evil", ZERO2, **RESUMABLE)
     # As the only rank (the checkpoint was written by 2: --resume-changed accepts that).
     res = one_rank("run", str(path), "--resume-from", str(checkpoint), "--resume-changed")
-    message = error_paragraph(res)
+    message = refusal_paragraph(res)
     assert "mp_rank_00_model_states.pt" in message and "could run code" in message, message
     assert "system" in message, message  # names what it would import
     assert not marker.exists()
@@ -255,7 +223,7 @@ def test_incompatible_combinations_are_refused_at_validation(tmp_path, strategy,
     env = write_plugin(tmp_path, "quant_plugin", QUANT_PLUGIN)
     data = recipe_dict(tmp_path, model=model, strategy={"name": "deepspeed", **strategy})
     res = run_cli("validate", str(write_recipe(tmp_path, data)), "-p", "quant_plugin", env=env)
-    assert expected in error_paragraph(res)
+    assert expected in refusal_paragraph(res)
 
 
 def test_quantized_models_train_with_zero2(tmp_path):

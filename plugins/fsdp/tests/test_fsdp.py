@@ -4,7 +4,6 @@ could run code."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import pickle
@@ -17,10 +16,13 @@ import sys
 import pytest
 from tune.testing import (
     SGD_PLUGIN,
+    CodeRunningPickle,
     final_weights,
     launch,
     max_weight_diff,
     recipe_dict,
+    refusal_paragraph,
+    rewrite_manifest,
     run_cli,
     train_losses,
     write_plugin,
@@ -66,40 +68,6 @@ class FourBit(Quantization):
 def tune_provide(provide):
     provide.quantization("test4bit", doc="a stand-in 4-bit quantization", build=FourBit)
 """
-
-
-class Payload:
-    """Unpickling it runs `touch PATH`."""
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
-
-
-def error_paragraph(res) -> str:
-    """The one-paragraph refusal of a `tune` command that exited 2, as one line."""
-    assert res.returncode == 2, res.stdout[-2000:] + res.stderr[-3000:]
-    assert "Traceback" not in res.stderr, res.stderr[-3000:]
-    err = res.stderr[res.stderr.index("error:") :].strip()
-    assert err.count("error:") == 1 and "\n\n" not in err, err
-    return " ".join(err.split())
-
-
-def rehash(checkpoint) -> None:
-    """Record the checkpoint's files as they are now in its manifest.json (sizes and sha256),
-    as tune wrote it: only the pickle check can then tell a changed file."""
-    manifest = json.loads((checkpoint / "manifest.json").read_text())
-    manifest["files"] = {
-        p.relative_to(checkpoint).as_posix(): {
-            "bytes": p.stat().st_size,
-            "sha256": hashlib.sha256(p.read_bytes()).hexdigest(),
-        }
-        for p in sorted(checkpoint.rglob("*"))
-        if p.is_file() and p.name != "manifest.json"
-    }
-    (checkpoint / "manifest.json").write_text(json.dumps(manifest, indent=1))
 
 
 def one_rank(*args, env):
@@ -225,14 +193,14 @@ def test_a_checkpoint_whose_metadata_pickle_could_run_code_is_refused(runs, tmp_
     checkpoint = tmp_path / "step-2"
     shutil.copytree(runs / "fsdp_lora/checkpoints/step-2", checkpoint)
     marker = tmp_path / "PWNED"
-    (checkpoint / "fsdp/.metadata").write_bytes(pickle.dumps(Payload(marker), protocol=2))
-    rehash(checkpoint)  # the manifest agrees: only the pickle check stands in the way
+    (checkpoint / "fsdp/.metadata").write_bytes(pickle.dumps(CodeRunningPickle(marker), protocol=2))
+    rewrite_manifest(checkpoint)  # the manifest agrees: only the pickle check stands in the way
     env = write_plugin(tmp_path, "sgd_plugin", SGD_PLUGIN)
     path = write(tmp_path, "evil", {"name": "fsdp"}, LORA, micro_batch_size=1, grad_accum=2)
     # As the only rank (the checkpoint was written by 2: --resume-changed accepts that).
     extra = ("-p", "sgd_plugin", "--resume-from", str(checkpoint), "--resume-changed")
     res = one_rank("run", str(path), *extra, env=env)
-    message = error_paragraph(res)
+    message = refusal_paragraph(res)
     assert ".metadata" in message and "could run code" in message, message
     assert "system" in message, message  # names what it would import
     assert not marker.exists()
@@ -259,4 +227,4 @@ def test_unsupported_combinations_are_refused_at_validation(tmp_path, model, tra
     env = write_plugin(tmp_path, "quant_plugin", QUANT_PLUGIN)
     data = recipe_dict(tmp_path, model=model, strategy={"name": "fsdp"}, train=train)
     res = run_cli("validate", str(write_recipe(tmp_path, data)), "-p", "quant_plugin", env=env)
-    assert expected in error_paragraph(res)
+    assert expected in refusal_paragraph(res)
