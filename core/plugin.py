@@ -52,7 +52,12 @@ from tune.model.generation import greedy_generate, text_prompt
 from tune.recipe import Recipe, Selected
 from tune.registry.hookspecs import hookimpl
 from tune.registry.kinds import LM_EXAMPLES
-from tune.train.chunked_loss import next_token_loss, token_logprobs
+from tune.train.chunked_loss import (
+    NextTokenTerms,
+    next_token_loss,
+    next_token_terms,
+    token_logprobs,
+)
 
 __all__ = [
     # the plugin API version, and tune's
@@ -98,6 +103,8 @@ __all__ = [
     "RunData",
     "token_logprobs",
     "next_token_loss",
+    "next_token_terms",
+    "NextTokenTerms",
     "Strategy",
     "weights",
     "processes",

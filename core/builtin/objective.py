@@ -5,14 +5,15 @@ optimizer step across micro-batches and ranks. With `[train] chunked_loss = true
 it is computed chunk by chunk from the final hidden states (`tune.train.chunked_loss`), so the
 [batch, seq, vocab] logits never exist; where that is not exact for the model (soft-capped
 logits, a replaced forward, an unknown architecture) the model's own loss runs, and the run
-says which one at its first step.
+says which one at its first step. A mixture-of-experts model's router loss is added with the
+model's coefficient, normalized like the token loss (`tune.train.router`), and logged apart.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from tune.plugin import Capabilities, LossOutput, Objective, hookimpl, next_token_loss
+from tune.plugin import Capabilities, LossOutput, Objective, hookimpl, next_token_terms
 
 
 class CausalLM(Objective):
@@ -26,12 +27,14 @@ class CausalLM(Objective):
 
     def loss(self, model: Any, batch: dict[str, Any]) -> LossOutput:
         """The summed loss of one micro-batch, under the strategy's autocast."""
-        loss, reason = next_token_loss(model, batch, self.chunked)
+        terms = next_token_terms(model, batch, self.chunked)
         if not self._said and self.ctx is not None:  # the run says once which loss it trains
             self._said = True
-            what = "chunked (no full logits)" if reason is None else f"plain ({reason})"
+            what = "chunked (no full logits)" if terms.plain is None else f"plain ({terms.plain})"
+            if terms.router is not None:
+                what += " + the router's load-balancing loss (logged as router_loss)"
             self.ctx.print(f"loss: {what}", markup=False)
-        return LossOutput(loss)
+        return LossOutput(terms.total, terms.metrics)
 
 
 @hookimpl

@@ -37,7 +37,32 @@ ARCHS: dict[str, dict[str, Any]] = {
     "tiny-llama": {"model_type": "llama", "template": "llama-3.1"},
     "tiny-qwen2": {"model_type": "qwen2", "template": "chatml"},
     "tiny-mistral": {"model_type": "mistral", "template": "mistral"},
+    # Mixture-of-experts: fused 3-D expert weights (transformers 5.x), a top-k router, and the
+    # router's load-balancing loss on (output_router_logits), as their real configs train.
+    "tiny-qwen3-moe": {
+        "model_type": "qwen3_moe",
+        "template": "chatml",
+        "config": {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 128},
+    },
+    "tiny-mixtral": {
+        "model_type": "mixtral",
+        "template": "mistral",
+        "config": {"num_local_experts": 4, "num_experts_per_tok": 2, "intermediate_size": 128},
+    },
+    "tiny-gpt-oss": {
+        "model_type": "gpt_oss",
+        "template": "chatml",
+        "config": {
+            "num_local_experts": 4,
+            "num_experts_per_tok": 2,
+            "intermediate_size": 128,
+            "head_dim": 32,
+            "sliding_window": 128,
+            "layer_types": ["sliding_attention", "full_attention"] * 2,
+        },
+    },
 }
+MOE_CONFIG = {"output_router_logits": True, "router_aux_loss_coef": 0.01}
 BASE_CONFIG = {
     "hidden_size": 128,
     "intermediate_size": 384,  # a multiple of 64: bitsandbytes CPU 4-bit kernels need it
@@ -101,7 +126,9 @@ def materialize(name: str, overrides: dict[str, Any], seed: int) -> Path:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     tokenizer = load_tokenizer(name)
-    cfg = {**BASE_CONFIG, **overrides}
+    arch = ARCHS[name]
+    moe = MOE_CONFIG if "config" in arch else {}
+    cfg = {**BASE_CONFIG, **moe, **arch.get("config", {}), **overrides}
     config = AutoConfig.for_model(
         ARCHS[name]["model_type"],
         vocab_size=len(tokenizer),

@@ -25,6 +25,7 @@ log-probabilities of the label tokens, not the logits).
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 IGNORE = -100
@@ -43,16 +44,20 @@ EXACT_TYPES = frozenset(
         "smollm3",
         "starcoder2",
         "stablelm",
+        # mixture-of-experts: the router's loss comes back as `aux_loss` (tune.train.router)
+        "qwen2_moe",
+        "qwen3_moe",
+        "mixtral",
+        "gpt_oss",
     }
 )
-# Config keys that put something between the head and the loss (soft-capping, logit scaling,
-# an auxiliary router loss): with any of them set, only the plain loss is exact.
+# Config keys that put something between the head and the loss (soft-capping, logit scaling):
+# with any of them set, only the plain loss is exact.
 POST_HEAD_KEYS = (
     "final_logit_softcapping",
     "logit_softcapping",
     "logit_scale",
     "logits_scaling",
-    "output_router_logits",
 )
 CHUNK_ELEMENTS = 1 << 24  # logits per chunk (64 MB in float32): rows = this // vocab
 
@@ -244,21 +249,59 @@ def token_logprobs(model: Any, inputs: dict[str, Any], labels: Any, chunked: boo
     return -plain_nll(logits, labels, reduce=False)
 
 
+@dataclass
+class NextTokenTerms:
+    """One micro-batch's next-token loss, term by term.
+
+    `nll`: the summed token loss; `router`: the router's load-balancing term of a
+    mixture-of-experts model, already weighted to be normalized like `nll` (None for a dense
+    model); `metrics`: for `LossOutput.metrics`; `plain`: why the loss was not chunked (None:
+    it was)."""
+
+    nll: Any
+    router: Any = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    plain: str | None = None
+
+    @property
+    def total(self) -> Any:
+        return self.nll if self.router is None else self.nll + self.router
+
+
+def next_token_terms(model: Any, batch: dict[str, Any], chunked: bool = True) -> NextTokenTerms:
+    """The terms of `next_token_loss`, for an objective that logs them."""
+    from tune.train.router import router_terms, routes
+
+    reason = plain_reason(model) if chunked else "[train] chunked_loss = false"
+    labels = batch["labels"]
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    config = getattr(unwrap(model), "config", None)
+    if reason is None:
+        nll, out = forward_nll(model, inputs, labels, reduce=True)
+    elif routes(config):
+        # The model would add its router term to a *mean* loss: take the logits and the router
+        # loss apart instead, and weight the router term like every other (router.py).
+        out = model(**inputs, use_cache=False)
+        nll = plain_nll(out.logits, labels, reduce=True)
+    else:
+        # use_cache=False: no KV cache in training; with a cache transformers would not detect
+        # packed rows (position ids restarting) and would let packed examples attend to each
+        # other. num_items_in_batch=1: the model returns the summed token loss.
+        out = model(**batch, use_cache=False, num_items_in_batch=1)
+        return NextTokenTerms(out.loss, plain=reason)
+    count = int((labels[:, 1:] != IGNORE).sum())
+    router, metrics = router_terms(config, out, count, batch.get("attention_mask"))
+    return NextTokenTerms(nll, router, metrics, reason)
+
+
 def next_token_loss(model: Any, batch: dict[str, Any], chunked: bool = True) -> tuple[Any, Any]:
     """(the summed next-token loss of a micro-batch, why it was not chunked or None).
 
     Chunk by chunk from the final hidden states where that is exact (`plain_reason`), so the
-    [batch, seq, vocab] logits never exist; otherwise the model's own summed loss. What the
-    default objective computes: an objective that overrides `loss` keeps the chunked loss by
-    calling this (or `token_logprobs`).
+    [batch, seq, vocab] logits never exist; otherwise the model's own summed loss. A
+    mixture-of-experts model's router loss is included, weighted to be normalized like the
+    token loss. What the default objective computes: an objective that overrides `loss` keeps
+    the chunked loss by calling this (or `token_logprobs`).
     """
-    reason = plain_reason(model) if chunked else "[train] chunked_loss = false"
-    if reason is None:
-        inputs = {k: v for k, v in batch.items() if k != "labels"}
-        loss, _ = forward_nll(model, inputs, batch["labels"], reduce=True)
-        return loss, None
-    # use_cache=False: no KV cache in training; with a cache transformers would not detect
-    # packed rows (position ids restarting) and would let packed examples attend to each
-    # other. num_items_in_batch=1: the model returns the summed token loss.
-    out = model(**batch, use_cache=False, num_items_in_batch=1)
-    return out.loss, reason
+    terms = next_token_terms(model, batch, chunked)
+    return terms.total, terms.plain

@@ -25,6 +25,12 @@ class _Settings(Settings):
     )
     modules_to_save: list[str] | None = Field(None, description="modules trained in full and saved")
     layers_to_transform: list[int] | None = None
+    experts: bool | None = Field(
+        None,
+        description="adapt a mixture-of-experts model's fused expert weights (LoRA through PEFT's "
+        'target_parameters); None: yes when targets = "all-linear"',
+    )
+    router: bool = Field(False, description="adapt the MoE router too (off: it stays as trained)")
 
 
 class LoraSettings(_Settings):
@@ -89,15 +95,38 @@ def tune_provide(provide):
         )
 
 
-def peft_config(method: str, settings: Any):
-    """The PEFT config object for one recipe step."""
+def peft_config(method: str, settings: Any, model: Any = None, where: str = "[[adapt]]"):
+    """The PEFT config object for one recipe step (targets resolved on `model` when it is a
+    mixture-of-experts model: see targets.py)."""
     import peft
 
+    modules, parameters = settings.targets, []
+    if model is not None:
+        from tune_plugin_peft.targets import resolve
+
+        modules, parameters = resolve(model, settings.targets, settings.experts, settings.router)
+    if parameters and method != "lora":
+        if settings.experts:
+            raise TuneError(
+                f"{method} cannot adapt fused expert weights: PEFT reaches them with LoRA only.",
+                where=f"{where} experts",
+                fix='use method = "lora" for the experts, or set experts = false.',
+            )
+        parameters = []  # the default with all-linear: the experts stay frozen (run says so)
+    if parameters and settings.dropout:
+        raise TuneError(
+            f"lora dropout {settings.dropout} cannot apply to fused expert weights (PEFT adds "
+            "their update to the weight, so there is no input to drop).",
+            where=f"{where} dropout",
+            fix="set dropout = 0.0, or experts = false to leave the experts out.",
+        )
     common = {
         "task_type": peft.TaskType.CAUSAL_LM,
-        "target_modules": settings.targets,
+        "target_modules": modules,
         "modules_to_save": settings.modules_to_save,
     }
+    if parameters:
+        common["target_parameters"] = parameters
     if settings.layers_to_transform is not None:
         common["layers_to_transform"] = settings.layers_to_transform
     if method in ("lora", "dora"):
@@ -140,7 +169,8 @@ def peft_config(method: str, settings: Any):
 def tune_adapt_model(name, settings, model, ctx):
     import peft
 
-    config = peft_config(name, settings)
+    base = model.get_base_model() if isinstance(model, peft.PeftModel) else model
+    config = peft_config(name, settings, base, where=f"{ctx.recipe.path}: [[adapt]] {name}")
     if isinstance(model, peft.PeftModel):
         # A second PEFT step on the same model becomes a second named adapter.
         model.add_adapter(f"adapt{len(model.peft_config)}", config)
@@ -151,6 +181,16 @@ def tune_adapt_model(name, settings, model, ctx):
         model.enable_input_require_grads()
     trainable, total = model.get_nb_trainable_parameters()
     ctx.print(f"peft {name}: {trainable:,} trainable of {total:,} ({100 * trainable / total:.3f}%)")
+    from tune_plugin_peft.targets import reach
+
+    line, experts_reached = reach(model)
+    ctx.print(f"peft {name}: {line}", markup=False)
+    if experts_reached is False:
+        ctx.print(
+            f"[yellow]warning:[/yellow] this mixture-of-experts model's experts are not adapted "
+            f"by [[adapt]] {name}: most of its parameters stay frozen. Use targets = "
+            '"all-linear" (experts included) or experts = true with method = "lora".'
+        )
     return model
 
 
