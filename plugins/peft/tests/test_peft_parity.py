@@ -42,8 +42,8 @@ def trainer_losses(
     tokenizer = tiny_tokenizer(model_name)
     examples = tokenize(recipe)
 
-    set_seed(SEED)
     base = AutoModelForCausalLM.from_pretrained(str(tiny_model(model_name)), dtype=torch.float32)
+    set_seed(SEED)  # tune seeds the adapter's init with the recipe's seed, just before it
     model = get_peft_model(base, LoraConfig(lora_dropout=0.0, task_type=TaskType.CAUSAL_LM, **lora))
 
     class InOrder(Trainer):

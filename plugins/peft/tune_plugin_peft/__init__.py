@@ -175,6 +175,12 @@ def tune_adapt_model(name, settings, model, ctx):
         # A second PEFT step on the same model becomes a second named adapter.
         model.add_adapter(f"adapt{len(model.peft_config)}", config)
         return model
+    import torch
+
+    # The adapter's initial weights depend on the recipe's seed alone, not on what loading drew
+    # from the RNG before (a ZeRO-3 build under zero.Init draws differently from a plain
+    # load): every strategy starts from the same adapter, so their steps can be compared.
+    torch.manual_seed(ctx.recipe.train.seed)
     model = peft.get_peft_model(model, config)
     if ctx.recipe.train.gradient_checkpointing and hasattr(model, "enable_input_require_grads"):
         # Frozen embeddings + checkpointing: inputs must carry grad so LoRA layers get one.
