@@ -73,7 +73,13 @@ def _print(result, rec) -> None:
     sh = s.shapes
     console.print(
         f"[bold]{rec.path}[/bold]: {sh.model_type}, {sh.total_params() / 1e6:,.1f}M parameters "
-        f"({sh.layers} layers, hidden {sh.hidden}, vocab {sh.vocab:,}); {s.ranks} x {s.device}, "
+        + (
+            f"({sh.active_params() / 1e6:,.1f}M active per token: {sh.experts_per_token} of "
+            f"{sh.experts} experts) "
+            if sh.experts
+            else ""
+        )
+        + f"({sh.layers} layers, hidden {sh.hidden}, vocab {sh.vocab:,}); {s.ranks} x {s.device}, "
         f"strategy {s.strategy.backend.name}, weights {s.quantize or s.weight_dtype}, precision "
         f"{s.precision}, micro-batch {s.micro_batch} x {s.seq} tokens, checkpointing "
         f"{'on' if s.checkpointing else 'off'}, chunked loss {'on' if s.chunked else 'off'}"

@@ -36,7 +36,7 @@ from typing import Any
 __all__ = ["AdapterSize", "MemoryTerm", "ModelShape", "OptimizerState", "Plan", "Sharding"]
 
 # Architectures with a per-head RMSNorm on q and k.
-QK_NORM = {"qwen3", "olmo2"}
+QK_NORM = {"qwen3", "qwen3_moe", "olmo2"}
 
 
 @dataclass
@@ -57,6 +57,16 @@ class ModelShape:
     linears: dict[str, tuple[int, int]] = field(default_factory=dict)  # name -> (in, out)
     biases: dict[str, bool] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
+    # Mixture-of-experts layers (0: dense). `intermediate` is then the MLP width one token
+    # passes through (experts_per_token x an expert's), `linears` the dense linears only, and
+    # `expert_weights` the fused per-layer expert parameters: name -> (in, out) of ONE expert
+    # (e.g. gate_up_proj: (hidden, 2 x expert width)), each stored `experts` times.
+    experts: int = 0
+    experts_per_token: int = 0
+    expert_weights: dict[str, tuple[int, int]] = field(default_factory=dict)
+    expert_biases: bool = False
+    router_bias: bool = False
+    layer_extra: int = 0  # other parameters of one decoder layer (gpt-oss: a sink per head)
 
     @property
     def q_dim(self) -> int:
@@ -67,8 +77,25 @@ class ModelShape:
         return self.kv_heads * self.head_dim
 
     def layer_linear_params(self) -> int:
-        """Weights (+ biases) of the linear layers of one decoder layer."""
-        return sum(i * o + (o if self.biases.get(n) else 0) for n, (i, o) in self.linears.items())
+        """Weights (+ biases) of the linear layers of one decoder layer (a MoE layer's experts
+        and router included)."""
+        dense = sum(i * o + (o if self.biases.get(n) else 0) for n, (i, o) in self.linears.items())
+        return dense + self.layer_expert_params() + self.router_params()
+
+    def layer_expert_params(self) -> int:
+        """The fused expert weights (+ biases) of one decoder layer (0 for a dense model)."""
+        one = sum(i * o + (o if self.expert_biases else 0) for i, o in self.expert_weights.values())
+        return self.experts * one
+
+    def router_params(self) -> int:
+        return self.experts * self.hidden + (self.experts if self.router_bias else 0)
+
+    def active_params(self) -> int:
+        """Parameters one token uses: a MoE model's unpicked experts left out."""
+        if not self.experts:
+            return self.total_params()
+        idle = self.layer_expert_params() * (self.experts - self.experts_per_token) // self.experts
+        return self.total_params() - self.layers * idle
 
     def layer_norm_params(self) -> int:
         return 2 * self.hidden + (2 * self.head_dim if self.model_type in QK_NORM else 0)
@@ -81,12 +108,15 @@ class ModelShape:
         return 0 if self.tied else self.vocab * self.hidden
 
     def total_params(self) -> int:
-        per_layer = self.layer_linear_params() + self.layer_norm_params()
+        per_layer = self.layer_linear_params() + self.layer_norm_params() + self.layer_extra
         return self.embedding_params() + self.head_params() + self.layers * per_layer + self.hidden
 
     def decoder_linear_params(self) -> int:
-        """Weights (+ biases) of every decoder layer's linears: what k-bit quantization packs."""
-        return self.layers * self.layer_linear_params()
+        """Weights (+ biases) of every decoder layer's nn.Linear layers: what k-bit quantization
+        packs (bitsandbytes replaces nn.Linear; fused 3-D expert weights stay as loaded)."""
+        return self.layers * (
+            self.layer_linear_params() - self.layer_expert_params() - self.router_params()
+        )
 
 
 @dataclass
@@ -115,6 +145,10 @@ class AdapterSize:
     # (8-bit state only above a size, the largest step temporary). LoRA: A and B per target.
     tensors: tuple[tuple[int, int], ...] = ()
     summary: str = ""  # for the formula, e.g. "r=8 on q_proj/v_proj x 32 layers"
+    # Elements per decoder layer held from its forward to its backward whatever the tokens:
+    # LoRA on fused expert weights (PEFT's target_parameters) adds the update to the whole
+    # expert stack for the layer's matmul, and that merged copy is saved for backward.
+    layer_copy: int = 0
 
 
 @dataclass(frozen=True)

@@ -35,19 +35,38 @@ def act_elements(s: Setup, full: bool) -> tuple[float, str]:
     trains = {name: full or name in adapted for name in sh.linears}
     norm_w = 2 * h if full else 0
     norm1_out = h if any(trains[n] for n in ("q_proj", "k_proj", "v_proj")) else 0
+    if sh.experts:  # a MoE layer: its fused experts train in full or under LoRA, or not at all
+        experts_train = full or any(a.layer_copy for a in s.adapters)
+        trains.update(dict.fromkeys(("gate_proj", "up_proj", "down_proj"), experts_train))
     norm2_out = h if trains["gate_proj"] or trains["up_proj"] else 0
     down_in = i if trains["down_proj"] else 0
     adapter_mid = sum(a.saved for a in s.adapters)  # e.g. each LoRA's r-wide middle
     elements = 2 * h + 2 + norm_w + norm1_out + norm2_out + q + 2 * kv + q + sh.heads
-    # lean activations: only gate and up are kept; silu(gate) and the product are recomputed
-    mlp = 2 if s.lean else 3 + (1 if down_in else 0)
+    # lean activations: only gate and up are kept; silu(gate) and the product are recomputed.
+    # tiled MLP: nothing of [tokens, i] is kept (each tile's intermediates are recomputed in
+    # backward; one tile's are counted in tile_transient); only its input, the norm output.
+    tiled = is_tiled(s)
+    mlp = 0 if tiled else 2 if s.lean else 3 + (1 if down_in else 0)
     elements += mlp * i + adapter_mid
+    label = " (tiled)" if tiled else " (lean)" if s.lean else ""
     formula = (
         f"norms 2x(h+1{' +h' if full else ''}) + norm outs + attn (2q + 2kv + heads)"
-        f" + mlp {mlp}i{' (lean)' if s.lean else ''}"
-        + (f" + adapters {adapter_mid}" if adapter_mid else "")
+        f" + mlp {mlp}i{label}" + (f" + adapters {adapter_mid}" if adapter_mid else "")
     )
     return elements, formula
+
+
+def is_tiled(s: Setup) -> bool:
+    """`[train] tiled_mlp` (the setup's `tiled`, where the setup carries it)."""
+    return bool(getattr(s, "tiled", False))
+
+
+def tile_transient(s: Setup) -> float:
+    """Bytes one MLP tile holds while it runs or is recomputed: gate, up, silu(gate), their
+    product and the gradients of two of them, for `tiled_mlp_tokens` rows."""
+    ab = 4 if s.precision == "fp32" else 2
+    rows = min(int(getattr(s, "tile_tokens", 1024)), s.micro_batch * s.sequences * s.seq)
+    return rows * 6 * s.shapes.intermediate * ab
 
 
 def activation_terms(s: Setup, full: bool) -> list[Term]:
@@ -57,6 +76,8 @@ def activation_terms(s: Setup, full: bool) -> list[Term]:
     per_layer, formula = act_elements(s, full)
     norm_extra = 0 if ab == 4 else 4 * sh.hidden  # fp32 upcast inside RMSNorm under autocast
     layer_bytes = tokens * (per_layer * ab + norm_extra)
+    if is_tiled(s):
+        layer_bytes += tile_transient(s)
     # Final norm: input, 1/rms, normalized and output (trainable head). With a frozen base only
     # its input and 1/rms, but then layer 0 saves no input either (frozen embeddings): net ~0.
     final_norm = tokens * ((3 * sh.hidden + 1) if full else 1) * ab

@@ -97,9 +97,43 @@ def terms(s: Setup) -> list[Term]:
 
     # -- activations and logits -----------------------------------------------------------------
     out += activation_terms(s, full)
+    out += _moe_terms(s, wb, div)
     out += _autocast_copies(s, shard, full, lin, div)
     # -- loading --------------------------------------------------------------------------------
     out += loading
+    return out
+
+
+def _moe_terms(s: Setup, wb: int, div: int) -> list[Term]:
+    """A mixture-of-experts model's extra compute memory: the router logits every layer keeps
+    for the load-balancing loss, and the merged expert stacks LoRA on fused experts holds for
+    backward (one layer's under gradient checkpointing, which recomputes the others)."""
+    sh = s.shapes
+    if not sh.experts:
+        return []
+    out: list[Term] = []
+    rows = s.micro_batch * s.seq * s.sequences
+    if sh.config.get("output_router_logits"):
+        out.append(
+            Term(
+                "router logits (load-balancing loss)",
+                sh.layers * rows * sh.experts * 4,
+                f"{sh.layers} layers x {rows:,} tokens x {sh.experts} experts x 4 B",
+                phases=("compute",),
+            )
+        )
+    copy = sum(a.layer_copy for a in s.adapters)
+    if copy:
+        held = 1 if s.checkpointing else sh.layers
+        out.append(
+            Term(
+                "merged expert weights (LoRA on fused experts)",
+                held * copy * wb / div,
+                f"{held} layer(s) x {copy:,} x {wb} B"
+                + (" (checkpointing: one layer at a time)" if s.checkpointing else ""),
+                phases=("compute",),
+            )
+        )
     return out
 
 

@@ -68,7 +68,7 @@ def read_config(recipe: Any) -> dict[str, Any]:
 
 
 def _tiny_config(recipe: Any, path: str) -> dict[str, Any]:
-    from tune.builtin.tiny import ARCHS, ASSETS, BASE_CONFIG
+    from tune.builtin.tiny import ARCHS, ASSETS, BASE_CONFIG, MOE_CONFIG
 
     name = path.removeprefix("tune:")
     if name not in ARCHS:
@@ -79,7 +79,15 @@ def _tiny_config(recipe: Any, path: str) -> dict[str, Any]:
         )
     tok = json.loads((ASSETS / "tokenizer.json").read_text(encoding="utf-8"))
     vocab = set(tok["model"]["vocab"].values()) | {t["id"] for t in tok.get("added_tokens", [])}
-    return {**BASE_CONFIG, "model_type": ARCHS[name]["model_type"], "vocab_size": len(vocab)}
+    arch = ARCHS[name]
+    moe = MOE_CONFIG if "config" in arch else {}
+    return {
+        **BASE_CONFIG,
+        **moe,
+        **arch.get("config", {}),
+        "model_type": arch["model_type"],
+        "vocab_size": len(vocab),
+    }
 
 
 def _hub_config(recipe: Any, path: str) -> dict[str, Any]:
@@ -122,14 +130,46 @@ def _auto_config(recipe: Any, path: str, raw: dict[str, Any]) -> dict[str, Any]:
     return {**config.to_dict(), **{k: v for k, v in raw.items() if k in NEEDED}}
 
 
+# Mixture-of-experts decoders: Llama-like attention, and per layer a router and fused experts.
+# model_type -> (config key of the expert count, of one expert's width, experts carry biases)
+MOE = {
+    "qwen3_moe": ("num_experts", "moe_intermediate_size", False),
+    "mixtral": ("num_local_experts", "intermediate_size", False),
+    "gpt_oss": ("num_local_experts", "intermediate_size", True),
+}
+
+
+def _moe(cfg: dict[str, Any], shape: Shapes) -> Shapes:
+    """`shape` (attention as Llama's) with the MoE layer of `cfg` in place of the dense MLP."""
+    count_key, width_key, biased = MOE[shape.model_type]
+    experts, width = int(cfg[count_key]), int(cfg[width_key])
+    k = int(cfg.get("num_experts_per_tok") or cfg.get("experts_per_token") or 2)
+    h = shape.hidden
+    for name in MLP:
+        shape.linears.pop(name)
+        shape.biases.pop(name)
+    if shape.model_type == "gpt_oss":  # attention with biases, and a learned sink per head
+        shape.biases.update({n: True for n in ("q_proj", "k_proj", "v_proj", "o_proj")})
+        shape.layer_extra = shape.heads
+    shape.intermediate = k * width
+    shape.experts, shape.experts_per_token = experts, k
+    shape.expert_weights = {"gate_up_proj": (h, 2 * width), "down_proj": (width, h)}
+    shape.expert_biases = shape.router_bias = biased
+    return shape
+
+
 def shapes_from_config(cfg: dict[str, Any], where: str) -> Shapes:
     """Shapes of a Llama-family decoder; other families are refused with what is supported."""
     model_type = cfg.get("model_type", "")
+    if model_type in MOE:
+        dense = shapes_from_config({**cfg, "model_type": "llama", "intermediate_size": 1}, where)
+        dense.model_type, dense.config = model_type, cfg
+        return _moe(cfg, dense)
     if model_type not in LLAMA_LIKE or any(key not in cfg for key in NEEDED):
         raise TuneError(
             f"tune estimate does not know the layer shapes of model type '{model_type}'.",
             where=where,
-            fix=f"it covers {', '.join(sorted(LLAMA_LIKE))}; for another architecture, measure "
+            fix=f"it covers {', '.join(sorted(LLAMA_LIKE | set(MOE)))}; for another architecture, measure "
             "with a short `tune run -o train.max_steps=2` (the summary reports peak memory).",
         )
     h, i = int(cfg["hidden_size"]), int(cfg["intermediate_size"])

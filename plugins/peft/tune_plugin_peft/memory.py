@@ -42,18 +42,38 @@ def adapter_size(method: str, settings: Any, plan: memory.Plan) -> memory.Adapte
             continue
         rank = int(getattr(settings, "rank_pattern", {}).get(name, r))
         per_layer += rank * (fan_in + fan_out) + (fan_out if method == "dora" else 0)
+    experts, copy = _experts(method, settings, shape, r)
+    per_layer += experts
     params = per_layer * n_layers
     # modules_to_save: PEFT trains a full copy of each (the head and embeddings are vocab x h).
     saved = list(settings.modules_to_save or [])
     params += sum(shape.vocab * shape.hidden for n in saved if n in ("lm_head", "embed_tokens"))
-    on = "/".join(targets)
+    on = "/".join(targets + (["experts"] if experts else []))
     return memory.AdapterSize(
         params=params,
         targets=tuple(targets),
         saved=r * len(targets),
         tensors=tuple((r * fan, n_layers) for name in targets for fan in shape.linears[name] if r),
         summary=f"{method} r={r} on {on} x {n_layers} layers" if r else f"{method} on {on}",
+        layer_copy=copy,
     )
+
+
+def _experts(method: str, settings: Any, shape: memory.ModelShape, r: int) -> tuple[int, int]:
+    """(LoRA parameters on one layer's fused experts and router, elements of the merged expert
+    weights that layer holds for backward), as targets.py resolves them. PEFT's LoRA on a
+    [experts, in, out] weight has A: in x (r * experts) and B: (r * experts) x out."""
+    if not shape.experts or method != "lora":
+        return 0, 0
+    want = settings.experts if settings.experts is not None else settings.targets == "all-linear"
+    params = copy = 0
+    if want:
+        for fan_in, fan_out in shape.expert_weights.values():
+            params += r * shape.experts * (fan_in + fan_out)
+            copy += shape.experts * fan_in * fan_out
+    if settings.router:  # the router as a 2-D weight: hidden -> experts
+        params += r * (shape.hidden + shape.experts)
+    return params, copy
 
 
 def _targets(method: str, settings: Any, shape: memory.ModelShape, where: str) -> list[str]:
