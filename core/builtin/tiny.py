@@ -31,7 +31,7 @@ SPECIAL = [
     "[/INST]",
 ]
 # Version of the tiny weights recipe: bump when configs change so cached copies are rebuilt.
-TINY_VERSION = 2
+TINY_VERSION = 3
 
 ARCHS: dict[str, dict[str, Any]] = {
     "tiny-llama": {"model_type": "llama", "template": "llama-3.1"},
@@ -42,7 +42,12 @@ ARCHS: dict[str, dict[str, Any]] = {
     "tiny-qwen3-moe": {
         "model_type": "qwen3_moe",
         "template": "chatml",
-        "config": {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 128},
+        "config": {
+            "num_experts": 4,
+            "num_experts_per_tok": 2,
+            "moe_intermediate_size": 128,
+            "norm_topk_prob": True,  # as Qwen3-MoE's releases (and llama.cpp) route
+        },
     },
     "tiny-mixtral": {
         "model_type": "mixtral",

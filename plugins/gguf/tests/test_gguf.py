@@ -245,3 +245,42 @@ def test_sentencepiece_style_vocabulary_round_trips(tmp_path):
     for text in ("hello", "hello hello", "h\u00e9 llo \U0001f642"):
         assert tok(text).input_ids == ref(text).input_ids
     assert tok.decode(tok("h\u00e9 llo").input_ids, skip_special_tokens=True) == "h\u00e9 llo"
+
+
+def test_qwen3_moe_exports_exactly_in_f32(tmp_path):
+    """Fused experts split into llama.cpp's gate/up/down expert stacks and the router: read
+    back by transformers' GGUF loader, the logits are the model's own."""
+    folder = tiny_model("tiny-qwen3-moe")
+    write_gguf(folder, tmp_path / "m.gguf", "f32", name="moe")
+    ref, _ = _load(folder)
+    # transformers' GGUF reader does not map qwen3moe.expert_feed_forward_length (llama.cpp
+    # reads it) to moe_intermediate_size: given here, as llama.cpp takes it from the file
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        str(tmp_path), gguf_file="m.gguf", dtype=torch.float32, moe_intermediate_size=128
+    ).eval()
+    ids = torch.arange(3, 40).unsqueeze(0)
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, ref(ids).logits)
+
+
+def test_mixtral_expert_stacks_hold_the_experts_in_llama_cpp_layout(tmp_path):
+    """Mixtral is a llama with experts to llama.cpp (transformers cannot read it back): the
+    file's expert stacks are [experts, out, in] with gate and up apart, the router in F32."""
+    import gguf
+    import numpy as np
+    from safetensors.torch import load_file
+
+    folder = tiny_model("tiny-mixtral")
+    write_gguf(folder, tmp_path / "m.gguf", "f32", name="moe")
+    reader = gguf.GGUFReader(str(tmp_path / "m.gguf"))
+    tensors = {t.name: t for t in reader.tensors}
+    weights = load_file(str(folder / "model.safetensors"))
+    fused = weights["model.layers.1.mlp.experts.gate_up_proj"].numpy()
+    width = fused.shape[1] // 2
+    assert np.array_equal(tensors["blk.1.ffn_gate_exps.weight"].data, fused[:, :width])
+    assert np.array_equal(tensors["blk.1.ffn_up_exps.weight"].data, fused[:, width:])
+    down = weights["model.layers.1.mlp.experts.down_proj"].numpy()
+    assert np.array_equal(tensors["blk.1.ffn_down_exps.weight"].data, down)
+    assert tensors["blk.1.ffn_gate_inp.weight"].tensor_type == gguf.GGMLQuantizationType.F32
+    field = reader.fields["llama.expert_count"]
+    assert int(field.parts[field.data[0]][0]) == 4

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,19 @@ ARCHS: dict[str, tuple[str, bool]] = {
     "llama": ("llama", True),
     "mistral": ("llama", True),  # llama.cpp runs Mistral as llama
     "qwen2": ("qwen2", False),
+    # mixture-of-experts: each layer's experts as 3-D tensors [experts, out, in] (ffn_*_exps) and
+    # the router as ffn_gate_inp; Mixtral is a llama with experts to llama.cpp
+    "qwen3_moe": ("qwen3moe", False),
+    "mixtral": ("llama", True),
 }
+# Fused expert weights as transformers 5.x keeps them (and `tune merge` writes them), and the
+# per-expert layout of hub checkpoints: both become llama.cpp's stacked tensors.
+FUSED_GATE_UP = re.compile(r"model\.layers\.(\d+)\.mlp\.experts\.gate_up_proj$")
+FUSED_DOWN = re.compile(r"model\.layers\.(\d+)\.mlp\.experts\.down_proj$")
+PER_EXPERT = re.compile(
+    r"model\.layers\.(\d+)\.(?:mlp|block_sparse_moe)\.experts\.(\d+)\.(gate_proj|up_proj|down_proj|w1|w2|w3)\.weight$"
+)
+PER_EXPERT_GGUF = {"gate_proj": "gate", "w1": "gate", "up_proj": "up", "w3": "up"}
 # what --quant accepts here: (GGML type of 2-D weights, llama.cpp file type)
 QUANTS = {"f32": ("F32", 0), "f16": ("F16", 1), "bf16": ("BF16", 32), "q8_0": ("Q8_0", 7)}
 # quants left to llama.cpp's llama-quantize (no Python k-quant encoder; per-tensor type mixes)
@@ -44,6 +57,8 @@ class Planned:
     source: str | None  # safetensors key (None: computed, e.g. rope_freqs)
     shape: tuple[int, ...]
     qtype: str  # GGML type name
+    half: int | None = None  # 0/1: the first/second half of dim 1 (a fused gate_up_proj)
+    stack: tuple[str, ...] = ()  # keys stacked on a new first dim (one per expert)
 
 
 def check_quant(quant: str, where: str) -> None:
@@ -81,6 +96,14 @@ def read_config(model_dir: Path) -> dict[str, Any]:
             where=str(path),
             fix=f"supported: {', '.join(ARCHS)}. Other architectures: llama.cpp's "
             "convert_hf_to_gguf.py on the merged model (`tune merge RUN --out DIR`).",
+        )
+    if model_type == "qwen3_moe" and not config.get("norm_topk_prob", False):
+        raise TuneError(
+            "this Qwen3-MoE model does not renormalize its top-k routing weights "
+            "(norm_topk_prob = false), and llama.cpp's qwen3moe always does: the GGUF would "
+            "route tokens differently from the trained model.",
+            where=f"{path}: norm_topk_prob",
+            fix="export a model trained with norm_topk_prob = true (as Qwen3-MoE's releases are).",
         )
     return config
 
@@ -128,8 +151,29 @@ def plan(model_dir: Path, config: dict[str, Any], quant: str) -> list[Planned]:
     if tied and "model.embed_tokens.weight" not in keys and "lm_head.weight" in keys:
         keys["model.embed_tokens.weight"] = keys["lm_head.weight"]  # saved once, under lm_head
         aliases["model.embed_tokens.weight"] = "lm_head.weight"
+    experts: dict[tuple[int, str], dict[int, str]] = {}
     for key, (file, shape) in keys.items():
         if key.endswith("rotary_emb.inv_freq") or (tied and key == "lm_head.weight"):
+            continue
+        if fused := FUSED_GATE_UP.match(key):
+            layer, (n, rows, cols) = int(fused[1]), shape
+            for half, part in enumerate(("gate", "up")):
+                name = f"blk.{layer}.ffn_{part}_exps.weight"
+                piece = (n, rows // 2, cols)
+                out.append(Planned(name, key, piece, _tensor_type(name, piece, quant), half))
+            continue
+        if fused := FUSED_DOWN.match(key):
+            name = f"blk.{int(fused[1])}.ffn_down_exps.weight"
+            out.append(Planned(name, key, shape, _tensor_type(name, shape, quant)))
+            continue
+        if one := PER_EXPERT.match(key):
+            part = PER_EXPERT_GGUF.get(one[3], "down")
+            experts.setdefault((int(one[1]), part), {})[int(one[2])] = key
+            continue
+        if key.endswith(".mlp.gate.weight") or key.endswith(".block_sparse_moe.gate.weight"):
+            # the router: llama.cpp keeps it in float32 whatever the file type
+            target = names.get_name(key, try_suffixes=(".weight",))
+            out.append(Planned(target, key, shape, "F32"))
             continue
         target = names.get_name(key, try_suffixes=(".weight", ".bias"))
         if target is None:
@@ -141,6 +185,11 @@ def plan(model_dir: Path, config: dict[str, Any], quant: str) -> list[Planned]:
             )
         source = aliases.get(key, key)
         out.append(Planned(target, source, shape, _tensor_type(target, shape, quant)))
+    for (layer, part), by_index in sorted(experts.items()):
+        stack = tuple(by_index[i] for i in sorted(by_index))
+        shape = (len(stack), *keys[stack[0]][1])
+        name = f"blk.{layer}.ffn_{part}_exps.weight"
+        out.append(Planned(name, None, shape, _tensor_type(name, shape, quant), stack=stack))
     _, scaling = _rope(config)
     if scaling.get("rope_type") == "llama3":
         out.append(Planned("rope_freqs.weight", None, (_head_dim(config) // 2,), "F32"))
@@ -177,6 +226,17 @@ def add_hparams(writer: Any, config: dict[str, Any], quant: str) -> None:
             where="config.json: rope_scaling",
             fix="supported: none, linear, yarn, llama3.",
         )
+    experts = config.get("num_experts") or config.get("num_local_experts")
+    if experts:
+        writer.add_expert_count(int(experts))
+        writer.add_expert_used_count(int(config["num_experts_per_tok"]))
+        if config.get("moe_intermediate_size"):
+            writer.add_expert_feed_forward_length(int(config["moe_intermediate_size"]))
+    if config.get("head_dim") and head_dim * int(config["num_attention_heads"]) != int(
+        config["hidden_size"]
+    ):
+        writer.add_key_length(head_dim)
+        writer.add_value_length(head_dim)
     writer.add_file_type(QUANTS[quant][1])
     if quant == "q8_0":
         import gguf
@@ -220,10 +280,15 @@ def tensor_data(item: Planned, handle: Any, config: dict[str, Any]) -> Any:
     import torch
     from gguf import GGMLQuantizationType, quants
 
-    if item.source is None:
+    if item.stack:
+        data = np.stack([handle[k].get_tensor(k).to(torch.float32).numpy() for k in item.stack])
+    elif item.source is None:
         data = _llama3_rope_freqs(config)
     else:
         data = handle.get_tensor(item.source).to(torch.float32).numpy()
+        if item.half is not None:
+            rows = data.shape[1] // 2
+            data = data[:, item.half * rows : (item.half + 1) * rows]
         if ARCHS[config["model_type"]][1] and item.source.endswith(".weight"):
             if ".self_attn.q_proj." in item.source:
                 data = permute_qk(data, int(config["num_attention_heads"]))

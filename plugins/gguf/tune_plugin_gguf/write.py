@@ -70,7 +70,9 @@ def write_gguf(
             handles[str(file)] = safe_open(str(file), framework="pt")
         owner = {k: h for h in handles.values() for k in h.keys()}  # noqa: SIM118
         for item in items:
-            writer.write_tensor_data(tensor_data(item, owner.get(item.source), config))
+            # a stacked tensor (one key per expert) gets the handle of each key
+            handle = owner if item.stack else owner.get(item.source)
+            writer.write_tensor_data(tensor_data(item, handle, config))
         writer.close()
         os.replace(tmp, out)
     finally:
