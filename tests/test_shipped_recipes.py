@@ -37,6 +37,7 @@ HUB_SMOKE = {
         ['model.quantization.compute_dtype="float32"'],
     ),
     "mistral-7b-dora": ("tune:tiny-mistral", "alpaca", []),
+    "qwen3-30b-a3b-lora": ("tune:tiny-qwen3-moe", "chat", ['strategy.name="single"']),
 }
 
 
