@@ -147,6 +147,80 @@ def _targets(hidden: Any, labels: Any) -> tuple[Any, Any, Any]:
     return hidden[:, :-1][mask], targets[mask], mask
 
 
+def _plain_linear(head: Any) -> bool:
+    """A bare nn.Linear head (not LoRA-wrapped, not a modules_to_save copy, not quantized):
+    its gradients can be taken in the forward pass (`_FusedHeadNLL`)."""
+    import torch
+
+    weight = getattr(head, "weight", None)
+    return (
+        type(head) is torch.nn.Linear
+        and type(weight) in (torch.Tensor, torch.nn.Parameter)
+        and weight.dtype in (torch.float32, torch.bfloat16, torch.float16)
+    )
+
+
+def _fused_head_nll(head: Any, picked: Any, targets: Any, step: int) -> Any:
+    """The summed NLL of a bare linear head, its gradients taken chunk by chunk in forward.
+
+    The checkpointed path computes each chunk's logits twice (forward, then again in backward);
+    here each chunk's softmax gradient is turned into the gradients of the hidden rows (and of
+    the head's weight and bias when they train) at once, so the logits are computed once and
+    backward only scales what was kept. Same memory bound (one chunk's logits), the FLOPs of the
+    plain loss, exact (the same float32 log-softmax gradient)."""
+    import torch
+    import torch.nn.functional as F
+
+    weight, bias = head.weight, head.bias
+
+    class FusedHeadNLL(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx: Any, rows: Any, w: Any, b: Any) -> Any:
+            total = torch.zeros((), dtype=torch.float32, device=rows.device)
+            grad_rows = torch.empty_like(rows) if rows.requires_grad else None
+            grad_w = torch.zeros_like(w, dtype=torch.float32) if w.requires_grad else None
+            grad_b = (
+                torch.zeros_like(b, dtype=torch.float32)
+                if b is not None and b.requires_grad
+                else None
+            )
+            for start in range(0, rows.shape[0], step):
+                h, t = rows[start : start + step], targets[start : start + step]
+                logits = F.linear(h, w, b)
+                logprobs = torch.log_softmax(logits.float(), dim=-1)
+                total -= logprobs.gather(1, t[:, None]).sum()
+                grad = logprobs.exp_()  # d nll / d logits = softmax - one-hot, as autograd has it
+                grad[torch.arange(t.shape[0], device=t.device), t] -= 1.0
+                grad = grad.to(logits.dtype)  # the logits' dtype (under autocast, 16-bit)
+                del logits, logprobs
+                if grad_rows is not None:
+                    grad_rows[start : start + step] = (grad @ w.to(grad.dtype)).to(rows.dtype)
+                if grad_w is not None:
+                    grad_w += (grad.t() @ h.to(grad.dtype)).float()
+                if grad_b is not None:
+                    grad_b += grad.float().sum(0)
+            ctx.save_for_backward(
+                *(x if x is not None else torch.empty(0) for x in (grad_rows, grad_w, grad_b))
+            )
+            ctx.has = (grad_rows is not None, grad_w is not None, grad_b is not None)
+            ctx.dtypes = (w.dtype, b.dtype if b is not None else None)
+            return total
+
+        @staticmethod
+        def backward(ctx: Any, upstream: Any) -> Any:
+            kept = ctx.saved_tensors
+            out = []
+            for i, (has, tensor) in enumerate(zip(ctx.has, kept, strict=True)):
+                if not has:
+                    out.append(None)
+                    continue
+                scaled = tensor * upstream.to(tensor.dtype)
+                out.append(scaled.to(ctx.dtypes[i - 1]) if i else scaled)
+            return tuple(out)
+
+    return FusedHeadNLL.apply(picked, weight, bias)
+
+
 def head_nll(head: Any, hidden: Any, labels: Any, reduce: bool, rows: int | None = None) -> Any:
     """The next-token NLL of `labels` given the final `hidden` states, chunk by chunk.
 
@@ -163,6 +237,8 @@ def head_nll(head: Any, hidden: Any, labels: Any, reduce: bool, rows: int | None
         zero = head(hidden[:, :1]).float().sum() * 0.0
         return zero if reduce else zero + torch.zeros(mask.shape, device=hidden.device)
     step = _chunk_rows(_vocab(head), rows)
+    if reduce and torch.is_grad_enabled() and _plain_linear(head):
+        return _fused_head_nll(head, picked, targets, step)
     fn = _chunk_nll_sum if reduce else _chunk_nll
     parts = []
     for start in range(0, n, step):

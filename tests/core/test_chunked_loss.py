@@ -64,14 +64,14 @@ def _lora(model, targets):
 
 
 @pytest.mark.parametrize(
-    "case", ["tied", "untied", "packed", "lora_on_lm_head", "lora_tied_lm_head"]
+    "case", ["tied", "untied", "packed", "lora_frozen_head", "lora_on_lm_head", "lora_tied_lm_head"]
 )
 def test_chunked_loss_and_gradients_equal_the_plain_ones(case):
     from tune.train.chunked_loss import plain_reason
 
     model = _model(tie_word_embeddings=case not in ("untied", "lora_on_lm_head"))
-    if case.startswith("lora"):
-        model = _lora(model, ["q_proj", "v_proj", "lm_head"])
+    if case.startswith("lora"):  # the head frozen and bare, or LoRA-wrapped
+        model = _lora(model, ["q_proj", "v_proj"] + (["lm_head"] if "lm_head" in case else []))
     assert plain_reason(model) is None
     packed = case == "packed"
     plain, g_plain = _loss_and_grads(model, chunked=False, packed=packed)
@@ -79,7 +79,7 @@ def test_chunked_loss_and_gradients_equal_the_plain_ones(case):
     assert abs(plain - chunked) < 1e-5
     assert g_plain.keys() == g_chunked.keys() and g_plain
     assert max_weight_diff(g_plain, g_chunked) < 1e-5
-    if case.startswith("lora"):
+    if "lm_head" in case:
         assert any("lm_head" in k and "lora" in k for k in g_chunked)
 
 
@@ -167,4 +167,10 @@ def test_whole_runs_with_packing_and_accumulation_equal_chunked_on_and_off(
     assert "loss: chunked" in said and "loss: plain ([train] chunked_loss = false)" in said
     on, off = (train_losses(r) for r in runs)
     assert len(on) == 3 and max(abs(a - b) for a, b in zip(on, off, strict=True)) < 1e-5
-    assert max_weight_diff(final_weights(runs[0]), final_weights(runs[1])) < 1e-5
+    # A bare head takes its gradient in forward, before the loss's 1/tokens scale (autograd
+    # scales first): float32 rounding apart, which AdamW's normalization magnifies in the
+    # near-zero gradients of a full fine-tune's embedding rows. The gradients themselves are
+    # compared directly in test_chunked_loss_and_gradients_equal_the_plain_ones.
+    assert max_weight_diff(final_weights(runs[0]), final_weights(runs[1])) < (
+        1e-5 if adapt else 1e-4
+    )

@@ -108,7 +108,9 @@ def test_per_step_losses_match_transformers_trainer(tmp_path, run_recipe):
     assert len(theirs) == len(ours) == STEPS
     worst = max(abs(a - b) for a, b in zip(ours, theirs, strict=True))
     print(f"parity: max per-step loss difference {worst:.2e} over {STEPS} steps")
-    assert worst <= 1e-6, list(zip(ours, theirs, strict=True))
+    # float32 rounding: metrics.jsonl keeps 6 decimals, and tune's head takes its gradient
+    # before the loss's 1/tokens scale where autograd scales first (chunked_loss.py)
+    assert worst <= 2e-6, list(zip(ours, theirs, strict=True))
 
 
 @pytest.mark.parametrize("family", ["tiny-qwen3-moe", "tiny-mixtral", "tiny-gpt-oss"])
