@@ -50,6 +50,13 @@ def merge(ctx, source: Path, out: Path, dtype: str, trust_remote_code: bool, plu
 @click.option("--system", default=None, help="System prompt (chat-trained runs).")
 @click.option("--raw", is_flag=True, help="Continue text as written, without the chat template.")
 @click.option(
+    "--image",
+    "images",
+    multiple=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Show this image with the first message (repeatable; runs trained on image data).",
+)
+@click.option(
     "--dtype",
     type=click.Choice(["bf16", "fp16", "fp32"]),
     default=None,
@@ -66,6 +73,7 @@ def chat(
     max_new_tokens: int,
     system: str | None,
     raw: bool,
+    images: tuple[Path, ...],
     dtype: str | None,
     trust_remote_code: bool,
     plugin_opts: tuple[str, ...],
@@ -85,7 +93,9 @@ def chat(
         from tune.machine.devices import auto_device, resolve_precision
 
         dtype = resolve_precision("auto", auto_device())
-    session = open_session(source, pm, dtype, max_new_tokens, system, raw, trust_remote_code)
+    session = open_session(
+        source, pm, dtype, max_new_tokens, system, raw, trust_remote_code, [str(i) for i in images]
+    )
     if messages:
         for message in messages:
             click.echo(session.reply(message))

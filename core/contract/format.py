@@ -85,6 +85,12 @@ class DataFormat:
 
         return text_prompt(self.tokenizer, text)
 
+    def prompt_inputs(self, messages: list[dict[str, Any]], images: list[str]) -> Any:
+        """Model inputs (tensors of a batch of one, for `generate`) of a chat prompt whose first
+        user turn shows `images` (file paths): how `tune chat --image` talks to a model trained
+        on this format. None (the default): the format reads no images."""
+        return None
+
     def cache_key(self) -> Any:
         """What decides the examples besides the rows, tokenizer and max_seq_len."""
         return self.settings.model_dump(mode="json")

@@ -23,12 +23,30 @@ def tokenized(recipe, pm) -> tuple[Any, Any]:
     return tokenizer, load_examples(pm, tokenizer, ctx)
 
 
+RUN = 4  # this many equal masked special tokens in a row are shown once, with their count
+
+
 def render_example(example: dict[str, list[int]], tokenizer: Any) -> Text:
-    """Trained tokens in green, context (masked) tokens dim; special tokens shown as written."""
+    """Trained tokens in green, context (masked) tokens dim; special tokens shown as written.
+    A long run of one masked special token (an image's placeholder tokens) is shown once with
+    its count: `<|image_pad|>x256`."""
     text = Text()
-    for token, label in zip(example["input_ids"], example["labels"], strict=True):
+    ids, labels = example["input_ids"], example["labels"]
+    special = set(getattr(tokenizer, "all_special_ids", []) or [])
+    i = 0
+    while i < len(ids):
+        token, label = ids[i], labels[i]
         piece = tokenizer.decode([token], skip_special_tokens=False)
+        j = i + 1
+        if label == IGNORE and token in special:
+            while j < len(ids) and ids[j] == token and labels[j] == IGNORE:
+                j += 1
+        if j - i >= RUN:
+            text.append(f"{piece}x{j - i}", style="dim")
+            i = j
+            continue
         text.append(piece, style="bold green" if label != IGNORE else "dim")
+        i += 1
     return text
 
 

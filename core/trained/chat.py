@@ -12,6 +12,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from tune.contract.format import DataFormat
+
 
 class Session:
     """One conversation (or a series of raw continuations) with a loaded model."""
@@ -23,8 +25,12 @@ class Session:
         use_template: bool,
         max_new_tokens: int,
         system: str | None = None,
+        images: list[str] | None = None,
+        inputs: Callable[[list[dict[str, Any]], list[str]], Any] | None = None,
     ):
         self.model, self.tokenizer = model, tokenizer
+        # images shown with the first message, turned into model inputs by the run's format
+        self.images, self.inputs = list(images or []), inputs
         self.use_template = use_template
         self.max_new_tokens = max_new_tokens
         self.messages: list[dict[str, str]] = []
@@ -45,10 +51,30 @@ class Session:
     def reply(self, text: str) -> str:
         from tune.model.generation import greedy_generate
 
-        answer = greedy_generate(self.model, self.tokenizer, self.prompt(text), self.max_new_tokens)
+        if self.images and self.inputs is not None:
+            answer = self._reply_with_images(text)
+        else:
+            prompt = self.prompt(text)
+            answer = greedy_generate(self.model, self.tokenizer, prompt, self.max_new_tokens)
         if self.use_template:
             self.messages.append({"role": "assistant", "content": answer})
         return answer
+
+    def _reply_with_images(self, text: str) -> str:
+        """Greedy reply to the conversation so far, whose first user turn shows the images."""
+        import torch
+
+        self.messages.append({"role": "user", "content": text})
+        inputs = self.inputs(self.messages, self.images)
+        device = next(self.model.parameters()).device
+        inputs = {k: v.to(device) if hasattr(v, "to") else v for k, v in inputs.items()}
+        pad = self.tokenizer.pad_token_id
+        with torch.no_grad():
+            out = self.model.generate(
+                **inputs, max_new_tokens=self.max_new_tokens, do_sample=False, pad_token_id=pad
+            )
+        new = out[0, inputs["input_ids"].shape[1] :]
+        return self.tokenizer.decode(new, skip_special_tokens=True)
 
 
 def open_session(
@@ -59,6 +85,7 @@ def open_session(
     system: str | None,
     raw: bool,
     trust_remote_code: bool = False,
+    images: list[str] | None = None,
 ) -> Session:
     from transformers.utils import logging as hf_logging
     from tune.machine.devices import auto_device
@@ -71,7 +98,27 @@ def open_session(
     model.to(auto_device())
     chat_trained = trained_on_chat(recipe, pm) and bool(getattr(tokenizer, "chat_template", None))
     system = system or recipe.raw.get("data", {}).get("system_prompt")  # as in training
-    return Session(model, tokenizer, chat_trained and not raw, max_new_tokens, system)
+    inputs = image_inputs(recipe, pm, tokenizer, source) if images else None
+    return Session(
+        model, tokenizer, chat_trained and not raw, max_new_tokens, system, images, inputs
+    )
+
+
+def image_inputs(recipe: Any, pm: Any, tokenizer: Any, source: Path) -> Callable:
+    """The run's format's `prompt_inputs`, or one paragraph when it reads no images."""
+    from tune.contract.context import RunContext
+    from tune.errors import TuneError
+
+    ctx = RunContext(recipe=recipe, output_dir=recipe.path.parent)
+    fmt = pm.call("tune_format_data", recipe.selected("data_format"), tokenizer=tokenizer, ctx=ctx)
+    if type(fmt).prompt_inputs is DataFormat.prompt_inputs:
+        raise TuneError(
+            f"this run was trained on '{recipe.selected('data_format').backend.name}' data, "
+            "which holds no images, so its model is not shown any.",
+            where=f"{source}: --image",
+            fix="drop --image (or chat with a run trained on image data).",
+        )
+    return fmt.prompt_inputs
 
 
 def trained_on_chat(recipe: Any, pm: Any) -> bool:
