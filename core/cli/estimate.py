@@ -79,6 +79,7 @@ def _print(result, rec) -> None:
             if sh.experts
             else ""
         )
+        + (f"(+{sh.extra_params / 1e6:,.1f}M {sh.extra_label}) " if sh.extra_params else "")
         + f"({sh.layers} layers, hidden {sh.hidden}, vocab {sh.vocab:,}); {s.ranks} x {s.device}, "
         f"strategy {s.strategy.backend.name}, weights {s.quantize or s.weight_dtype}, precision "
         f"{s.precision}, micro-batch {s.micro_batch} x {s.seq} tokens, checkpointing "

@@ -12,6 +12,10 @@ backend's validated settings and the `Plan` below. What it returns depends on it
     optimizer     -> OptimizerState     its state for `plan.trainable` values (+ step temporaries)
     strategy      -> Sharding           what it shards or offloads, its own buffers, and the
                                         settings changes that would save memory (advice)
+    loader        -> ModelConfig | None the decoder's config and the parameters beside it (a
+                                        vision tower), for models whose config.json the core
+                                        cannot read as a decoder's; called as
+                                        `estimate(settings, recipe)`; None: the core reads it
 
 An objective contributes through its capabilities: `full_logits` (None, not said: its full
 logits are counted, to be safe) and `sequences_per_example`. A backend serving several names
@@ -33,7 +37,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["AdapterSize", "MemoryTerm", "ModelShape", "OptimizerState", "Plan", "Sharding"]
+__all__ = [
+    "AdapterSize",
+    "MemoryTerm",
+    "ModelConfig",
+    "ModelShape",
+    "OptimizerState",
+    "Plan",
+    "Sharding",
+]
 
 # Architectures with a per-head RMSNorm on q and k.
 QK_NORM = {"qwen3", "qwen3_moe", "olmo2"}
@@ -67,6 +79,9 @@ class ModelShape:
     expert_biases: bool = False
     router_bias: bool = False
     layer_extra: int = 0  # other parameters of one decoder layer (gpt-oss: a sink per head)
+    # Parameters outside the decoder (a vision tower and projector: `ModelConfig`), frozen
+    extra_params: int = 0
+    extra_label: str = ""
 
     @property
     def q_dim(self) -> int:
@@ -109,7 +124,8 @@ class ModelShape:
 
     def total_params(self) -> int:
         per_layer = self.layer_linear_params() + self.layer_norm_params() + self.layer_extra
-        return self.embedding_params() + self.head_params() + self.layers * per_layer + self.hidden
+        decoder = self.embedding_params() + self.head_params() + self.layers * per_layer
+        return decoder + self.hidden + self.extra_params
 
     def decoder_linear_params(self) -> int:
         """Weights (+ biases) of every decoder layer's nn.Linear layers: what k-bit quantization
@@ -117,6 +133,17 @@ class ModelShape:
         return self.layers * (
             self.layer_linear_params() - self.layer_expert_params() - self.router_params()
         )
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """What a loader's `estimate=` returns: the config of the model's decoder (the keys of a
+    Llama-family config.json: hidden_size, num_hidden_layers, ...) and the parameters the model
+    holds beside it (e.g. a vision tower and projector), counted as frozen weights."""
+
+    config: dict[str, Any]
+    extra_params: int = 0
+    extra_label: str = ""
 
 
 @dataclass

@@ -126,6 +126,20 @@ def host_memory() -> float:
     return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
 
 
+def model_shapes(recipe: Any) -> Any:
+    """The model's shapes: from its loader's `estimate=` where it declares one (a model whose
+    config.json is not a decoder's, e.g. a vision-language model), else from config.json."""
+    where = f"{recipe.path}: [model] path"
+    loader = recipe.backends.get("loader")
+    fn = getattr(getattr(loader, "backend", None), "estimate", None)
+    given = fn(loader.settings, recipe) if fn is not None else None
+    if given is None:
+        return shapes_from_config(read_config(recipe), where)
+    shapes = shapes_from_config(given.config, where)
+    shapes.extra_params, shapes.extra_label = given.extra_params, given.extra_label
+    return shapes
+
+
 def estimate(
     recipe: Any, gpus: int | None = None, gpu_memory: float | None = None, plugins: Any = None
 ) -> Estimate:
@@ -135,8 +149,7 @@ def estimate(
     backends of each kind; without it the advice changes only core keys and the recipe's own
     strategy settings.
     """
-    cfg = read_config(recipe)
-    shapes = shapes_from_config(cfg, f"{recipe.path}: [model] path")
+    shapes = model_shapes(recipe)
     found = [] if gpu_memory else local_gpus()
     device = "gpu" if gpu_memory or found else "cpu"
     one = recipe.selected("strategy").capabilities.processes == "one"

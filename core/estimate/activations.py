@@ -22,6 +22,9 @@ except ImportError:  # pragma: no cover - older core
     CHUNK_ELEMENTS = 1 << 24
 
 
+MLP_LINEARS = {"gate_proj", "up_proj", "down_proj"}
+
+
 def act_elements(s: Setup, full: bool) -> tuple[float, str]:
     """Elements saved for backward per token per decoder layer (without checkpointing).
 
@@ -41,6 +44,11 @@ def act_elements(s: Setup, full: bool) -> tuple[float, str]:
     norm2_out = h if trains["gate_proj"] or trains["up_proj"] else 0
     down_in = i if trains["down_proj"] else 0
     adapter_mid = sum(a.saved for a in s.adapters)  # e.g. each LoRA's r-wide middle
+    if is_tiled(s):  # the MLP's adapters run inside the tiles: recomputed, not kept
+        adapter_mid -= sum(
+            a.saved * len(MLP_LINEARS & set(a.targets)) // max(1, len(a.targets))
+            for a in s.adapters
+        )
     elements = 2 * h + 2 + norm_w + norm1_out + norm2_out + q + 2 * kv + q + sh.heads
     # lean activations: only gate and up are kept; silu(gate) and the product are recomputed.
     # tiled MLP: nothing of [tokens, i] is kept (each tile's intermediates are recomputed in

@@ -140,7 +140,10 @@ def _moe_terms(s: Setup, wb: int, div: int) -> list[Term]:
 def trained_plan(s: Setup) -> Plan:
     """The plan strategies and optimizers see: what trains, in which dtype."""
     full = not s.adapters and s.quantization is None
-    trainable = s.shapes.total_params() if full else sum(a.params for a in s.adapters)
+    # a full fine-tune trains the decoder; what the loader counts beside it (a vision tower and
+    # projector) stays frozen
+    decoder = s.shapes.total_params() - s.shapes.extra_params
+    trainable = decoder if full else sum(a.params for a in s.adapters)
     # Trainable weights: fp32 with fp32 master weights (upcast) or over a k-bit base (a k-bit
     # dtype cannot train: what is added there is float32), else the loaded dtype.
     over_kbit = s.quantization is not None and not full

@@ -32,9 +32,12 @@ LLAMA_LIKE = {
     "granite",
     "cohere",
     "mixtral_dense",
+    # the language model of Qwen2-VL / Qwen2.5-VL (a loader's ModelConfig gives its config)
+    "qwen2_vl_text",
+    "qwen2_5_vl_text",
 }
 # Architectures with biases on q/k/v whatever `attention_bias` says.
-QKV_BIAS = {"qwen2"}
+QKV_BIAS = {"qwen2", "qwen2_vl_text", "qwen2_5_vl_text"}
 MLP = ("gate_proj", "up_proj", "down_proj")
 
 

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from tune.testing import run_cli, write_recipe
 
+REPO = Path(__file__).resolve().parents[3]
+
 
 @pytest.mark.slow
 def test_run_scores_saves_merges_and_chats_with_an_image(tmp_path, vision_recipe_of, run_recipe):
@@ -165,3 +167,22 @@ def test_freeze_defaults_and_max_pixels(tmp_path, vision_recipe_of):
     Image.new("RGB", (112, 112), (10, 200, 10)).save(image)  # 4x the pixels of the others
     examples = tokenize(loaded).train
     assert len({tuple(e["mm_shapes"][0]) for e in examples}) == 1  # scaled to 56 x 56
+
+
+def test_estimate_counts_the_language_model_and_the_frozen_vision_parts_exactly(tmp_path):
+    """`tune estimate` on a vision run: the loader's ModelConfig gives the language model's
+    config and the vision tower + projector beside it; the counts equal the built model's."""
+    from tune.estimate import estimate
+    from tune.testing import build_model, load_recipe
+
+    recipe = load_recipe(REPO / "recipes/quickstart-vision.toml")
+    result = estimate(recipe)
+    shapes = result.setup.shapes
+    model, _ = build_model(recipe, tmp_path)
+    from tune_plugin_vision.loader import part_of
+
+    params = dict(model.named_parameters())
+    assert shapes.total_params() == sum(p.numel() for p in params.values())
+    language = sum(p.numel() for n, p in params.items() if part_of(n) == "language")
+    assert shapes.total_params() - shapes.extra_params == language  # what a full FT trains
+    assert shapes.extra_params > 0

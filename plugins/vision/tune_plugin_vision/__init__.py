@@ -19,6 +19,7 @@ from tune.plugin import hookimpl
 
 from .fmt import VisionChat, VisionChatSettings
 from .loader import VisionLoaderSettings
+from .memory import loader_estimate
 from .objective import CAPABILITIES, EXAMPLES, VisionLM
 
 TUNE_API = ">=2,<3"
@@ -34,6 +35,7 @@ def tune_provide(provide):
         VisionLoaderSettings,
         doc="AutoModelForImageTextToText + AutoProcessor (hub id, local dir, tune:tiny-qwen2-vl)",
         requires=("PIL",),
+        estimate=loader_estimate,
     )
     provide.data_format(
         "vision_chat",
