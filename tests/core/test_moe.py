@@ -55,9 +55,10 @@ def test_two_process_fsdp2_and_zero3_equal_one_process(tmp_path):
     assert one[-1] < one[0]
     for out in ("fsdp", "zero3"):
         two = train_losses(tmp_path / out)
-        assert max(abs(a - b) for a, b in zip(one, two, strict=True)) <= 1e-5, (out, one, two)
+        loss = max(abs(a - b) for a, b in zip(one, two, strict=True))
         diff = max_weight_diff(final_weights(tmp_path / "single"), final_weights(tmp_path / out))
-        assert diff <= 1e-5, out
+        print(f"{out}: max per-step loss diff {loss:.1e}, max final weight diff {diff:.1e}")
+        assert loss <= 1e-5 and diff <= 1e-5, (out, one, two)
     assert any("experts" in k for k in final_weights(tmp_path / "zero3"))
 
 
