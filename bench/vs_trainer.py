@@ -67,6 +67,9 @@ CASES = {
     "qlora": [("tune", {"qlora": True}), ("trainer", {"qlora": True})],
     # the host allocator each side starts with, swapped: what of the memory gap it explains
     "malloc_swapped": [("tune", {"malloc": "system"}), ("trainer", {"malloc": "tuned"})],
+    # the ordinary case of issue 38: padded micro-batches of 4 chat rows up to 512 tokens
+    # (run with --steps 3 --warmup 0); the tune side also gets `tune estimate` against it
+    "chat512": [("tune", {"chat": True}), ("trainer", {"chat": True})],
 }
 # the order of a full run: the headline comparisons first
 ORDER = [
@@ -78,6 +81,7 @@ ORDER = [
     "checkpointing",
     "compile",
     "qlora",
+    "chat512",
 ]
 
 
@@ -124,16 +128,34 @@ def build_model_dir(root: Path) -> Path:
     return target
 
 
+def chat_rows(work: Path) -> Path:
+    """alpaca_en_demo as chat rows (user: instruction and input; assistant: output)."""
+    path = work / "alpaca-chat.jsonl"
+    if not path.exists():
+        rows = json.loads(DATA.read_text(encoding="utf-8"))
+        lines = []
+        for r in rows:
+            user = "\n\n".join(x for x in (r["instruction"], r["input"]) if x)
+            turns = [
+                {"role": "user", "content": user},
+                {"role": "assistant", "content": r["output"]},
+            ]
+            lines.append(json.dumps({"messages": turns}))
+        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
 def recipe(work: Path, model_dir: Path, steps: int, opts: dict) -> Path:
     from tune.testing import recipe_dict, write_recipe
 
+    chat = bool(opts.get("chat"))
     data = recipe_dict(
         work,
         model={"path": str(model_dir), "max_seq_len": SEQ}
         | ({"quantize": "nf4"} if opts.get("qlora") else {}),
         data={
-            "format": "alpaca",
-            "train": str(DATA),
+            "format": "chat" if chat else "alpaca",
+            "train": str(chat_rows(work.parent) if chat else DATA),
             "template": "chatml",
             "shuffle": False,
             "pack": bool(opts.get("pack")),
@@ -444,6 +466,43 @@ def main() -> None:
                 f"   {r['tokens_per_s']:,.0f} tok/s  peak RSS {r['peak_rss_gb']:.2f} GB", flush=True
             )
             write(results, args, Path(args.out))  # after every side: a cut-short run still reports
+            if (case, side) == ("chat512", "tune"):
+                r["estimate"] = estimate_against(work / f"{case}-{side}", r, env)
+                write(results, args, Path(args.out))
+
+
+def estimate_against(work: Path, measured: dict, env: dict[str, str]) -> dict:
+    """`tune estimate` of the case's recipe against its measured peak RSS less the RSS of an
+    idle process that imported the same libraries (what the estimate does not count)."""
+    code = "import tune.cli.estimate; from tune.cli import main; main()"
+    out = subprocess.run(
+        [sys.executable, "-c", code, "estimate", str(work / "recipe.toml"), "--json"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+    )
+    if out.returncode not in (0, 1):
+        raise SystemExit(f"tune estimate failed: {out.stderr[-2000:]}")
+    predicted = json.loads(out.stdout)
+    idle = (
+        "import resource, torch, transformers, peft, datasets, tune.train.run, tune.builtin.loader;"
+        "from transformers import AutoModelForCausalLM, AutoTokenizer;"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)"
+    )
+    base = int(
+        subprocess.run(
+            [sys.executable, "-c", idle], capture_output=True, text=True, cwd=REPO, env=env
+        ).stdout.split()[-1]
+    )
+    held = measured["peak_rss_gb"] * 2**30 - base
+    return {
+        "estimate_bytes": predicted["peak_bytes"],
+        "baseline_bytes": base,
+        "measured_less_baseline_bytes": int(held),
+        "error": round((predicted["peak_bytes"] - held) / held, 4),
+        "terms": predicted.get("terms", predicted.get("rows")),
+    }
 
 
 def write(results: list[dict], args, out: Path) -> None:
@@ -480,6 +539,16 @@ def write(results: list[dict], args, out: Path) -> None:
         "and against Trainer in the same case, measured in this one run.",
     ]
     md += ["", table(results), ""]
+    for r in results:
+        if r.get("estimate"):
+            e = r["estimate"]
+            md += [
+                f"`tune estimate` for {r['case']} / {r['side']}: {e['estimate_bytes'] / 2**20:,.0f}"
+                f" MiB against {e['measured_less_baseline_bytes'] / 2**20:,.0f} MiB measured "
+                f"(peak RSS less {e['baseline_bytes'] / 2**20:,.0f} MiB of an idle process with "
+                f"the same imports): {100 * e['error']:+.1f}%.",
+                "",
+            ]
     stem.with_suffix(".md").write_text("\n".join(md), encoding="utf-8")
     print("\n".join(md))
 

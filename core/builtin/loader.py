@@ -81,6 +81,9 @@ def tune_load_model(settings: TransformersLoaderSettings, ctx, want: Load):
             kwargs["device_map"] = {"": ctx.world.device}
     if overrides:
         kwargs["config"] = _config(path, settings, overrides, gguf)
+    if recipe.model.rope_scaling is not None:
+        config = kwargs.get("config") or _config(path, settings, overrides, gguf)
+        kwargs["config"] = apply_rope_scaling(config, recipe)
 
     def build_empty() -> Any:
         """The architecture from its config, no weight read (a sharding strategy's rank)."""
@@ -137,6 +140,74 @@ def _config(
     for key, value in overrides.items():
         setattr(config, key, value)
     return config
+
+
+def apply_rope_scaling(config: Any, recipe: Any) -> Any:
+    """`[model] rope_scaling` written into `config` before the model is built (its rotary
+    embedding reads it at construction), checked against the config first.
+
+    transformers 5 keeps RoPE in `config.rope_parameters` (rope_type, rope_theta and the
+    scaling's fields); 4.x in `config.rope_scaling`. max_position_embeddings becomes original x
+    factor, except for `dynamic`, which reads it as the original length and scales beyond it.
+    """
+    from tune.plugin import model_files
+
+    where = f"{recipe.path}: [model] rope_scaling"
+    if _has_scaling(config, recipe.model.rope_scaling):
+        return config  # a model saved by a run with this scaling (merge, chat of a full run)
+    params, reach = model_files.rope_scaling_parameters(
+        recipe.model.rope_scaling, config.to_dict(), str(recipe.path)
+    )
+    try:
+        from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+    except ImportError:  # pragma: no cover - a transformers without the table
+        ROPE_INIT_FUNCTIONS = {params["rope_type"]: None}
+    if params["rope_type"] not in ROPE_INIT_FUNCTIONS:
+        raise TuneError(
+            f"rope_scaling type {params['rope_type']!r} is not supported by this transformers.",
+            where=where,
+            fix=f"use one of {', '.join(sorted(ROPE_INIT_FUNCTIONS))}, or upgrade transformers.",
+        )
+    if reach is not None and recipe.model.max_seq_len > reach:
+        raise TuneError(
+            f"max_seq_len = {recipe.model.max_seq_len:,} is beyond the {reach:,} positions "
+            "that rope_scaling reaches (the model's original positions x factor).",
+            where=f"{recipe.path}: [model] max_seq_len",
+            fix=f"use max_seq_len <= {reach:,}, or a larger factor in [model] rope_scaling.",
+        )
+    if hasattr(config, "rope_parameters"):
+        old = config.rope_parameters if isinstance(config.rope_parameters, dict) else {}
+        kept = {k: old[k] for k in ("rope_theta", "partial_rotary_factor") if k in old}
+        if "rope_theta" not in kept and getattr(config, "rope_theta", None) is not None:
+            kept["rope_theta"] = config.rope_theta
+        config.rope_parameters = {**kept, **params}
+    else:  # transformers 4.x
+        config.rope_scaling = dict(params)
+    if params["rope_type"] != "dynamic" and reach is not None:
+        config.max_position_embeddings = reach
+    for step in ("standardize_rope_params", "validate_rope"):
+        if callable(getattr(config, step, None)):
+            try:
+                getattr(config, step)()
+            except (KeyError, ValueError, TypeError) as exc:
+                raise TuneError(
+                    f"transformers refuses rope_scaling {params}: {exc}",
+                    where=where,
+                    fix="correct the table's values (see transformers' RoPE parameters).",
+                ) from None
+    return config
+
+
+def _has_scaling(config: Any, spec: dict[str, Any]) -> bool:
+    """The config already holds this scaling: its type and every value the recipe gives."""
+    rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None)
+    if not isinstance(rope, dict) or not isinstance(spec, dict):
+        return False
+    kind = spec.get("type", spec.get("rope_type"))
+    if rope.get("rope_type", rope.get("type")) != kind:
+        return False
+    given = {k: v for k, v in spec.items() if k not in ("type", "rope_type")}
+    return all(rope.get(k) == v for k, v in given.items())
 
 
 def _generation_defaults(model: Any, path: str) -> None:

@@ -43,6 +43,8 @@ class Setup:
     chunkable: bool = False  # the chunked loss is exact here and the objective takes it
     loader: str = ""  # the recipe's loader: quantizations and adapters may be scoped to it
     path: str = ""  # the recipe, for messages
+    tiled: bool = False  # [train] tiled_mlp: the MLP runs over tiles recomputed in backward
+    tile_tokens: int = 1024  # [train] tiled_mlp_tokens
 
     @property
     def quantize(self) -> str | None:
@@ -113,6 +115,8 @@ def build_setup(recipe: Any, shapes: ModelShape, device: str, ranks: int) -> Set
         chunkable=chunkable,
         loader=recipe.model.loader,
         path=str(recipe.path),
+        tiled=bool(recipe.train.tiled_mlp),
+        tile_tokens=recipe.train.tiled_mlp_tokens,
     )
     setup.adapters = adapter_sizes(setup, recipe.backends.get("adapt", []))
     return setup

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tune.errors import TuneError
+from tune.model.rope import rope_scaling_parameters  # also on tune.plugin.model_files
 
 # Sizes a decoder config must give as positive integers (where it gives them at all).
 SIZE_KEYS = (
@@ -170,13 +171,28 @@ def _damaged(path: Path, why: str) -> TuneError:
 _REPLACE = "replace config.json with the model's original (download it again)."
 
 
-def check_positions(recipe: Any, positions: Any, where: str) -> None:
+def check_positions(
+    recipe: Any, positions: Any, where: str, config: dict[str, Any] | None = None
+) -> None:
     """[model] max_seq_len within the model's positions, unless the recipe says how it goes
-    beyond them: an adapter that extends positions (beacon), or a RoPE scaling the loader
+    beyond them: an adapter that extends positions (beacon), a `[model] rope_scaling` (checked
+    here against `config`, reaching original x factor positions), or a RoPE scaling the loader
     applies (`config_overrides` with rope_scaling or max_position_embeddings)."""
     if not isinstance(positions, int) or positions <= 0:
         return
     wanted = recipe.model.max_seq_len
+    spec = getattr(recipe.model, "rope_scaling", None)
+    if spec is not None:
+        known = {"max_position_embeddings": positions, **(config or {})}
+        _, reach = rope_scaling_parameters(spec, known, str(recipe.path))
+        if reach is not None and wanted > reach:
+            raise TuneError(
+                f"max_seq_len = {wanted:,} is beyond the {reach:,} positions that rope_scaling "
+                f"reaches (the model's original positions x factor {spec.get('factor')}).",
+                where=f"{recipe.path}: [model] max_seq_len",
+                fix=f"use max_seq_len <= {reach:,}, or a larger factor in [model] rope_scaling.",
+            )
+        return
     if wanted <= positions:
         return
     adapters = recipe.backends.get("adapt", [])
@@ -192,10 +208,17 @@ def check_positions(recipe: Any, positions: Any, where: str) -> None:
         "and lift the bound that keeps giant rows out of the tokenizer.",
         where=f"{recipe.path}: [model] max_seq_len",
         fix=f"use max_seq_len <= {positions:,}; or extend the positions on purpose: a RoPE "
-        'scaling (e.g. config_overrides = { rope_scaling = { rope_type = "yarn", factor = 4.0, '
-        "original_max_position_embeddings = ... } } in [model]) or an adapter that compresses "
-        "context (beacon).",
+        f'scaling (e.g. rope_scaling = {{ type = "yarn", factor = {_factor(wanted, positions)} }} '
+        "in [model]) or an adapter that compresses context (beacon).",
     )
+
+
+def _factor(wanted: int, positions: int) -> str:
+    """The smallest power-of-two factor that reaches `wanted` positions, as TOML."""
+    factor = 2.0
+    while positions * factor < wanted and factor < 1024:
+        factor *= 2
+    return f"{factor:.1f}"
 
 
 def validate_model(recipe: Any) -> None:
@@ -203,10 +226,12 @@ def validate_model(recipe: Any) -> None:
     GGUF is readable, and max_seq_len fits the model's positions where the config is here."""
     model = recipe.model
     path = str(model.path)
+    if getattr(model, "rope_scaling", None) is not None:  # what needs no config, for hub ids
+        rope_scaling_parameters(model.rope_scaling, None, str(recipe.path))
     if path.startswith("tune:"):
         from tune.builtin.tiny import BASE_CONFIG
 
-        check_positions(recipe, BASE_CONFIG.get("max_position_embeddings"), path)
+        check_positions(recipe, BASE_CONFIG.get("max_position_embeddings"), path, BASE_CONFIG)
         return
     local = _local(path, recipe.path)
     if local is None:
@@ -220,7 +245,7 @@ def validate_model(recipe: Any) -> None:
     if local.is_dir():
         check_folder(local)
         config = read_config(local) or {}
-        check_positions(recipe, config.get("max_position_embeddings"), str(local))
+        check_positions(recipe, config.get("max_position_embeddings"), str(local), config)
 
 
 def check_gguf(path: Path, where: str) -> None:

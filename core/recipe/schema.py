@@ -35,6 +35,12 @@ class ModelSection(Open):
     quantize: str | None = None
     quantization: dict[str, Any] = Field(default_factory=dict)
     max_seq_len: int = Field(2048, gt=0)
+    rope_scaling: dict[str, Any] | None = Field(
+        None,
+        description='stretch RoPE positions, e.g. { type = "yarn", factor = 4.0 }: linear, '
+        "dynamic, yarn, llama3, longrope (type or rope_type); the model then reaches original "
+        "positions x factor",
+    )
 
 
 class AdaptStep(Open):
@@ -199,6 +205,14 @@ class TrainSection(Strict):
         True,
         description="Llama/Mistral/Qwen gated MLPs keep 2 of their 4 intermediate activations "
         "for backward and recompute the rest (exact; off = autograd's usual)",
+    )
+    tiled_mlp: bool = Field(
+        False,
+        description="run each decoder layer's MLP over tiles of tokens, recomputed in backward: "
+        "no [tokens, intermediate] tensor is kept or built whole (exact; for long sequences)",
+    )
+    tiled_mlp_tokens: int = Field(
+        1024, ge=16, description="tokens per MLP tile with tiled_mlp (smaller: less memory)"
     )
     max_grad_norm: float = Field(1.0, ge=0.0, description="0 disables clipping")
     seed: int = Field(42, ge=0, lt=2**32, description="0 to 2**32 - 1 (numpy's seed range)")

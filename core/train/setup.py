@@ -41,8 +41,12 @@ def build_model(pm: Any, recipe: Recipe, ctx: RunContext) -> tuple[Loaded, Any]:
     model = loaded.model
     from tune.model.checks import check_positions
 
-    positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
-    check_positions(recipe, positions, str(recipe.model.path))
+    config = getattr(model, "config", None)
+    if recipe.model.rope_scaling is None:
+        positions = getattr(config, "max_position_embeddings", None)
+        check_positions(recipe, positions, str(recipe.model.path))
+    else:  # the loader checked max_seq_len against the scaling; did it apply it?
+        check_rope_applied(recipe, config)
     if quantization is not None:
         model = quantization.prepare(model)
     for selected in recipe.backends["adapt"]:
@@ -60,6 +64,8 @@ def build_model(pm: Any, recipe: Recipe, ctx: RunContext) -> tuple[Loaded, Any]:
         )
     if recipe.train.master_weights == "fp32":
         upcast_trainable(trainable)
+    if recipe.train.tiled_mlp:  # before compile (traced as tiled) and lean (tiles keep less)
+        tile_mlps(model, recipe, ctx)
     if recipe.train.compile:
         ctx.print(f"compile: {compile_model(model)}")
     elif recipe.train.lean_activations:  # compiled layers fuse and save less on their own
@@ -68,6 +74,39 @@ def build_model(pm: Any, recipe: Recipe, ctx: RunContext) -> tuple[Loaded, Any]:
         apply_lean_activations(model)
     loaded.model = model
     return loaded, quantization
+
+
+def check_rope_applied(recipe: Recipe, config: Any) -> None:
+    """A loader that does not write `[model] rope_scaling` into the model is refused, rather
+    than training unscaled positions beyond the model's reach."""
+    spec = recipe.model.rope_scaling or {}
+    wanted = spec.get("type", spec.get("rope_type"))
+    rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None)
+    have = rope.get("rope_type", rope.get("type")) if isinstance(rope, dict) else None
+    if have != wanted:
+        raise TuneError(
+            f"[model] rope_scaling asks for {wanted!r} RoPE, but the loader "
+            f"'{recipe.model.loader}' built a model with {have or 'default'!r} RoPE.",
+            where=f"{recipe.path}: [model] rope_scaling",
+            fix='use loader = "transformers", or that loader\'s own way to scale RoPE.',
+        )
+
+
+def tile_mlps(model: Any, recipe: Recipe, ctx: RunContext) -> None:
+    """`[train] tiled_mlp`: every decoder layer's MLP over tiles of tokens (tune.train.tiled)."""
+    from tune.train.tiled import apply_tiled_mlp, tile_count
+
+    tokens = recipe.train.tiled_mlp_tokens
+    count = 0
+    if ctx.world.world_size > 1:  # the same number of calls on every rank (ZeRO-3 gathers)
+        rows = max(recipe.train.micro_batch_size, recipe.eval.batch_size)
+        count = tile_count(rows, recipe.model.max_seq_len, tokens)
+    _, moe = apply_tiled_mlp(decoder_layers(model), tokens, count, where=str(recipe.path))
+    if moe:
+        ctx.print(
+            f"tiled_mlp: {moe} mixture-of-experts MLPs are left untiled (routed per token).",
+            highlight=False,
+        )
 
 
 def decoder_layers(model: Any) -> list[Any]:

@@ -34,6 +34,8 @@ FREE_KEYS = {
         "chunked_loss",
         "compile",
         "lean_activations",
+        "tiled_mlp",
+        "tiled_mlp_tokens",
         "gradient_checkpointing",
     },
     "data": {"eval", "cache", "num_proc"},
