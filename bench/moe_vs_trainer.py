@@ -28,7 +28,6 @@ import resource
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -103,82 +102,13 @@ def recipe(work: Path, model_dir: Path, steps: int) -> Path:
     return write_recipe(work, data)
 
 
-def run_trainer(path: Path, steps: int) -> tuple[list[float], list[int], list[float]]:
-    import torch
-    from datasets import Dataset
-    from peft import LoraConfig, get_peft_model
-    from transformers import (
-        AutoModelForCausalLM,
-        AutoTokenizer,
-        DataCollatorForSeq2Seq,
-        Trainer,
-        TrainerCallback,
-        TrainingArguments,
-        set_seed,
-    )
-    from tune.testing import load_recipe, tokenize
-
-    rec = load_recipe(path)
-    examples = tokenize(rec).train
-    rows = [{"input_ids": e["input_ids"], "labels": e["labels"]} for e in examples]
-    rows = rows[: steps * MICRO]
-    model = AutoModelForCausalLM.from_pretrained(rec.model.path, dtype=torch.float32)
-    lora = LoraConfig(
-        r=8, lora_alpha=16, target_modules=ATTENTION, target_parameters=EXPERTS, lora_dropout=0.0
-    )
-    set_seed(rec.train.seed)  # as tune seeds the adapter's init
-    model = get_peft_model(model, lora)
-    tokenizer = AutoTokenizer.from_pretrained(rec.model.path)
-    stamps: list[float] = []
-    losses: list[float] = []
-
-    class Stamp(TrainerCallback):
-        def on_step_end(self, args, state, control, **kw):
-            stamps.append(time.perf_counter())
-
-        def on_log(self, args, state, control, logs=None, **kw):
-            if logs and "loss" in logs:
-                losses.append(float(logs["loss"]))
-
-    args = TrainingArguments(
-        output_dir=str(path.parent / "trainer"),
-        per_device_train_batch_size=MICRO,
-        max_steps=steps,
-        learning_rate=LR,
-        lr_scheduler_type="constant",
-        weight_decay=0.0,
-        optim="adamw_torch",
-        max_grad_norm=1.0,
-        logging_steps=1,
-        save_strategy="no",
-        report_to=[],
-        train_sampling_strategy="sequential",
-        use_cpu=True,
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-    )
-    collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
-    trainer = Trainer(
-        model=model,
-        args=args,
-        train_dataset=Dataset.from_list(rows),
-        data_collator=collator,
-        callbacks=[Stamp()],
-    )
-    start = time.perf_counter()
-    trainer.train()
-    tokens = [
-        sum(len(r["input_ids"]) for r in rows[i * MICRO : (i + 1) * MICRO]) for i in range(steps)
-    ]
-    return [start, *stamps], tokens, losses
-
-
 def child(side: str, work: Path, model_dir: Path, steps: int, warmup: int) -> dict:
     path = recipe(work, model_dir, steps)
     if side == "tune":
         stamps, tokens, losses = vs_trainer.run_tune(path)
     else:
-        stamps, tokens, losses = run_trainer(path, steps)
+        lora = {"target_modules": ATTENTION, "target_parameters": EXPERTS}
+        stamps, tokens, losses = vs_trainer.run_trainer(path, steps, {"lora": lora})
     timed = stamps[warmup:]
     step_s = [b - a for a, b in zip(timed, timed[1:], strict=False)]
     return {

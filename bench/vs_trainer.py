@@ -219,7 +219,6 @@ def run_trainer(path: Path, steps: int, opts: dict) -> tuple[list[float], list[i
     examples = tokenize(rec).train
     n = steps * MICRO
     rows = [{"input_ids": e["input_ids"], "labels": e["labels"]} for e in examples[:n]]
-    set_seed(rec.train.seed)
     kwargs = {}
     if opts.get("qlora"):
         kwargs["quantization_config"] = BitsAndBytesConfig(
@@ -231,7 +230,10 @@ def run_trainer(path: Path, steps: int, opts: dict) -> tuple[list[float], list[i
     model = AutoModelForCausalLM.from_pretrained(rec.model.path, dtype=torch.float32, **kwargs)
     if opts.get("qlora"):
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-    lora = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear")
+    # opts["lora"]: LoraConfig keys instead of all-linear (e.g. a MoE model's target_parameters)
+    targets = opts.get("lora") or {"target_modules": "all-linear"}
+    lora = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, **targets)
+    set_seed(rec.train.seed)  # just before the adapter is built, as tune seeds its init
     model = get_peft_model(model, lora)
     from transformers import AutoTokenizer
 

@@ -47,8 +47,16 @@ class Estimate:
     max_seq_len: int = 0
 
     def as_dict(self) -> dict[str, Any]:
-        s = self.setup
+        from tune.estimate.memory import trained_plan
+
+        s, shapes = self.setup, self.setup.shapes
         return {
+            "parameters": {
+                "total": shapes.total_params(),
+                "active_per_token": shapes.active_params(),  # a MoE model's picked experts
+                "beside_decoder": shapes.extra_params,  # e.g. a frozen vision tower
+                "trainable": trained_plan(s).trainable,
+            },
             "device": s.device,
             "ranks": s.ranks,
             "peak_bytes": int(self.peak),
