@@ -7,12 +7,8 @@ Regenerate the shipped files with `python -m tune.builtin.tiny`.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -148,26 +144,18 @@ def materialize(name: str, overrides: dict[str, Any], seed: int) -> Path:
     stops = [tokenizer.eos_token_id] + tokenizer.convert_tokens_to_ids(["<|eot_id|>", "<|im_end|>"])
     model.generation_config.eos_token_id = stops
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # Several ranks (or test workers) may get here at once: one writes, the others wait.
-    with (target.parent / f".{target.name}.lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if (target / "config.json").exists():
-            return target
-        tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
-        try:
-            # Not model.save_pretrained: under an initialized process group it writes on rank 0
-            # only, and whichever rank holds the lock must write the whole model.
-            from safetensors.torch import save_model
 
-            model.config.save_pretrained(tmp)
-            model.generation_config.save_pretrained(tmp)
-            save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-            tokenizer.save_pretrained(tmp)
-            os.replace(tmp, target)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    def write(folder: Path) -> None:
+        # Not model.save_pretrained: under an initialized process group it writes on rank 0
+        # only, and whichever rank holds the lock must write the whole model.
+        from safetensors.torch import save_model
+
+        model.config.save_pretrained(folder)
+        model.generation_config.save_pretrained(folder)
+        save_model(model, str(folder / "model.safetensors"), metadata={"format": "pt"})
+        tokenizer.save_pretrained(folder)
+
+    return files.write_once(target, write)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -265,3 +265,28 @@ def file_digest(path: Path) -> str:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 digest.update(block)
     return digest.hexdigest()
+
+
+def write_once(target: Path, write: Callable[[Path], None], marker: str = "config.json") -> Path:
+    """`target`, written once by `write(folder)` into a temporary folder beside it, then renamed
+    into place: several ranks (or test workers) may ask at once; one writes, the others wait on
+    a lock and find it done. Complete when it holds `marker`. For caches of generated files
+    (e.g. a tiny model built from a config)."""
+    import fcntl
+    import shutil
+    import tempfile
+
+    if (target / marker).exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with (target.parent / f".{target.name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (target / marker).exists():
+            return target
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+        try:
+            write(tmp)
+            os.replace(tmp, target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target

@@ -5,12 +5,8 @@ checkpoint, so tiny runs take the path real checkpoints take."""
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -196,34 +192,27 @@ def materialize(name: str, overrides: dict[str, Any], seed: int) -> Path:
     eot = tok.convert_tokens_to_ids("<|im_end|>")
     model.generation_config.eos_token_id = [tok.eos_token_id, eot]
     model.generation_config.pad_token_id = tok.pad_token_id
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with (target.parent / f".{target.name}.lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if (target / "config.json").exists():
-            return target
-        tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
-        try:
-            from safetensors.torch import save_model
 
-            model.config.save_pretrained(tmp)
-            model.generation_config.save_pretrained(tmp)
-            save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-            tok.save_pretrained(tmp)
-            if name == "tiny-llava":
-                from transformers import LlavaProcessor
+    def write(folder: Path) -> None:
+        from safetensors.torch import save_model
 
-                LlavaProcessor(
-                    image_processor=image_processor(name),
-                    tokenizer=tok,
-                    patch_size=PATCH,
-                    vision_feature_select_strategy="default",
-                    num_additional_image_tokens=1,
-                    chat_template=tok.chat_template,
-                ).save_pretrained(tmp)
-            else:
-                image_processor(name).save_pretrained(tmp)
-                (tmp / "chat_template.jinja").write_text(tok.chat_template, encoding="utf-8")
-            os.replace(tmp, target)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
+        model.config.save_pretrained(folder)
+        model.generation_config.save_pretrained(folder)
+        save_model(model, str(folder / "model.safetensors"), metadata={"format": "pt"})
+        tok.save_pretrained(folder)
+        if name == "tiny-llava":
+            from transformers import LlavaProcessor
+
+            LlavaProcessor(
+                image_processor=image_processor(name),
+                tokenizer=tok,
+                patch_size=PATCH,
+                vision_feature_select_strategy="default",
+                num_additional_image_tokens=1,
+                chat_template=tok.chat_template,
+            ).save_pretrained(folder)
+        else:
+            image_processor(name).save_pretrained(folder)
+            (folder / "chat_template.jinja").write_text(tok.chat_template, encoding="utf-8")
+
+    return files.write_once(target, write)
