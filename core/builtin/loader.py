@@ -31,7 +31,7 @@ def tune_provide(provide):
     provide.loader(
         "transformers",
         TransformersLoaderSettings,
-        doc="AutoModelForCausalLM from a hub id, a local dir, or tune:tiny-llama|qwen2|mistral",
+        doc="AutoModelForCausalLM from a hub id, a local dir, or tune:tiny-* (llama, qwen2, mistral, qwen3-moe, mixtral, gpt-oss)",
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shlex
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 from tune.cli.base import (
@@ -62,6 +63,32 @@ def validate(ctx, recipe: str, overrides: tuple[str, ...], plugin_opts: tuple[st
         soft_wrap=True,
     )
     console.print(table)
+    for line in _adapter_reach(rec):
+        console.print(line, highlight=False)
+
+
+def _adapter_reach(rec: Any) -> list[str]:
+    """What each [[adapt]] step trains, from the model's config alone (as `tune estimate`
+    counts it), and a warning when a mixture-of-experts model's experts are left out. Nothing
+    when the config cannot be read offline (a hub model not in the local cache)."""
+    if not rec.backends["adapt"]:
+        return []
+    from tune.errors import TuneError
+    from tune.estimate import model_shapes
+    from tune.estimate.setup import build_setup
+
+    try:
+        shapes = model_shapes(rec)
+        adapters = build_setup(rec, shapes, "cpu", 1).adapters
+    except TuneError:
+        return []
+    lines = [f"adapt: {a.summary}: {a.params:,} trainable" for a in adapters]
+    if shapes.experts and adapters and not any(a.layer_copy for a in adapters):
+        lines.append(
+            f"[yellow]warning:[/yellow] the model's {shapes.experts} experts per layer are not "
+            'adapted: use targets = "all-linear" (experts included) or experts = true.'
+        )
+    return lines
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS)

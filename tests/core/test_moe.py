@@ -176,3 +176,16 @@ def test_estimate_counts_experts_router_and_expert_adapters_exactly(tmp_path, fa
         "router logits (load-balancing loss)",
         "merged expert weights (LoRA on fused experts)",
     } <= names
+
+
+def test_validate_says_what_each_adapter_reaches_and_warns_on_unadapted_experts(tmp_path):
+    from tune.testing import run_cli
+
+    for targets, warned in (("all-linear", False), (["q_proj", "v_proj"], True)):
+        adapt = [{"method": "lora", "r": 8, "targets": targets}]
+        data = recipe_dict(tmp_path, model={"path": MODEL, "max_seq_len": 64}, adapt=adapt)
+        res = run_cli("validate", str(write_recipe(tmp_path, data)))
+        assert res.returncode == 0, res.stderr
+        out = " ".join(res.stdout.split())
+        assert ("experts x 4 layers" in out) != warned, out
+        assert ("experts per layer are not adapted" in out) == warned, out
