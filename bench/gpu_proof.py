@@ -14,7 +14,8 @@ what is left of its item is recorded as not run; unused time passes to the next 
      tune packed; tokens/s of real tokens, peak CUDA memory, MFU, step-1 loss agreement; then
      tune with the Liger adapter and with `[train] compile = true`.
   2. longest sequence: the longest single sequence that trains one step (LoRA + gradient
-     checkpointing + tune's chunked loss), tune vs Trainer + PEFT, by doubling then bisection.
+     checkpointing + tune's chunked loss), tune (defaults, and with `[train] tiled_mlp`) vs
+     Trainer + PEFT, by doubling then bisection.
   3. QLoRA nf4 (when bitsandbytes imports): tokens/s and memory vs Trainer + PEFT.
   4. beacon: memory and time of one training step at 16K and 64K tokens vs SDPA full attention.
   5. the `gpu`-marked tests whose plugins are installed (`pytest -m gpu -x`).
@@ -148,7 +149,8 @@ GPU = Profile(
         "tune packed": 20,
         "tune packed + Liger": 25,
         "tune packed + compile": 75,
-        "longest: tune": 65,
+        "longest: tune": 50,
+        "longest: tune + tiled MLP": 50,
         "longest: Trainer + PEFT": 35,
         "Trainer + PEFT QLoRA padded": 22,
         "tune QLoRA padded": 22,
@@ -178,6 +180,7 @@ DRY = Profile(
         "tune padded": 8,
         "tune packed": 8,
         "longest: tune": 12,
+        "longest: tune + tiled MLP": 12,
         "longest: Trainer + PEFT": 10,
         "Trainer + PEFT QLoRA padded": 11,
         "tune QLoRA padded": 9,
@@ -222,7 +225,10 @@ QLORA_CASES = [
 # item key -> (title, the plan entries it spends)
 ITEMS: dict[str, tuple[str, list[str]]] = {
     "1-throughput": ("Throughput: tune vs Trainer + PEFT", [c.name for c in THROUGHPUT_CASES]),
-    "2-longest-sequence": ("Longest sequence", ["longest: tune", "longest: Trainer + PEFT"]),
+    "2-longest-sequence": (
+        "Longest sequence",
+        ["longest: tune", "longest: tune + tiled MLP", "longest: Trainer + PEFT"],
+    ),
     "3-qlora": ("QLoRA nf4: tune vs Trainer + PEFT", [c.name for c in QLORA_CASES]),
     "4-beacon": ("Activation Beacon vs SDPA full attention", ["beacon"]),
     "5-gpu-tests": ("gpu-marked tests", ["gpu tests"]),
@@ -1423,25 +1429,33 @@ def item_longest(proof: Proof, report: ItemReport) -> None:
         f"one step; N doubles from {p.longest_start:,} to the first out-of-memory, then "
         f"bisects to {p.longest_grid:,} tokens; capped at the model's {cap:,} positions"
     )
-    sides = [("tune", "longest: tune"), ("trainer", "longest: Trainer + PEFT")]
-    for index, (side, plan_name) in enumerate(sides):
+    # (row label, plan entry, [train] tiled_mlp): tune with its defaults, tune with the MLP
+    # computed over tiles ([train] tiled_mlp), Trainer + PEFT
+    sides = [
+        ("tune", "longest: tune", False),
+        ("tune + tiled MLP", "longest: tune + tiled MLP", True),
+        ("trainer", "longest: Trainer + PEFT", False),
+    ]
+    for index, (side, plan_name, tiled) in enumerate(sides):
         planned = p.plan[plan_name]
         if report.remaining() < 0.4 * proof.expected(planned):
             report.add({"side": side, "status": "not run", "reason": "item's time share used"})
             continue
         # the first side may use its plan plus any slack, leaving the second its plan
-        later = sum(p.plan[n] for _, n in sides[index + 1 :])
+        later = sum(p.plan[n] for _, n, _ in sides[index + 1 :])
         deadline = time.time() + max(report.remaining() - later, 0.4 * planned)
-        folder = proof.work / report.key / side
+        folder = proof.work / report.key / side.replace(" + ", "-").replace(" ", "-")
+        recipe = document_recipe(proof, folder, p.longest_start, checkpointing=True)
+        recipe["train"]["tiled_mlp"] = tiled
         spec = {
-            "side": side,
+            "side": "trainer" if side == "trainer" else "tune",
             "start": p.longest_start,
             "grid": p.longest_grid,
             "cap": cap,
             "deadline": deadline - 5,
             "work": str(folder),
             "model_dir": str(proof.model_dir),
-            "recipe": document_recipe(proof, folder, p.longest_start, checkpointing=True),
+            "recipe": recipe,
         }
         print(f"   longest sequence: {side} ...", flush=True)
         outcome, found = proof.child("longest", spec, folder, deadline - time.time())
@@ -1451,14 +1465,14 @@ def item_longest(proof: Proof, report: ItemReport) -> None:
         report.add(row)
         print(f"   longest sequence: {side}: {row.get('longest_tokens')} ({row.get('stop')})")
     rows = {r["side"]: r for r in report.data["results"]}
-    tune, trainer = rows.get("tune", {}), rows.get("trainer", {})
+    trainer = rows.get("trainer", {})
     # a ratio only of searches that ended at a limit (not cut by time or an error); a side
     # stopped by the model's positions could go further, so the ratio is then a lower bound
-    if tune.get("limit") in ("memory", "positions") and trainer.get("limit") == "memory":
-        ratio = round(tune["longest_tokens"] / trainer["longest_tokens"], 2)
-        report.data["tune_vs_trainer"] = (
-            f"{'at least ' if tune['limit'] == 'positions' else ''}{ratio}x"
-        )
+    for side, key in (("tune", "tune_vs_trainer"), ("tune + tiled MLP", "tiled_vs_trainer")):
+        tune = rows.get(side, {})
+        if tune.get("limit") in ("memory", "positions") and trainer.get("limit") == "memory":
+            ratio = round(tune["longest_tokens"] / trainer["longest_tokens"], 2)
+            report.data[key] = f"{'at least ' if tune['limit'] == 'positions' else ''}{ratio}x"
 
 
 def longest_row(side: str, outcome: dict, found: dict | None, folder: Path) -> dict[str, Any]:
@@ -1750,6 +1764,8 @@ def render_item(data: dict[str, Any]) -> str:
         lines += table(headers, rows)
         if data.get("tune_vs_trainer"):
             lines += ["", f"tune / Trainer + PEFT longest: {data['tune_vs_trainer']}"]
+        if data.get("tiled_vs_trainer"):
+            lines += [f"tune + tiled MLP / Trainer + PEFT longest: {data['tiled_vs_trainer']}"]
     elif key == "4-beacon":
         headers = ["tokens", "mode", "checkpointing", "status", "step s", "peak reserved GiB"]
         headers.append("peak allocated GiB")

@@ -1,4 +1,4 @@
-"""Offline tiny models `tune:tiny-llama|qwen2|mistral`: a config in code plus a shipped tokenizer.
+"""Offline tiny models `tune:tiny-llama|qwen2|mistral` (and MoE: `tiny-qwen3-moe|mixtral|gpt-oss`): a config in code plus a shipped tokenizer.
 
 The tokenizer is byte-level (256 byte tokens + special tokens, no merges): tiny, covers any
 text, and each character is a token, which suits the toy tasks a tiny model can learn on CPU.
