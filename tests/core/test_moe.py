@@ -189,3 +189,28 @@ def test_validate_says_what_each_adapter_reaches_and_warns_on_unadapted_experts(
         out = " ".join(res.stdout.split())
         assert ("experts x 4 layers" in out) != warned, out
         assert ("experts per layer are not adapted" in out) == warned, out
+
+
+def test_qlora_quantizes_the_linears_and_adapts_the_fused_experts_as_they_are(tmp_path):
+    """nf4 through bitsandbytes packs the attention linears; the fused 3-D experts are not
+    nn.Linear and stay float32, and LoRA still reaches them."""
+    pytest.importorskip("bitsandbytes")
+    from tune.testing import build_model, load_recipe
+
+    data = recipe_dict(
+        tmp_path,
+        model={
+            "path": MODEL,
+            "max_seq_len": 64,
+            "quantize": "nf4",
+            "quantization": {"compute_dtype": "float32"},
+        },
+        adapt=LORA,
+    )
+    model, _ = build_model(load_recipe(write_recipe(tmp_path, data)), tmp_path)
+    params = dict(model.named_parameters())
+    q_proj = next(p for n, p in params.items() if n.endswith("self_attn.q_proj.base_layer.weight"))
+    assert type(q_proj).__name__ == "Params4bit"
+    experts = [p for n, p in params.items() if n.endswith(".gate_up_proj") and "experts" in n]
+    assert experts and all(p.dtype.is_floating_point and p.ndim == 3 for p in experts)
+    assert any("experts.lora_A" in n and p.requires_grad for n, p in params.items())
