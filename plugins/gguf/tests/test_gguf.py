@@ -284,3 +284,25 @@ def test_mixtral_expert_stacks_hold_the_experts_in_llama_cpp_layout(tmp_path):
     assert tensors["blk.1.ffn_gate_inp.weight"].tensor_type == gguf.GGMLQuantizationType.F32
     field = reader.fields["llama.expert_count"]
     assert int(field.parts[field.data[0]][0]) == 4
+
+
+@pytest.mark.parametrize("arch", ["tiny-qwen3-moe", "tiny-mixtral"])
+def test_moe_exports_run_in_llama_cpp_as_in_transformers(tmp_path, arch):
+    """In llama.cpp itself (llama-cpp-python, when installed: it builds llama.cpp from source),
+    the f32 MoE file's logits equal transformers' to llama.cpp's float32 precision."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    import numpy as np
+
+    folder = tiny_model(arch)
+    write_gguf(folder, tmp_path / "m.gguf", "f32", name=arch)
+    ref, _ = _load(folder)
+    ids = list(range(40, 72))
+    with torch.no_grad():
+        want = ref(torch.tensor([ids])).logits[0].numpy()
+    llm = llama_cpp.Llama(
+        model_path=str(tmp_path / "m.gguf"), n_ctx=128, logits_all=True, verbose=False
+    )
+    llm.eval(ids)
+    got = np.array(llm.scores[: len(ids)])
+    assert float(np.abs(got - want).max()) <= 1e-3
+    assert (got.argmax(-1) == want.argmax(-1)).all()
