@@ -92,13 +92,7 @@ class ChatFormat(DataFormat):
         return self.fit([example], self.settings.truncation)
 
     def render_prompt(self, text):
-        messages = []
-        if self.settings.system_prompt:
-            messages.append({"role": "system", "content": self.settings.system_prompt})
-        messages.append({"role": "user", "content": text})
-        return self.tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=True
-        )
+        return chat.user_prompt(self.tokenizer, text, self.settings.system_prompt)
 
 
 class AlpacaFormat(ChatFormat):

@@ -24,6 +24,7 @@ from tune.data.templates import (
     end_of_turn_ids,
     render,
     use_template,
+    user_prompt,
 )
 from tune.data.tokenize import sliding_windows, tokenize_chat, tokenize_pair
 
@@ -44,5 +45,6 @@ __all__ = [
     "text_of",
     "tokenize_chat",
     "tokenize_pair",
+    "user_prompt",
     "use_template",
 ]

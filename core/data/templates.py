@@ -242,3 +242,12 @@ def render(
             where=where,
             fix="check the roles and their order, or pick another template.",
         ) from None
+
+
+def user_prompt(tokenizer: Any, text: str, system_prompt: str | None = None) -> str:
+    """A `[generate]` prompt as a chat-trained model sees it: (the system prompt and) one user
+    turn through the chat template, with the generation prompt. Public as
+    `tune.plugin.chat.user_prompt`, for formats' `render_prompt`."""
+    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    messages.append({"role": "user", "content": text})
+    return render(tokenizer, messages, True, "[generate] prompts")

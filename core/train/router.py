@@ -32,27 +32,23 @@ def _experts_per_token(config: Any) -> int:
     return int(getattr(config, "num_experts_per_tok", 0) or getattr(config, "top_k", 0) or 1)
 
 
-def expert_load(router_logits: Any, top_k: int, mask: Any = None) -> tuple[float, float]:
-    """(max, min) over experts of each expert's share of routed tokens times the number of
-    experts, averaged over layers: 1.0 is perfectly even; a max near E/k is routing collapse."""
+def expert_load(router_logits: Any, top_k: int, mask: Any = None) -> Any:
+    """[max, min] over experts of each expert's share of routed tokens times the number of
+    experts, averaged over layers, as one tensor (read once: no device sync per layer): 1.0 is
+    perfectly even; a max near E/k is routing collapse. None when no layer routed a token."""
     import torch
 
-    highs, lows = [], []
+    loads = []
     for logits in router_logits:
         if logits is None or logits.ndim != 2:
             continue
         picked = logits.detach().topk(min(top_k, logits.shape[-1]), dim=-1).indices
         if mask is not None and mask.numel() == logits.shape[0]:
             picked = picked[mask.reshape(-1).bool().to(picked.device)]
-        if picked.numel() == 0:
-            continue
         counts = torch.bincount(picked.reshape(-1), minlength=logits.shape[-1]).float()
-        load = counts / counts.sum() * logits.shape[-1]
-        highs.append(float(load.max()))
-        lows.append(float(load.min()))
-    if not highs:
-        return 0.0, 0.0
-    return sum(highs) / len(highs), sum(lows) / len(lows)
+        share = counts / counts.sum().clamp(min=1) * logits.shape[-1]
+        loads.append(torch.stack([share.max(), share.min()]))
+    return torch.stack(loads).mean(0) if loads else None
 
 
 def router_terms(config: Any, out: Any, count: int, mask: Any = None) -> tuple[Any, dict]:
@@ -62,11 +58,17 @@ def router_terms(config: Any, out: Any, count: int, mask: Any = None) -> tuple[A
     aux = getattr(out, "aux_loss", None)
     if aux is None or not hasattr(aux, "detach"):
         return None, {}
+    import torch
+
     term = router_coefficient(config) * aux.float() * count
-    metrics: dict[str, Any] = {"router_loss": float(aux.detach()) * count}
     logits = getattr(out, "router_logits", None)
-    if logits:
-        high, low = expert_load(logits, _experts_per_token(config), mask)
-        metrics["expert_load_max"] = (high, 1)
-        metrics["expert_load_min"] = (low, 1)
+    load = expert_load(logits, _experts_per_token(config), mask) if logits else None
+    values = [aux.detach().float().reshape(())]
+    if load is not None:
+        values += [load[0], load[1]]
+    read = torch.stack([v.to(values[0].device) for v in values]).tolist()  # one device sync
+    metrics: dict[str, Any] = {"router_loss": read[0] * count}
+    if load is not None:
+        metrics["expert_load_max"] = (read[1], 1)
+        metrics["expert_load_min"] = (read[2], 1)
     return term, metrics

@@ -221,11 +221,7 @@ class PreferenceFormat(DataFormat):
         return p, c, r
 
     def render_prompt(self, text):
-        messages = []
-        if self.settings.system_prompt:
-            messages.append({"role": "system", "content": self.settings.system_prompt})
-        messages.append({"role": "user", "content": text})
-        return chat.render(self.tokenizer, messages, True, "[generate] prompts")
+        return chat.user_prompt(self.tokenizer, text, self.settings.system_prompt)
 
 
 class KTOSettings(Settings):

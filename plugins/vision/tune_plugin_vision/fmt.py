@@ -212,13 +212,9 @@ class VisionChat(DataFormat):
         )
 
     def render_prompt(self, text: str) -> str:
-        messages = []
-        if self.settings.system_prompt:
-            messages.append({"role": "system", "content": self.settings.system_prompt})
-        messages.append({"role": "user", "content": text})
-        return self.tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=True
-        )
+        from tune.plugin import chat
+
+        return chat.user_prompt(self.tokenizer, text, self.settings.system_prompt)
 
 
 def image_token_id(processor: Any) -> int | None:
