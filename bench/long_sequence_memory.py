@@ -44,7 +44,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
-from vs_trainer import SMOLLM2_135M, side_environment  # noqa: E402
+from vs_trainer import SMOLLM2_135M, side_environment, write_llama  # noqa: E402
 
 SIDES = ("trainer", "tune", "tiled")
 LABELS = {
@@ -63,23 +63,12 @@ def build_model_dir(work: Path, layers: int) -> Path:
     target = work / f"smollm2-135m-{layers}l"
     if (target / "config.json").exists():
         return target
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
     from tune.builtin.tiny import load_tokenizer
 
     tokenizer = load_tokenizer("tiny-llama")
     tokenizer.model_max_length = MAX_POSITIONS
     shape = {**SMOLLM2_135M, "num_hidden_layers": layers, "max_position_embeddings": MAX_POSITIONS}
-    config = LlamaConfig(
-        **shape,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(target)
-    tokenizer.save_pretrained(target)
-    return target
+    return write_llama(target, shape, tokenizer)
 
 
 def data_file(work: Path, length: int) -> Path:

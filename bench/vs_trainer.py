@@ -91,9 +91,8 @@ def build_model_dir(root: Path) -> Path:
     target = root / "smollm2-135m-random"
     if (target / "config.json").exists():
         return target
-    import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
     from tune.data.templates import CHATML
 
     rows = json.loads(DATA.read_text(encoding="utf-8"))
@@ -116,8 +115,16 @@ def build_model_dir(root: Path) -> Path:
         chat_template=CHATML,
         model_max_length=8192,
     )
+    return write_llama(target, SMOLLM2_135M, tokenizer)
+
+
+def write_llama(target: Path, shape: dict, tokenizer) -> Path:
+    """A random-init (seed 0) Llama of `shape` with `tokenizer`'s special ids, saved to `target`."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
     config = LlamaConfig(
-        **SMOLLM2_135M,
+        **shape,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
