@@ -14,8 +14,15 @@ HEAVY_PLUGINS := $(filter lm-eval mlflow wandb tensorboard rouge preference,$(AL
 # Every other bundled plugin but unsloth, whose dependency pins conflict with the others.
 GENERAL_PLUGINS := $(filter-out unsloth $(HEAVY_PLUGINS),$(ALL_PLUGINS))
 TEST_STAMP := $(VENV)/.installed-test
+# llama.cpp, for the GGUF plugin's k-quants and `--verify`: llama-cpp-python comes from the index
+# as source only and compiles llama.cpp (11 min on 2 cores here). `make test` builds the wheel
+# once, for this CPU (native build: the cache folder is keyed by the CPU's flags), and reuses it.
+LLAMA_CPP := llama-cpp-python==0.3.36
+WHEELS ?= $(HOME)/.cache/tune-wheels/$(shell grep -m1 '^flags' /proc/cpuinfo 2>/dev/null | md5sum | cut -c1-12)
+LLAMA_CMAKE := -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_TOOLS=OFF \
+	-DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF
 
-.PHONY: quickstart test test-unsloth lint format clean
+.PHONY: quickstart test test-unsloth lint format clean llama-cpp
 
 $(STAMP): pyproject.toml $(wildcard plugins/*/pyproject.toml) contrib/tune-plugin-example/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,7 +35,15 @@ $(STAMP): pyproject.toml $(wildcard plugins/*/pyproject.toml) contrib/tune-plugi
 
 $(TEST_STAMP): $(STAMP)
 	$(if $(HEAVY_PLUGINS),$(PIP) install -q $(foreach p,$(HEAVY_PLUGINS),-e "plugins/$(p)[test]"))
+	$(MAKE) llama-cpp
 	touch $(TEST_STAMP)
+
+# The GGUF plugin's llama.cpp extra, from the cached wheel (built here the first time).
+llama-cpp: $(STAMP)
+	ls $(WHEELS)/llama_cpp_python-0.3.36-*.whl >/dev/null 2>&1 || \
+		CMAKE_ARGS="$(LLAMA_CMAKE)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
+		$(PIP) wheel -q --no-deps -w $(WHEELS) "$(LLAMA_CPP)"
+	$(PIP) install -q --find-links $(WHEELS) -e "plugins/gguf[llama]"
 
 quickstart: $(STAMP)
 	$(VENV)/bin/tune run recipes/quickstart.toml --overwrite

@@ -12,6 +12,9 @@ dropout) on all linear layers, AdamW, fp32, gradient checkpointing (non-reentran
   trainer  transformers Trainer + PEFT (its own loss: full [L, vocab] logits)
   tune     `tune run` with its defaults (chunked loss, lean activations)
   tiled    tune + `[train] tiled_mlp = true` (tiles of `tiled_mlp_tokens`, default 1,024)
+  sp       tiled + `[strategy] name = "ddp", sequence_parallel = 2`: 2 processes (torchrun, gloo)
+           each holding half of the row (Ulysses attention; SmolLM2's 9 heads / 3 KV heads split
+           6 + 3 by KV head); the peak is the larger rank's
 Both load the model the same way (sdpa attention, transformers' default; tune names none).
 
 Each (side, L) runs in a fresh subprocess, as bench/vs_trainer.py does: peak RSS is the child's
@@ -22,6 +25,8 @@ optimizer, libraries). The longest L that fits a budget follows from the two, an
 extrapolation beyond the lengths measured.
 
     python bench/long_sequence_memory.py [--lengths 2048,4096,8192,16384] [--layers 4]
+    python bench/long_sequence_memory.py --sides tiled,sp --merge bench/results/OLD.json
+        (run some sides or lengths again; the other cases' results come from OLD.json)
 
 Writes bench/results/long-sequence-memory-<date>.json, .md and .png (matplotlib permitting).
 """
@@ -46,11 +51,13 @@ REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 from vs_trainer import SMOLLM2_135M, side_environment, write_llama  # noqa: E402
 
-SIDES = ("trainer", "tune", "tiled")
+SIDES = ("trainer", "tune", "tiled", "sp")
+SP = 2  # processes of the sequence-parallel side
 LABELS = {
     "trainer": "(a) Trainer + PEFT, grad. checkpointing",
     "tune": "(b) tune defaults, grad. checkpointing",
     "tiled": "(c) tune + tiled_mlp, grad. checkpointing",
+    "sp": f"(d) (c) + {SP}-process sequence parallelism, per rank",
 }
 MAX_POSITIONS = 32768
 LORA = {"method": "lora", "r": 8, "alpha": 16, "dropout": 0.0, "targets": "all-linear"}
@@ -102,9 +109,10 @@ def recipe(work: Path, model_dir: Path, length: int, side: str) -> Path:
             "micro_batch_size": 1,
             "precision": "fp32",
             "gradient_checkpointing": True,
-            "tiled_mlp": side == "tiled",
+            "tiled_mlp": side in ("tiled", "sp"),
             "save_every": 0,
         },
+        **({"strategy": {"name": "ddp", "sequence_parallel": SP}} if side == "sp" else {}),
     )
     data["data"].pop("template", None)
     return write_recipe(work, data)
@@ -169,6 +177,7 @@ def child(side: str, length: int, work: Path, model_dir: Path) -> dict:
 
     return {
         "side": side,
+        "rank": int(os.environ.get("RANK", 0)),
         "length": length,
         "tokens": tokens or length,
         "loss": round(loss, 5),
@@ -245,9 +254,10 @@ def per_token_model(
     (as tune estimate counts it: norms, q/k/v/out, the MLP's intermediates, LoRA middles), and
     for Trainer the full logits with their fp32 log-softmax and gradients."""
     layer = 2 * h + 2 + 2 * h + 2 * q + 2 * kv + heads + 7 * 8
-    mlp = {"trainer": 4 * i, "tune": 2 * i, "tiled": 0}[side]  # tune: lean activations
+    mlp = {"trainer": 4 * i, "tune": 2 * i, "tiled": 0, "sp": 0}[side]  # tune: lean activations
     logits = 3 * vocab * 4 + (vocab * b if b == 2 else 0) if side == "trainer" else 0
-    return layers * h * b + (layer + mlp) * b + logits
+    # sequence parallelism: every rank holds 1/SP of every per-token term
+    return (layers * h * b + (layer + mlp) * b + logits) / (SP if side == "sp" else 1)
 
 
 def extrapolate(results: list[dict], layers: int) -> dict:
@@ -283,6 +293,8 @@ def extrapolate(results: list[dict], layers: int) -> dict:
             "bytes_per_token_llama3_8b": per_token_8b,
             "max_len_llama3_8b_80gb": int(free_8b / per_token_8b),
         }
+        if side == "sp":  # the same per-token model over 8 ranks (sequence_parallel = 8)
+            out[side]["max_len_llama3_8b_80gb_sp8"] = int(free_8b / (per_token_8b * SP / 8))
     return out
 
 
@@ -359,6 +371,25 @@ def write(
             for s in SIDES
             if s in fits
         ]
+    if "sp" in fits and "tiled" in fits:
+        ratio = fits["sp"]["bytes_per_token"] / fits["tiled"]["bytes_per_token"]
+        md += [
+            "",
+            f"{LABELS['sp']} against {LABELS['tiled']}: {ratio:.3f}x bytes per added token "
+            f"(goal <= 0.55x; {SP} ranks, so 0.5x is the split alone).",
+        ]
+        short = sorted({r["length"] for r in results if r["side"] == "sp"})[:-1]
+        if len(short) >= 2:  # the same fit without the longest length: how much noise moves it
+            part = [(s, fit([(r["tokens"], r["peak_rss_bytes"]) for r in results
+                             if r["side"] == s and r["length"] in short])[0])
+                    for s in ("sp", "tiled")]  # fmt: skip
+            md[-1] += (
+                f" Without L={max(n for n in by_len(results, 'sp')):,}: "
+                f"{part[0][1] / part[1][1]:.3f}x; peak RSS moves by about 0.1 GiB from run to "
+                "run here (allocator), so short ranges give noisy slopes. Both ranks peak alike "
+                "(the heads split 6 + 3, yet rank 1 is not lower), so the uneven heads are not "
+                "what keeps (d) above 0.5x."
+            )
     md += [
         "",
         "## Longest sequence that fits (extrapolation from the slopes)",
@@ -368,7 +399,14 @@ def write(
         "analytic bytes per token of each side (checkpointed layer inputs + one recomputed "
         "layer + Trainer's full logits; `per_token_model` in the script) for Llama-3-8B's "
         "shape in bf16, times this side's measured/analytic ratio here. Extrapolations, not "
-        "measurements: a GPU run also holds allocator slack and attention workspaces.",
+        "measurements: a GPU run also holds allocator slack and attention workspaces. (d) "
+        f"is per rank: {SP} GPUs of 80 GB each hold the length given"
+        + (
+            f"; with sequence_parallel = 8 on 8 GPUs, {fits['sp']['max_len_llama3_8b_80gb_sp8']:,}"
+            " tokens (the same per-token model over 8 ranks; Llama-3-8B's 8 KV heads allow 8)."
+            if "sp" in fits
+            else "."
+        ),
         "",
         "| side | measured / analytic | max L, 16 GiB, this model | bytes/token, 30-layer "
         "SmolLM2-135M | bytes/token, Llama-3-8B bf16 | max L, Llama-3-8B, 80 GB |",
@@ -414,6 +452,10 @@ def write(
     plot(results, stem.with_suffix(".png"), args.layers)
 
 
+def by_len(results: list[dict], side: str) -> list[int]:
+    return [r["length"] for r in results if r["side"] == side]
+
+
 def plot(results: list[dict], path: Path, layers: int) -> None:
     try:
         import matplotlib
@@ -456,6 +498,9 @@ def main() -> None:
     parser.add_argument("--probe", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--report", type=Path, help="re-render the report of a saved .json")
     parser.add_argument("--reprobe", action="store_true", help="with --report: probe sdpa again")
+    parser.add_argument(
+        "--merge", type=Path, help="a saved .json: its cases not run again now are kept"
+    )
     args = parser.parse_args()
     work = Path(args.work)
     if args.report:
@@ -486,13 +531,23 @@ def main() -> None:
     base = base_cmd(args)
     results: list[dict] = []
     probes: list[dict] = []
+    planned = {(s, n) for s in args.sides.split(",") for n in map(int, args.lengths.split(","))}
+    if args.merge:  # keep the saved cases not run again now
+        saved = json.loads(args.merge.read_text(encoding="utf-8"))
+        results = [r for r in saved["results"] if (r["side"], r["length"]) not in planned]
+        probes = saved.get("sdpa", [])
+        args.no_probe = True
     for length in map(int, args.lengths.split(",")):
         for side in args.sides.split(","):
             if side == "trainer" and length > args.trainer_max:
                 continue
             print(f"== {side} L={length}", flush=True)
             env = side_environment("tune" if side != "trainer" else "trainer", {})
-            found = _child_result([*base, "--child", side, str(length)], env)
+            cmd = [*base, "--child", side, str(length)]
+            if side == "sp":  # the same script as each rank, under torchrun
+                launch = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={SP}"]
+                cmd = [cmd[0], *launch, *cmd[1:]]
+            found = _child_result(cmd, env)
             results.append(found)
             print(
                 f"   peak RSS {found['peak_rss_bytes'] / GiB:.2f} GiB, {found['seconds']} s, "
@@ -512,11 +567,17 @@ def base_cmd(args) -> list[str]:
 
 def _child_result(cmd: list[str], env: dict[str, str]) -> dict:
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env)
-    found = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+    found = [
+        json.loads(x[len("RESULT ") :]) for x in proc.stdout.splitlines() if x.startswith("RESULT ")
+    ]
     if proc.returncode or not found:
         print(proc.stdout[-3000:], proc.stderr[-3000:], file=sys.stderr)
         raise SystemExit(f"{cmd[-2:]} failed")
-    return json.loads(found[-1][len("RESULT ") :])
+    if len(found) == 1:
+        return found[0]
+    # several ranks: the largest peak (what each device must hold), every rank's kept
+    top = max(found, key=lambda r: r["peak_rss_bytes"])
+    return {**top, "rank_peaks_bytes": [r["peak_rss_bytes"] for r in found]}
 
 
 if __name__ == "__main__":

@@ -26,11 +26,13 @@ from tune.contract.capabilities import Capabilities
 from tune.contract.collectives import Collectives
 from tune.contract.context import RunContext, World
 from tune.contract.evaluation import EvalData
-from tune.contract.exporter import Exporter
+from tune.contract.exporter import Check, Exporter
 from tune.contract.format import DataFormat
 from tune.contract.loading import Load, Loaded, keep_trainable
 from tune.contract.objective import LossOutput, Objective, RunData
 from tune.contract.quantization import Quantization
+from tune.contract.reward import Reward
+from tune.contract.rollout import Completions, Rollout, Sampling
 from tune.contract.settings import (
     AdamStyleSettings,
     MultiProcessSettings,
@@ -86,6 +88,7 @@ __all__ = [
     "keep_trainable",
     "Quantization",
     "Exporter",
+    "Check",
     # data: sources and formats
     "DataSource",
     "DataFormat",
@@ -110,6 +113,11 @@ __all__ = [
     "processes",
     "Tracker",
     "RunInfo",
+    # online RL: rewards and the rollout engine
+    "Reward",
+    "Rollout",
+    "Sampling",
+    "Completions",
     # memory estimates
     "memory",
     # devices and generation

@@ -26,15 +26,25 @@ from tune.errors import TuneError
 @click.option(
     "--dtype", type=click.Choice(["bf16", "fp16", "fp32"]), default="bf16", show_default=True
 )
+@click.option(
+    "--dequantize",
+    is_flag=True,
+    help="QLoRA runs: fold the adapter into the dequantized 4-bit base it was trained on "
+    "(tune merge reports which of the two merges is closer to the trained model).",
+)
 @trust_option
 @plugin_option
 @click.pass_context
-def merge(ctx, source: Path, out: Path, dtype: str, trust_remote_code: bool, plugin_opts) -> None:
+def merge(
+    ctx, source: Path, out: Path, dtype: str, dequantize: bool, trust_remote_code: bool, plugin_opts
+) -> None:
     """Merge a run's adapter (or a PEFT adapter dir) into its base: a plain transformers model."""
     from tune.trained.merge import merge as merge_adapter
 
     pm = _plugin_manager(ctx, plugin_opts)
-    written = merge_adapter(source, out, dtype, pm, trust_remote_code)
+    written = merge_adapter(
+        source, out, dtype, pm, trust_remote_code, dequantize=dequantize, console=_console()
+    )
     _console().print(f"[green]merged[/green] {source} -> {written} ({dtype})")
 
 

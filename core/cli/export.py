@@ -35,11 +35,20 @@ dtype_option = click.option(
     metavar="KEY=VALUE",
     help="An exporter option (TOML value syntax), e.g. -x temperature=0.2.",
 )
+@click.option(
+    "--verify",
+    "check",
+    is_flag=True,
+    help="Then load the file in its runtime (llama.cpp for gguf) and compare with the trained "
+    "model on the run's own prompts; exit 1 when a check fails.",
+)
 @dtype_option
 @trust_option
 @plugin_option
 @click.pass_context
-def export(ctx, source, fmt, quant, out, options, dtype, trust_remote_code, plugin_opts) -> None:
+def export(
+    ctx, source, fmt, quant, out, options, check, dtype, trust_remote_code, plugin_opts
+) -> None:
     """Write a run (or a model folder) in another format: tune export runs/qs --format gguf --quant q8_0 --out qs.gguf"""
     import time
 
@@ -63,6 +72,55 @@ def export(ctx, source, fmt, quant, out, options, dtype, trust_remote_code, plug
         size = path.stat().st_size / 2**20 if path.is_file() else 0.0
         console.print(f"[green]wrote[/green] {path} ({size:.1f} MiB)")
     console.print(f"exported {source} as {fmt} in {seconds:.1f}s")
+    if check:
+        from tune.trained.export import verify_export
+
+        checks, reference = verify_export(
+            source,
+            fmt,
+            written,
+            pm,
+            quant=quant,
+            options=list(options),
+            trust_remote_code=trust_remote_code,
+        )
+        _report(ctx, checks, reference, written[0], f"verify {written[0].name} against {source}")
+
+
+@cli.command(context_settings=CONTEXT_SETTINGS)
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option(
+    "--against",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="The run (or model folder) the file was exported from.",
+)
+@trust_option
+@plugin_option
+@click.pass_context
+def verify(ctx, artifact, against, trust_remote_code, plugin_opts) -> None:
+    """Check an exported file in the runtime that serves it against the trained model: tune verify qs-q4_k_m.gguf --against runs/qs"""
+    from tune.trained.verify import verify_file
+
+    pm = _plugin_manager(ctx, plugin_opts)
+    checks, reference = verify_file(artifact, against, pm, trust_remote_code)
+    _report(ctx, checks, reference, artifact, f"verify {artifact.name} against {against}")
+
+
+def _report(ctx, checks, reference, artifact: Path, title: str) -> None:
+    """The table; exit 1 naming the failed checks."""
+    from tune.trained.verify import VerifyFailed, refuse_failed, show
+
+    show(checks, reference, _console(), title)
+    try:
+        refuse_failed(checks, artifact)
+    except VerifyFailed as exc:
+        from rich.markup import escape
+
+        console = _console(stderr=True)
+        console.print(f"[bold red]verify failed:[/bold red] {escape(str(exc))}", soft_wrap=True)
+        ctx.exit(1)
+    _console().print(f"[green]verified[/green] {artifact.name}: {len(checks)} checks")
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS)

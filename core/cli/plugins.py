@@ -14,6 +14,7 @@ from tune.cli.base import (
     plugin_option,
     recipe_dirs,
 )
+from tune.registry.scaffold import KINDS as SCAFFOLD_KINDS
 
 
 def _group_provides(labels: list[str]) -> str:
@@ -96,9 +97,7 @@ def plugins_list(ctx: click.Context, as_json: bool, plugin_opts: tuple[str, ...]
 @click.option(
     "--kind",
     required=True,
-    type=click.Choice(
-        ["metric", "optimizer", "data_source", "data_format", "objective", "tracker", "adapter"]
-    ),
+    type=click.Choice(list(SCAFFOLD_KINDS)),
     help="What the plugin provides.",
 )
 @click.option("--backend", default=None, help="The name recipes use [default: NAME].")

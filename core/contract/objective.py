@@ -58,6 +58,9 @@ class RunData:
     streaming: bool = False
     collectives: Collectives = field(default_factory=Collectives)
     precision: Callable[[], Any] = contextlib.nullcontext
+    # The run's tokenizer (as the data format had it): an online objective decodes what it
+    # generates. None where the caller has none to give.
+    tokenizer: Any = None
 
     def autocast(self) -> Any:
         return self.precision()
@@ -106,6 +109,14 @@ class Objective:
     def length(self, example: dict[str, Any]) -> int:
         """Tokens an example occupies in a micro-batch (for batching and packing)."""
         return len(example["input_ids"])
+
+    def make_step(self, model: Any, batches: list[Batch]) -> list[Batch]:
+        """Once per optimizer step, before `count`: the step's micro-batches (collated, on CPU)
+        in, the batches `count` and `loss` will see out. Online objectives (RL, on-policy
+        distillation) generate their data from `model` here, so the step is normalized by the
+        units of what was generated. Called on every rank, in lockstep (generation under ZeRO-3
+        gathers parameters collectively). Default: the batches unchanged."""
+        return batches
 
     def collate(self, examples: list[dict[str, Any]], pad_id: int) -> Batch:
         """A padded micro-batch of examples (tensors on CPU; the core moves them)."""

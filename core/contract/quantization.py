@@ -27,6 +27,11 @@ class Quantization:
         base, fp32 norms, input gradients for checkpointing). Default: as loaded."""
         return model
 
+    # Optional: `dequantize(model) -> model | None`, the loaded quantized model with its
+    # quantized layers turned back into plain ones holding the dequantized weights. `tune merge`
+    # of a run trained on this quantization then compares folding the adapter into that base
+    # (what was trained) with folding it into the 16-bit base, and `--dequantize` writes it.
+
     def numel(self, param: Any) -> int:
         """How many values a (possibly packed) parameter holds, for honest parameter counts.
         Default: `param.numel()`."""

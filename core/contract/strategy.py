@@ -22,6 +22,9 @@ class Strategy:
     """Single process, one device; subclasses override what differs."""
 
     name = "single"
+    # Ranks per group that split every sequence between them (`[strategy] sequence_parallel`,
+    # tune.train.sequence_parallel): the ranks of a group get the same examples. 1: none.
+    sequence_parallel: int = 1
 
     def __init__(self, device: str | None = None):
         self.requested_device = device

@@ -188,11 +188,23 @@ def estimate(
         fits=peak <= budget,
     )
     result.max_micro_batch = _largest(setup, "micro_batch", budget, 4096)
-    limit = int(shapes.config.get("max_position_embeddings") or 1 << 20)
+    limit = _positions(recipe, shapes.config)
     result.max_seq_len = _largest(setup, "seq", budget, limit)
     if not result.fits:
         result.advice = advise(setup, budget, plugins)
     return result
+
+
+def _positions(recipe: Any, config: dict[str, Any]) -> int:
+    """The longest sequence the model reaches: its positions, times a `[model] rope_scaling`
+    factor (which is what lets a long-context recipe go past them)."""
+    positions = int(config.get("max_position_embeddings") or 1 << 20)
+    scaling = getattr(recipe.model, "rope_scaling", None) or {}
+    factor = scaling.get("factor") if isinstance(scaling, dict) else None
+    if isinstance(factor, int | float) and factor > 1:
+        original = scaling.get("original_max_position_embeddings") or positions
+        positions = max(positions, int(original * factor))
+    return max(positions, int(recipe.model.max_seq_len))
 
 
 def _largest(setup: Setup, key: str, budget: float, limit: int) -> int:

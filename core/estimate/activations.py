@@ -8,7 +8,8 @@ gate, up and silu(gate), and their product when down_proj trains (only gate and 
 `[train] lean_activations`, which recomputes the rest); each adapter keeps what it says it
 saves (a LoRA its r-wide middle). An objective that takes several sequences per example (a
 preference pair) multiplies the rows. With checkpointing only each layer's input is kept, and
-one layer is recomputed at a time in backward.
+one layer is recomputed at a time in backward. Under sequence parallelism every term here is
+per rank: seq / N positions of every sequence (`Setup.local_seq`).
 """
 
 from __future__ import annotations
@@ -73,13 +74,13 @@ def tile_transient(s: Setup) -> float:
     """Bytes one MLP tile holds while it runs or is recomputed: gate, up, silu(gate), their
     product and the gradients of two of them, for `tiled_mlp_tokens` rows."""
     ab = 4 if s.precision == "fp32" else 2
-    rows = min(int(getattr(s, "tile_tokens", 1024)), s.micro_batch * s.sequences * s.seq)
+    rows = min(int(getattr(s, "tile_tokens", 1024)), s.micro_batch * s.sequences * _seq(s))
     return rows * 6 * s.shapes.intermediate * ab
 
 
 def activation_terms(s: Setup, full: bool) -> list[Term]:
     sh = s.shapes
-    tokens = s.micro_batch * s.sequences * s.seq  # sequences: a preference pair is 2
+    tokens = s.micro_batch * s.sequences * _seq(s)  # sequences: a preference pair is 2
     ab = 4 if s.precision == "fp32" else 2
     per_layer, formula = act_elements(s, full)
     norm_extra = 0 if ab == 4 else 4 * sh.hidden  # fp32 upcast inside RMSNorm under autocast
@@ -104,7 +105,7 @@ def activation_terms(s: Setup, full: bool) -> list[Term]:
         logits = Term(
             "logits",
             tokens * sh.vocab * logits_bytes,
-            f"{_rows(s)} x {s.seq} x vocab {sh.vocab:,} x {logits_bytes} B (fp32 "
+            f"{_rows(s)} x {_seq(s)} x vocab {sh.vocab:,} x {logits_bytes} B (fp32 "
             "log-softmax kept + its gradient + the logits gradient"
             + (", plus 16-bit logits" if ab == 2 else "")
             + ")",
@@ -139,6 +140,11 @@ def activation_terms(s: Setup, full: bool) -> list[Term]:
         )
     out.append(logits)
     return out
+
+
+def _seq(s: Setup) -> int:
+    """Positions per sequence on one rank (all of them without sequence parallelism)."""
+    return int(getattr(s, "local_seq", s.seq))
 
 
 def _rows(s: Setup) -> str:

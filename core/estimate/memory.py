@@ -112,7 +112,7 @@ def _moe_terms(s: Setup, wb: int, div: int) -> list[Term]:
     if not sh.experts:
         return []
     out: list[Term] = []
-    rows = s.micro_batch * s.seq * s.sequences
+    rows = s.micro_batch * s.local_seq * s.sequences
     if sh.config.get("output_router_logits"):
         out.append(
             Term(
@@ -173,7 +173,7 @@ def _head_gradient(s: Setup, tb: int) -> Term:
     head = s.shapes.vocab * s.shapes.hidden
     if s.chunked:
         return Term("gradient of the output head", head * tb, f"{head:,} x {tb} B", ("compute",))
-    rows = s.micro_batch * s.sequences * s.seq
+    rows = s.micro_batch * s.sequences * s.local_seq
     freed = rows * s.shapes.vocab * 8
     return Term(
         "gradient of the output head (beyond the freed logits gradients)",

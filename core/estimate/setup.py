@@ -45,6 +45,16 @@ class Setup:
     path: str = ""  # the recipe, for messages
     tiled: bool = False  # [train] tiled_mlp: the MLP runs over tiles recomputed in backward
     tile_tokens: int = 1024  # [train] tiled_mlp_tokens
+    # [strategy] sequence_parallel: each rank holds seq / N positions of every sequence
+    sequence_parallel: int = 1
+
+    @property
+    def local_seq(self) -> int:
+        """Positions of each sequence one rank holds: what its activations, logits and the
+        other sequence-proportional terms scale with (attention holds the whole sequence for
+        heads / N, the same bytes as seq / N positions of all heads)."""
+        n = max(1, self.sequence_parallel)
+        return -(-self.seq // n)
 
     @property
     def quantize(self) -> str | None:
@@ -117,7 +127,14 @@ def build_setup(recipe: Any, shapes: ModelShape, device: str, ranks: int) -> Set
         path=str(recipe.path),
         tiled=bool(recipe.train.tiled_mlp),
         tile_tokens=recipe.train.tiled_mlp_tokens,
+        sequence_parallel=int(getattr(strategy.settings, "sequence_parallel", 1) or 1),
     )
+    if setup.sequence_parallel > 1:
+        notes.append(
+            f"sequence_parallel = {setup.sequence_parallel}: activations, logits and the "
+            f"other sequence-proportional terms count {setup.local_seq:,} of the "
+            f"{setup.seq:,} positions per rank."
+        )
     setup.adapters = adapter_sizes(setup, recipe.backends.get("adapt", []))
     return setup
 

@@ -139,3 +139,23 @@ def relaunch(
 
         return EXIT_STOPPED
     return code
+
+
+def check_sequence_parallel(recipe: Any, size: int) -> None:
+    """For a strategy's `tune_check_recipe`: refuse `[strategy] sequence_parallel = size` where
+    it cannot run (an adapter that extends positions; fewer key/value heads than ranks, a short
+    sliding window, a router loss, in a model whose config is known without loading). Imports
+    no torch."""
+    from tune.train.sequence_parallel import check_recipe
+
+    check_recipe(recipe, size)
+
+
+def sequence_sum(x: Any) -> Any:
+    """A per-sequence sum of per-token values (`x`) summed over the sequence-parallel group
+    while a sliced micro-batch runs, else `x` as it is: an objective that sums token
+    log-probabilities per sequence calls it so every rank sees the whole sequence's sum.
+    Differentiable for floating tensors."""
+    from tune.train.sequence_parallel import sequence_sum as group_sum
+
+    return group_sum(x)

@@ -25,6 +25,8 @@ from tune.recipe.schema import (
     ObjectiveSection,
     OptimizerSection,
     RecipeModel,
+    RewardEntry,
+    RolloutSection,
     SchedulerSection,
     StrategySection,
     TrackEntry,
@@ -56,6 +58,13 @@ class Selected:
         """What this backend declared it supports, for these settings (`Capabilities`)."""
         return self.backend.capabilities_for(self.settings)
 
+    def build(self, ctx: Any) -> Any:
+        """The object of an object-kind backend (`build=`), for these settings: how an
+        objective builds the recipe's rewards and rollout engine."""
+        from tune.registry.calls import build_object
+
+        return build_object(self, ctx)
+
 
 @dataclass
 class Recipe:
@@ -63,8 +72,9 @@ class Recipe:
 
     Plugins read it (through `ctx.recipe`) and never change it. `selected(role)` gives the
     chosen backend and settings of a role: strategy, loader, quantization, data_format,
-    data_source, optimizer, objective; `backends["adapt"]`, `["data_mix"]`,
-    `["data_mix_source"]` and `["track"]` are lists, `backends["metrics"]` a dict by name.
+    data_source, optimizer, objective, rollout (when a plugin serves it or the recipe has a
+    `[rollout]` table); `backends["adapt"]`, `["data_mix"]`, `["data_mix_source"]`,
+    `["track"]` and `["reward"]` are lists, `backends["metrics"]` a dict by name.
     """
 
     path: Path
@@ -80,6 +90,8 @@ class Recipe:
     eval: EvalSection
     generate: GenerateSection
     track: list[TrackEntry] = field(default_factory=list)
+    reward: list[RewardEntry] = field(default_factory=list)
+    rollout: RolloutSection = field(default_factory=RolloutSection)
     description: str = ""
     backends: dict[str, Any] = field(default_factory=dict)
 
@@ -131,6 +143,10 @@ class Recipe:
         out["generate"] = self.generate.model_dump()
         if self.track:
             out["track"] = [merged(entry, sel) for entry, sel in pairs(self.track, "track")]
+        if self.reward:
+            out["reward"] = [merged(entry, sel) for entry, sel in pairs(self.reward, "reward")]
+        if "rollout" in self.raw or (self.reward and "rollout" in b):
+            out["rollout"] = merged(self.rollout, b.get("rollout"))
         return _drop_none(out)
 
 

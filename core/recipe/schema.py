@@ -161,6 +161,19 @@ class TrackEntry(Open):
     name: str
 
 
+class RewardEntry(Open):
+    """One `[[reward]]`: a reward backend, its weight in the sum, its own keys."""
+
+    name: str
+    weight: float = Field(1.0, description="weight of this reward in the sum the objective uses")
+
+
+class RolloutSection(Open):
+    """`[rollout]`: the engine that samples completions during online training."""
+
+    name: str = "transformers"
+
+
 class TrainSection(Strict):
     output_dir: str = Field(
         "runs/default", description="where the run writes; `~` is the home folder"
@@ -214,6 +227,12 @@ class TrainSection(Strict):
     tiled_mlp_tokens: int = Field(
         1024, ge=16, description="tokens per MLP tile with tiled_mlp (smaller: less memory)"
     )
+    offload_activations: bool = Field(
+        False,
+        description="on a GPU: what autograd keeps for backward (with gradient checkpointing, "
+        "each layer's input) goes to pinned host memory and comes back in backward (exact; "
+        "long sequences; nothing to do on CPU)",
+    )
     max_grad_norm: float = Field(1.0, ge=0.0, description="0 disables clipping")
     seed: int = Field(42, ge=0, lt=2**32, description="0 to 2**32 - 1 (numpy's seed range)")
     log_every: int = Field(1, ge=1)
@@ -255,6 +274,14 @@ class RecipeModel(Strict):
     track: list[TrackEntry] = Field(
         default_factory=list, description="trackers besides metrics.jsonl, one [[track]] each"
     )
+    reward: list[RewardEntry] = Field(
+        default_factory=list,
+        description="online RL: the rewards of completions, one [[reward]] each, weighted",
+    )
+    rollout: RolloutSection = Field(
+        default_factory=RolloutSection,
+        description="online RL: the engine sampling completions (transformers by default)",
+    )
 
 
 # Keys the core owns in each open table; the rest goes to the selected backend.
@@ -271,5 +298,7 @@ CORE_KEYS: dict[str, set[str]] = {
         "strategy": StrategySection,
         "track": TrackEntry,
         "eval": EvalSection,
+        "reward": RewardEntry,
+        "rollout": RolloutSection,
     }.items()
 }

@@ -21,6 +21,8 @@ ALL_ROLES = (
     "objective",
     "metrics",
     "track",
+    "reward",
+    "rollout",
 )
 
 
@@ -118,6 +120,23 @@ def select_backends(recipe: Recipe, plugins: Any, roles: tuple[str, ...] = ALL_R
             pick("tracker", entry.name, raw["track"][i], CORE_KEYS["track"], f"[[track]] #{i + 1}")
             for i, entry in enumerate(recipe.track)
         ]
+    if "reward" in roles:
+        b["reward"] = [
+            pick(
+                "reward", entry.name, raw["reward"][i], CORE_KEYS["reward"], f"[[reward]] #{i + 1}"
+            )
+            for i, entry in enumerate(recipe.reward)
+        ]
+    if "rollout" in roles:
+        # The engine is chosen when the recipe names one, or when an installed plugin serves
+        # the default: a recipe of a run that generates nothing needs no rollout plugin.
+        named = "rollout" in raw
+        served = any(b.name == recipe.rollout.name for b in plugins.declared("rollout"))
+        if named or served:
+            b["rollout"] = pick(
+                "rollout", recipe.rollout.name, raw.get("rollout", {}), CORE_KEYS["rollout"],
+                "[rollout]",
+            )  # fmt: skip
     if roles == ALL_ROLES:
         from tune.registry.compatibility import check_capabilities
 

@@ -21,7 +21,26 @@ BASES = {
     "Objective": "tune.contract.objective",
     "Tracker": "tune.contract.tracker",
     "Exporter": "tune.contract.exporter",
+    "Reward": "tune.contract.reward",
+    "Rollout": "tune.contract.rollout",
 }
+
+
+def build_object(selected: Any, ctx: Any) -> Any:
+    """`selected.backend.build(settings, ctx)`, checked to be its kind's contract class (a
+    factory returning something else is a plugin bug: traceback kept, naming the plugin)."""
+    backend = selected.backend
+    base_name = KINDS[backend.kind].base
+    if backend.build is None or base_name is None:
+        raise RuntimeError(f"{backend.label} is not an object kind: call its hook instead")
+    made = backend.build(selected.settings, ctx)
+    base = getattr(importlib.import_module(BASES[base_name]), base_name)
+    if not isinstance(made, base):
+        raise RuntimeError(
+            f"plugin '{backend.plugin}' declared {backend.label} with build={backend.build!r}, "
+            f"which returned {type(made).__name__}, not a tune.plugin.{base_name}"
+        )
+    return made
 
 
 class Calls:
@@ -65,18 +84,7 @@ class Calls:
         A factory that returns something else than its kind's contract class is a plugin bug
         (traceback kept, naming the plugin).
         """
-        backend = selected.backend
-        base_name = KINDS[backend.kind].base
-        if backend.build is None or base_name is None:
-            raise RuntimeError(f"{backend.label} is not an object kind: call its hook instead")
-        made = backend.build(selected.settings, ctx)
-        base = getattr(importlib.import_module(BASES[base_name]), base_name)
-        if not isinstance(made, base):
-            raise RuntimeError(
-                f"plugin '{backend.plugin}' declared {backend.label} with build={backend.build!r}, "
-                f"which returned {type(made).__name__}, not a tune.plugin.{base_name}"
-            )
-        return made
+        return build_object(selected, ctx)
 
     def status_refusal(self, backend: Backend) -> str | None:
         """Why a backend cannot run here (its plugin's STATUS), or None when it can."""

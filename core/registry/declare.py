@@ -71,7 +71,7 @@ class Provide:
     so and recipes using the backend are refused at validation), `capabilities=` (a
     `Capabilities`, or a function of the validated settings returning one) and `estimate=`
     (its memory terms for `tune estimate`). Object kinds (quantization, data_source, objective,
-    tracker, exporter) need `build=` (a class or factory called as `build(settings, ctx)`).
+    tracker, exporter, reward, rollout) need `build=` (a class or factory called as `build(settings, ctx)`).
     Kind-specific: `for_loader=` (quantization, adapter: serve this name for that loader only),
     `examples=` (formats, objectives: the example kind), `schemes=` (data sources: address
     schemes, e.g. ("hf",) for `train = "hf://org/name"`), `preload=` (loaders: modules to
@@ -171,3 +171,13 @@ class Provide:
     def exporter(self, name: str, settings=None, doc: str = "", **options: Any) -> None:
         """`tune export --format name`: writes a trained model; `build=` an `Exporter`."""
         self._declare("exporter", name, settings, doc, options)
+
+    def reward(self, name: str, settings=None, doc: str = "", **options: Any) -> None:
+        """`[[reward]] name = name`: one float per completion (online RL); `build=` a
+        `Reward`."""
+        self._declare("reward", name, settings, doc, options)
+
+    def rollout(self, name: str, settings=None, doc: str = "", **options: Any) -> None:
+        """`[rollout] name = name`: the engine that samples completions during training;
+        `build=` a `Rollout`."""
+        self._declare("rollout", name, settings, doc, options)

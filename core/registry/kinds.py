@@ -51,6 +51,9 @@ KINDS: dict[str, Kind] = {
         Kind("objective", "[objective] name", base="Objective", has_examples=True),
         Kind("tracker", "[[track]] name", base="Tracker"),
         Kind("exporter", "tune export --format", base="Exporter"),
+        # Online RL: what scores a completion, and the engine that samples completions.
+        Kind("reward", "[[reward]] name", base="Reward"),
+        Kind("rollout", "[rollout] name", base="Rollout"),
     )
 }
 

@@ -2,7 +2,8 @@
 
 The templates under assets/scaffold/ are working plugins (a top-k accuracy metric, SGD, a text
 files source, a CSV tracker, a label-smoothed objective, a prompt/completion template format,
-a freeze-all-but adapter), each with tests that run a tiny real training through it. The
+a freeze-all-but adapter, a length-bounded reward, a one-prompt-at-a-time rollout engine), each
+with tests that run a tiny real training through it. The
 contrib/tune-plugin-example folder is what `tune plugins new example --kind metric --backend
 token_accuracy` writes. Imports no torch.
 """
@@ -24,6 +25,8 @@ KINDS = {
     "objective": "a training objective: the loss of a step",
     "tracker": "an experiment tracker receiving the run's events",
     "adapter": "an [[adapt]] step",
+    "reward": "a reward scoring completions in online RL",
+    "rollout": "a rollout engine sampling completions in online RL",
 }
 
 

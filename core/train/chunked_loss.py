@@ -135,16 +135,32 @@ def _chunk_nll_sum(head: Any, hidden: Any, targets: Any) -> Any:
     return F.cross_entropy(head(hidden).float(), targets, reduction="sum")
 
 
-def _targets(hidden: Any, labels: Any) -> tuple[Any, Any, Any]:
-    """(rows of hidden states that predict a label, their labels, the [B, T-1] mask)."""
-    if hidden.shape[:2] != labels.shape:
+def predicting(states: Any, labels: Any, what: str = "hidden states") -> Any:
+    """The positions of `states` ([B, T, ...]) that `labels[:, 1:]` are the targets of: all but
+    the last when the labels are as wide as the inputs; all of them when the labels carry one
+    more column (a sequence-parallel slice, whose last target lives on the next rank)."""
+    width = labels.shape[1]
+    if states.shape[0] != labels.shape[0] or states.shape[1] not in (width, width - 1):
         raise RuntimeError(
-            f"chunked loss: hidden states {tuple(hidden.shape)} do not match labels "
+            f"next-token loss: {what} {tuple(states.shape)} do not match labels "
             f"{tuple(labels.shape)} (set [train] chunked_loss = false)"
         )
+    return states[:, : width - 1]
+
+
+def carries_target(batch: dict[str, Any]) -> bool:
+    """Whether the labels carry the target of the last position (a sequence-parallel slice,
+    `tune.train.sequence_parallel`): the model cannot shift them itself."""
+    ids, labels = batch.get("input_ids"), batch.get("labels")
+    return ids is not None and labels is not None and labels.shape[1] == ids.shape[1] + 1
+
+
+def _targets(hidden: Any, labels: Any) -> tuple[Any, Any, Any]:
+    """(rows of hidden states that predict a label, their labels, the [B, T-1] mask)."""
+    rows = predicting(hidden, labels)
     targets = labels[:, 1:].to(hidden.device)
     mask = targets != IGNORE
-    return hidden[:, :-1][mask], targets[mask], mask
+    return rows[mask], targets[mask], mask
 
 
 def _plain_linear(head: Any) -> bool:
@@ -303,7 +319,7 @@ def plain_nll(logits: Any, labels: Any, reduce: bool) -> Any:
     import torch.nn.functional as F
 
     targets = labels[:, 1:].to(logits.device)
-    flat = logits[:, :-1].float().reshape(-1, logits.shape[-1])
+    flat = predicting(logits, labels, "logits").float().reshape(-1, logits.shape[-1])
     nll = F.cross_entropy(flat, targets.reshape(-1), ignore_index=IGNORE, reduction="none")
     nll = nll.view(targets.shape) * (targets != IGNORE)
     return nll.sum() if reduce else nll.to(torch.float32)
@@ -354,9 +370,10 @@ def next_token_terms(model: Any, batch: dict[str, Any], chunked: bool = True) ->
     config = getattr(unwrap(model), "config", None)
     if reason is None:
         nll, out = forward_nll(model, inputs, labels, reduce=True)
-    elif routes(config):
+    elif routes(config) or carries_target(batch):
         # The model would add its router term to a *mean* loss: take the logits and the router
-        # loss apart instead, and weight the router term like every other (router.py).
+        # loss apart instead, and weight the router term like every other (router.py). A
+        # sequence-parallel slice's labels carry one more column: the model cannot shift them.
         out = model(**inputs, use_cache=False)
         nll = plain_nll(out.logits, labels, reduce=True)
     else:

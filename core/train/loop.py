@@ -4,6 +4,13 @@ Loss normalization: the objective returns each micro-batch's summed loss; the co
 the units (target tokens, pairs, ...) of the whole optimizer step, counted over all accumulated
 micro-batches and all ranks, so the gradient does not depend on how the batch is split.
 
+Sequence parallelism (`[strategy] sequence_parallel = N`): the ranks of a group share their
+examples; each keeps a slice of every micro-batch (labels shifted before slicing, so `count`
+counts each target once in the group) and sums the loss of its slice's targets. The global
+count and the strategies' gradient average over all world ranks then give one process's
+gradient: the sum over ranks of d(slice loss) is d(whole loss), as attention's all-to-all
+carries each rank's share of every other rank's gradient back in backward.
+
 Signals (SIGTERM, the first Ctrl-C) are honoured from the first step to the end of the final
 save: during training the step finishes and a checkpoint is written; during the final save the
 save finishes (final/ is whole) and the run stops before the closing eval and samples.
@@ -11,6 +18,7 @@ save finishes (final/ is whole) and the run stops before the closing eval and sa
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +29,7 @@ from tune.train.checkpoints import final as finals
 from tune.train.checkpoints import save as checkpoints
 from tune.train.meter import Meter
 from tune.train.session import RunSession
+from tune.train.setup import activation_offload
 from tune.train.signals import EXIT_ABORTED, EXIT_STOPPED, RunStopped, StopRequest
 from tune.train.state import LoopState
 
@@ -151,7 +160,13 @@ def train_step(session: RunSession, group: list[list[Any]]) -> StepResult:
     strategy, ctx, objective = session.strategy, session.ctx, session.objective
     reduce = ctx.collectives.all_reduce_sum
     batches, examples = session.batches.collate(group)
+    batches = objective.make_step(session.model, batches)
     tokens = sum(objective.length(e) for e in examples)
+    sp = session.sequence_parallel
+    layouts: list[Any] = [None] * len(batches)
+    if sp is not None:  # this rank's slice of every sequence (tune.train.sequence_parallel)
+        batches, layouts = map(list, zip(*(sp.shard(b) for b in batches), strict=True))
+        tokens //= sp.size  # the group shares its examples: each rank counts its share
     n_global = reduce(sum(objective.count(b) for b in batches))
     denom = max(n_global, 1) / ctx.world.world_size
     session.model.train()
@@ -161,8 +176,9 @@ def train_step(session: RunSession, group: list[list[Any]]) -> StepResult:
     for j, batch in enumerate(batches):
         slots += objective.positions(batch)
         batch = {k: v.to(ctx.world.device) for k, v in batch.items()}
-        with strategy.accumulate(session.model, is_last=j == len(batches) - 1):
-            with strategy.autocast(ctx):
+        sliced = sp.active(layouts[j]) if sp is not None else contextlib.nullcontext()
+        with strategy.accumulate(session.model, is_last=j == len(batches) - 1), sliced:
+            with strategy.autocast(ctx), activation_offload(session.recipe, ctx.world.device):
                 out = objective.loss(session.model, batch)
             loss = out.loss / denom
             strategy.backward(loss, session.model)

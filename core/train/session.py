@@ -8,6 +8,7 @@ read it. Nothing outside `tune.train` sees it: objectives get a `RunData`, metri
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +16,7 @@ from tune.contract.context import RunContext
 from tune.contract.objective import RunData
 from tune.data.examples import Examples
 from tune.recipe import Recipe
-from tune.train import setup
+from tune.train import sequence_parallel, setup
 from tune.train.batches import Batches
 
 
@@ -41,6 +42,8 @@ class RunSession:
     run_settings: dict[str, Any]  # what a resume must find unchanged (the manifest's)
     resume_command: str
     prepare_generation: Any = None  # the loader's fast-generation switch, if it has one
+    # this rank's sequence-parallel group (tune.train.sequence_parallel), None without one
+    sequence_parallel: Any = None
     resumed_step: int | None = None  # the checkpoint's step when this session resumed one
 
     @property
@@ -77,7 +80,11 @@ def build_session(
     examples = load_examples(pm, tokenizer, ctx)
     end_of_turn_ids(model, tokenizer)  # samples during training stop at a named template's eos
     objective = pm.build(recipe.selected("objective"), ctx)
-    batches = Batches(examples, objective, recipe, ctx.world, pad_id)
+    sp = sequence_parallel.start(getattr(strategy, "sequence_parallel", 1), model, ctx)
+    data_world = ctx.world
+    if sp is not None:  # the ranks of a group get the same examples
+        data_world = dataclasses.replace(ctx.world, rank=sp.data_rank, world_size=sp.data_world)
+    batches = Batches(examples, objective, recipe, data_world, pad_id)
     trainable, total = setup.count_parameters(model, quantization)
     opt_sel = recipe.selected("optimizer")
     groups = setup.param_groups(model, getattr(opt_sel.settings, "weight_decay", 0.0))
@@ -91,6 +98,7 @@ def build_session(
             eval=examples.eval,
             micro_batch_size=recipe.train.micro_batch_size,
             pad_id=pad_id,
+            tokenizer=tokenizer,
             device=ctx.world.device,
             rank=ctx.world.rank,
             world_size=ctx.world.world_size,
@@ -118,4 +126,5 @@ def build_session(
         run_settings=run_settings,
         resume_command=resume_command,
         prepare_generation=loaded.prepare_generation,
+        sequence_parallel=sp,
     )

@@ -66,6 +66,11 @@ def build_model(pm: Any, recipe: Recipe, ctx: RunContext) -> tuple[Loaded, Any]:
         upcast_trainable(trainable)
     if recipe.train.tiled_mlp:  # before compile (traced as tiled) and lean (tiles keep less)
         tile_mlps(model, recipe, ctx)
+    if recipe.train.offload_activations and not offloads(ctx.world.device):
+        ctx.print(
+            "offload_activations: the activations already live in host memory on "
+            f"{ctx.world.device}; nothing to offload (it takes effect on a GPU)."
+        )
     if recipe.train.compile:
         ctx.print(f"compile: {compile_model(model)}")
     elif recipe.train.lean_activations:  # compiled layers fuse and save less on their own
@@ -74,6 +79,27 @@ def build_model(pm: Any, recipe: Recipe, ctx: RunContext) -> tuple[Loaded, Any]:
         apply_lean_activations(model)
     loaded.model = model
     return loaded, quantization
+
+
+def offloads(device: str) -> bool:
+    """Whether `[train] offload_activations` moves anything: only from an accelerator."""
+    return not str(device).startswith("cpu")
+
+
+def activation_offload(recipe: Recipe, device: str) -> Any:
+    """The context a micro-batch's forward runs in: with `[train] offload_activations` on an
+    accelerator, every tensor autograd saves for backward is copied to pinned host memory and
+    back when backward needs it (`torch.autograd.graph.save_on_cpu`). With gradient
+    checkpointing that is each decoder layer's input (transformers' checkpointing saves it
+    through the saved-tensor hooks) plus the few tensors outside the layers: device memory then
+    holds one layer's activations at a time, whatever the number of layers. Exact."""
+    import contextlib
+
+    if not (recipe.train.offload_activations and offloads(device)):
+        return contextlib.nullcontext()
+    import torch
+
+    return torch.autograd.graph.save_on_cpu(pin_memory=True)
 
 
 def check_rope_applied(recipe: Recipe, config: Any) -> None:

@@ -105,6 +105,29 @@ def export(
     return targets
 
 
+def verify_export(
+    source: Path,
+    fmt: str,
+    targets: list[Path],
+    pm,
+    *,
+    quant: str | None = None,
+    options: list[str] | None = None,
+    trust_remote_code: bool = False,
+) -> tuple[list[Any], Any]:
+    """`tune export --verify`: the written `targets` checked by their exporter against the
+    run's trained model (see tune.trained.verify). Returns (checks, reference)."""
+    from tune.contract.context import RunContext
+    from tune.trained.merge import locate
+    from tune.trained.verify import build_reference, run_checks
+
+    selected = select_exporter(pm, fmt, quant, options or [])
+    _, _, recipe = locate(source, pm, trust_remote_code=trust_remote_code)
+    exporter = pm.build(selected, RunContext(recipe=recipe, output_dir=targets[0].parent))
+    reference = build_reference(source, pm, trust_remote_code)
+    return run_checks(exporter, targets, reference), reference
+
+
 def check_targets(targets: list[Path]) -> None:
     """Every path the exporter will write is new, or a file an earlier export wrote there."""
     for target in targets:

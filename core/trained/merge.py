@@ -148,7 +148,18 @@ def load_trained(
 MERGED = ".tune-merged.json"  # written into a folder `tune merge` made: it may replace it
 
 
-def merge(source: Path, out: Path, precision: str, pm, trust_remote_code: bool = False) -> Path:
+def merge(
+    source: Path,
+    out: Path,
+    precision: str,
+    pm,
+    trust_remote_code: bool = False,
+    dequantize: bool = False,
+    console: Any = None,
+) -> Path:
+    """Write the merged model of `source` to `out`. A run trained on a quantized base (QLoRA)
+    is also compared (see `merge_quality`); `dequantize` writes the adapter folded into the
+    dequantized quantized base instead of into the 16-bit base."""
     check_out_dir(out)
     artifact, recipe_file, recipe = locate(source, pm, trust_remote_code=trust_remote_code)
     if not recipe.adapt:
@@ -157,7 +168,29 @@ def merge(source: Path, out: Path, precision: str, pm, trust_remote_code: bool =
             where=str(recipe_file or artifact),
             fix="load final/ directly with transformers; there is nothing to merge.",
         )
+    trained = None
+    if recipe.model.quantize:
+        trained = load_dequantized(artifact, recipe, pm)
+    elif dequantize:
+        raise TuneError(
+            "--dequantize folds the adapter into the quantized base it was trained on, and this "
+            "run trained on an unquantized base.",
+            where=str(recipe_file or artifact),
+            fix="merge without --dequantize.",
+        )
     model, tokenizer = load_trained(artifact, recipe, pm, precision)
+    if trained is not None:
+        report = merge_quality(trained, model, tokenizer, recipe, pm, precision)
+        show_quality(report, console, source, dequantize)
+        if dequantize:
+            model = trained.to(_torch_dtype(precision))
+    elif dequantize:
+        raise TuneError(
+            "the run's quantization cannot give its weights back dequantized here (its plugin "
+            "has no `dequantize`, or is not installed).",
+            where=str(recipe_file or artifact),
+            fix="merge without --dequantize.",
+        )
     out = out.absolute()
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_dir(out, out.parent, unique=True) as tmp:
@@ -169,6 +202,132 @@ def merge(source: Path, out: Path, precision: str, pm, trust_remote_code: bool =
         )
         (tmp / MERGED).write_text(json.dumps({"source": str(source)}), encoding="utf-8")
     return out
+
+
+def load_dequantized(artifact: Path, recipe: Recipe, pm) -> Any:
+    """What a QLoRA run trained, as one float32 model: the base loaded quantized as in training,
+    dequantized by its quantization backend (`dequantize`), each adapter folded in. None when
+    the backend cannot (not installed, or no `dequantize`)."""
+    from tune.contract.loading import Load, as_loaded
+
+    try:
+        select_backends(recipe, pm, roles=("quantization",))
+    except TuneError:
+        return None
+    ctx = RunContext(recipe=recipe, output_dir=artifact)
+    quantization = pm.build(recipe.selected("quantization"), ctx)
+    if not callable(getattr(quantization, "dequantize", None)):
+        return None
+    checkpointing = recipe.train.gradient_checkpointing
+    recipe.train.gradient_checkpointing = False
+    try:
+        want = Load(quantization=quantization.config())
+        loaded = as_loaded(
+            pm.call("tune_load_model", recipe.selected("loader"), ctx=ctx, want=want)
+        )
+    finally:
+        recipe.train.gradient_checkpointing = checkpointing
+    model = quantization.dequantize(loaded.model)
+    if model is None:
+        return None
+    for selected in recipe.backends["adapt"]:
+        model = pm.call_optional(
+            "tune_merge_adapter",
+            selected,
+            lambda: None,
+            model=model,
+            adapter_dir=str(artifact),
+            ctx=ctx,
+        )
+        if model is None:
+            return None
+    return model.float().eval()
+
+
+def merge_quality(trained: Any, merged: Any, tokenizer: Any, recipe: Recipe, pm, precision: str):
+    """How far each way of merging lands from the model the run trained (quantized base +
+    adapter, here `trained`), on a few of the run's own sequences: the usual merge (adapter into
+    the 16-bit base, `merged`) and dequantize-then-merge (`trained` in `precision`)."""
+    import copy
+
+    import torch
+
+    sequences = _sequences(recipe, pm, tokenizer)
+    dtype = _torch_dtype(precision)
+    candidates = {
+        "16-bit base + adapter": copy.deepcopy(merged).float(),
+        "dequantized base + adapter": copy.deepcopy(trained).to(dtype).float(),
+    }
+    report = {}
+    with torch.no_grad():
+        want = [trained(input_ids=torch.tensor([s])).logits[0].double() for s in sequences]
+        for name, model in candidates.items():
+            diffs, kls, agree, total = [], [], 0, 0
+            for ids, ref in zip(sequences, want, strict=True):
+                got = model(input_ids=torch.tensor([ids])).logits[0].double()
+                diffs.append((got - ref).abs())
+                p, q = ref.log_softmax(-1), got.log_softmax(-1)
+                kls.append((p.exp() * (p - q)).sum(-1))
+                agree += int((got.argmax(-1) == ref.argmax(-1)).sum())
+                total += len(ids)
+            report[name] = {
+                "mean_diff": float(torch.cat([d.flatten() for d in diffs]).mean()),
+                "max_diff": float(max(d.max() for d in diffs)),
+                "kl": float(torch.cat(kls).mean()),
+                "top1": agree / max(total, 1),
+            }
+    return report
+
+
+def _torch_dtype(precision: str) -> Any:
+    import torch
+
+    return getattr(torch, PRECISION_DTYPES[precision])
+
+
+def _sequences(recipe: Recipe, pm, tokenizer: Any) -> list[list[int]]:
+    from tune.trained.verify import _run_examples
+
+    examples, _ = _run_examples(pm, recipe, tokenizer)
+    found = [list(e["input_ids"])[:128] for e in examples[:4] if len(e["input_ids"]) >= 2]
+    return found or [tokenizer("The quick brown fox jumps over the lazy dog.")["input_ids"]]
+
+
+def show_quality(report: dict, console: Any, source: Path, dequantize: bool) -> None:
+    """The comparison, and the offer of --dequantize when it lands closer."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console(highlight=False)
+    table = Table(
+        "MERGED AS",
+        "MEAN |DIFF|",
+        "MAX |DIFF|",
+        "KL",
+        "TOP-1",
+        box=None,
+        title="logits against the trained model (quantized base + adapter)",
+        title_justify="left",
+    )
+    for name, r in report.items():
+        table.add_row(
+            name,
+            f"{r['mean_diff']:.4f}",
+            f"{r['max_diff']:.4f}",
+            f"{r['kl']:.2e}",
+            f"{r['top1']:.1%}",
+        )
+    console.print(table)
+    usual, dq = report["16-bit base + adapter"], report["dequantized base + adapter"]
+    if dequantize:
+        console.print("written: the adapter folded into the dequantized base (--dequantize)")
+    elif dq["kl"] < usual["kl"]:
+        console.print(
+            "[yellow]note:[/yellow] the adapter folded into the dequantized base is closer to "
+            f"what was trained (KL {dq['kl']:.2e} vs {usual['kl']:.2e}): "
+            f"`tune merge {source} --out DIR --dequantize` writes that one.",
+            soft_wrap=True,
+        )
 
 
 def check_out_dir(out: Path) -> None:

@@ -246,3 +246,38 @@ def test_fsdp_shards_weights(make_recipe):
     one, two = estimate(recipe, gpus=1), estimate(recipe, gpus=2)
     assert _term(two, "weights").bytes == _term(one, "weights").bytes / 2
     assert _term(two, "gathered parameters (FSDP2)").bytes > 0
+
+
+def test_sequence_parallel_divides_the_sequence_terms_per_rank(make_recipe):
+    """Each rank of a sequence-parallel group holds seq / N positions: its activations and
+    logits are those of a sequence N times shorter; weights do not change; the longest
+    sequence that fits grows."""
+    overrides = {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24}
+
+    def recipe(sp: int):
+        model = {"path": "tune:tiny-llama", "max_seq_len": 4096, "config_overrides": overrides}
+        return load_recipe(
+            make_recipe(model=model, strategy={"name": "ddp", "sequence_parallel": sp})
+        )
+
+    one, two = estimate(recipe(1), gpus=2), estimate(recipe(2), gpus=2)
+    half = estimate(
+        load_recipe(
+            make_recipe(
+                model={
+                    "path": "tune:tiny-llama",
+                    "max_seq_len": 2048,
+                    "config_overrides": overrides,
+                },
+                strategy={"name": "ddp"},
+            )
+        ),
+        gpus=2,
+    )
+    assert two.setup.local_seq == 2048
+    for prefix in ("activations", "logits"):
+        assert _term(two, prefix).bytes == _term(half, prefix).bytes
+        assert _term(two, prefix).bytes < _term(one, prefix).bytes
+    assert _term(two, "weights").bytes == _term(one, "weights").bytes
+    assert any("sequence_parallel = 2" in note for note in two.setup.notes)
+    assert two.max_seq_len > one.max_seq_len

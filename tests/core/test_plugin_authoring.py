@@ -11,11 +11,10 @@ import subprocess
 import sys
 
 import pytest
+from tune.registry.scaffold import KINDS
 from tune.testing import run_cli
 
 from tests.conftest import REPO
-
-KINDS = ["metric", "optimizer", "data_source", "data_format", "objective", "tracker", "adapter"]
 
 
 def pip_install(folder, target):

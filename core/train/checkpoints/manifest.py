@@ -36,6 +36,7 @@ FREE_KEYS = {
         "lean_activations",
         "tiled_mlp",
         "tiled_mlp_tokens",
+        "offload_activations",
         "gradient_checkpointing",
     },
     "data": {"eval", "cache", "num_proc"},

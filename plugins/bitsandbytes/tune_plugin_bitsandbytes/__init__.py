@@ -3,7 +3,8 @@
 Each quantization is a `tune.plugin.Quantization` the core builds from its declaration: its
 `config()` (a transformers `BitsAndBytesConfig`) goes to the loader, `prepare(model)` makes the
 loaded k-bit model trainable (PEFT's preparation: frozen base, fp32 norms, input grads for
-checkpointing) and `numel(param)` counts the values a packed 4-bit weight holds. Imports no
+checkpointing), `numel(param)` counts the values a packed 4-bit weight holds and
+`dequantize(model)` gives `tune merge` the 4-bit base as float weights. Imports no
 torch, peft or bitsandbytes at module level: bitsandbytes is imported only when a recipe
 quantizes or uses one of its optimizers.
 """
@@ -114,6 +115,38 @@ class BnbQuantization(Quantization):
             use_gradient_checkpointing=checkpointing,
             gradient_checkpointing_kwargs={"use_reentrant": False} if checkpointing else None,
         )
+
+    def dequantize(self, model):
+        """The quantized model with each bitsandbytes linear replaced by a float32 nn.Linear
+        holding exactly the weights training saw (the quantized values, dequantized): what
+        `tune merge` folds an adapter into when the 4-bit base is closer to what was trained.
+        None for int8 (its outlier columns run in 16 bits: no one weight matrix to give)."""
+        if self.quant_type == "int8":
+            return None
+        import bitsandbytes as bnb
+        import torch
+
+        for name, module in list(model.named_modules()):
+            if not isinstance(module, bnb.nn.Linear4bit):
+                continue
+            weight = bnb.functional.dequantize_4bit(module.weight.data, module.weight.quant_state)
+            linear = torch.nn.Linear(
+                module.in_features, module.out_features, bias=module.bias is not None
+            )
+            linear.weight.data = weight.float().reshape(module.out_features, module.in_features)
+            if module.bias is not None:
+                linear.bias.data = module.bias.data.float()
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, child, linear)
+        config = getattr(model, "config", None)
+        if config is not None and hasattr(config, "quantization_config"):
+            del config.quantization_config  # a plain model now: saved without it
+        for attr in ("is_quantized", "is_loaded_in_4bit", "is_loaded_in_8bit"):
+            if hasattr(model, attr):
+                setattr(model, attr, False)
+        model.hf_quantizer = None
+        model.quantization_method = None  # transformers refuses dtype casts of bnb models
+        return model.float()
 
     def numel(self, param) -> int:
         """Packed 4-bit weights hold 8 / 4 = 2 values per byte of storage."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import Field
-from tune.plugin import Capabilities, MultiProcessSettings, hookimpl
+from tune.plugin import Capabilities, MultiProcessSettings, hookimpl, processes
 
 
 class DDPSettings(MultiProcessSettings):
@@ -21,6 +21,13 @@ class DDPSettings(MultiProcessSettings):
     bucket_cap_mb: float = Field(25.0, gt=0)
     gradient_as_bucket_view: bool = True
     static_graph: bool = False
+    sequence_parallel: int = Field(
+        1,
+        ge=1,
+        description="ranks that split every sequence (Ulysses attention): each holds 1/N of "
+        "it and the N ranks of a group get the same examples; data-parallel degree = "
+        "processes / N",
+    )
 
 
 @hookimpl
@@ -41,3 +48,11 @@ def tune_choose_strategy(settings, ctx):
     from tune_plugin_ddp.strategy import DDPStrategy
 
     return DDPStrategy(settings)
+
+
+@hookimpl
+def tune_check_recipe(recipe):
+    """`sequence_parallel` where it cannot run (heads, adapters), refused before loading."""
+    settings = recipe.selected("strategy").settings
+    if isinstance(settings, DDPSettings):
+        processes.check_sequence_parallel(recipe, settings.sequence_parallel)

@@ -18,6 +18,7 @@ class DDPStrategy(Strategy):
     def __init__(self, settings):
         super().__init__()
         self.settings = settings
+        self.sequence_parallel = settings.sequence_parallel
 
     def setup(self, ctx) -> World:
         return processes.start_process_group(

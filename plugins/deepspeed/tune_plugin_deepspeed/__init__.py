@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import Field, model_validator
-from tune.plugin import Capabilities, MultiProcessSettings, hookimpl
+from tune.plugin import Capabilities, MultiProcessSettings, hookimpl, processes
 
 Offload = Literal["none", "cpu", "nvme"]
 
@@ -32,6 +32,13 @@ class DeepSpeedSettings(MultiProcessSettings):
         "have each rank read only its partition of every weight from the safetensors files, "
         "so no rank holds the whole model while loading (bench/results/lowmem_load.md); "
         "without local safetensors files transformers loads under zero.Init itself",
+    )
+    sequence_parallel: int = Field(
+        1,
+        ge=1,
+        description="ranks that split every sequence (Ulysses attention): each holds 1/N of "
+        "it and the N ranks of a group get the same examples; data-parallel degree = "
+        "processes / N",
     )
 
     @model_validator(mode="after")
@@ -89,3 +96,11 @@ def tune_choose_strategy(settings, ctx):
     from tune_plugin_deepspeed.strategy import DeepSpeedStrategy
 
     return DeepSpeedStrategy(settings)
+
+
+@hookimpl
+def tune_check_recipe(recipe):
+    """`sequence_parallel` where it cannot run (heads, adapters), refused before loading."""
+    settings = recipe.selected("strategy").settings
+    if isinstance(settings, DeepSpeedSettings):
+        processes.check_sequence_parallel(recipe, settings.sequence_parallel)

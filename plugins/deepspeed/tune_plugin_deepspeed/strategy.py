@@ -79,6 +79,7 @@ class DeepSpeedStrategy(Strategy):
     def __init__(self, settings):
         super().__init__()
         self.settings = settings
+        self.sequence_parallel = settings.sequence_parallel
         self.zero3 = settings.zero_stage == 3  # parameters partitioned across ranks
 
     def setup(self, ctx) -> World:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import Field
-from tune.plugin import Capabilities, MultiProcessSettings, hookimpl
+from tune.plugin import Capabilities, MultiProcessSettings, hookimpl, processes
 
 TUNE_API = ">=2,<3"
 
@@ -39,6 +39,13 @@ class FSDPSettings(MultiProcessSettings):
     wrap: list[str] = Field(
         default_factory=list,
         description="module class names sharded as units; default: the model's decoder layers",
+    )
+    sequence_parallel: int = Field(
+        1,
+        ge=1,
+        description="ranks that split every sequence (Ulysses attention): each holds 1/N of "
+        "it and the N ranks of a group get the same examples; data-parallel degree = "
+        "processes / N",
     )
 
 
@@ -75,3 +82,11 @@ def tune_choose_strategy(settings, ctx):
     from tune_plugin_fsdp.strategy import FSDPStrategy
 
     return FSDPStrategy(settings)
+
+
+@hookimpl
+def tune_check_recipe(recipe):
+    """`sequence_parallel` where it cannot run (heads, adapters), refused before loading."""
+    settings = recipe.selected("strategy").settings
+    if isinstance(settings, FSDPSettings):
+        processes.check_sequence_parallel(recipe, settings.sequence_parallel)

@@ -25,6 +25,7 @@ class FSDPStrategy(Strategy):
     def __init__(self, settings):
         super().__init__()
         self.settings = settings
+        self.sequence_parallel = settings.sequence_parallel
 
     # -- set-up ------------------------------------------------------------------------------
     def setup(self, ctx) -> World:

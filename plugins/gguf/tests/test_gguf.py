@@ -26,16 +26,6 @@ TOLERANCE = {"f32": 0.0, "f16": 5e-3, "q8_0": 5e-2}
 PROMPTS = ["reverse hello", "reverse world", "reverse tune"]  # the quickstart's
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Path:
-    """A quickstart-like full fine-tune of the tiny Llama, a few steps on CPU."""
-    tmp = tmp_path_factory.mktemp("qs")
-    data = recipe_dict(tmp, train={"max_steps": 6, "output_dir": str(tmp / "run")})
-    data["optimizer"]["lr"] = 3e-3
-    run(write_recipe(tmp, data))
-    return tmp / "run"
-
-
 def _load(folder: Path, gguf_file: str | None = None):
     kwargs = {"gguf_file": gguf_file} if gguf_file else {}
     model = transformers.AutoModelForCausalLM.from_pretrained(
@@ -185,8 +175,6 @@ def test_template_pieces_reproduce_each_shipped_chat_template():
 
 
 def test_bad_quant_and_architecture_are_refused_with_the_fix(tmp_path):
-    with pytest.raises(TuneError, match="llama-quantize"):
-        check_quant("q4_k_m", "--quant")
     with pytest.raises(TuneError, match="f32, f16, bf16, q8_0"):
         check_quant("q9_9", "--quant")
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "phi3"}))

@@ -5,13 +5,18 @@
     ollama create qs -f ollama/Modelfile
 
 `--out` is the .gguf file, or a folder (the file is then named <run>-<quant>.gguf); ollama's
-Modelfile goes beside the GGUF.
+Modelfile goes beside the GGUF. k-quants (q4_k_m, q5_k_m, q6_k, ...) are made from tune's f16
+file by llama.cpp's own quantizer through llama-cpp-python (the `llama` extra: quantize.py).
+`--verify` (and `tune verify FILE --against RUN`) loads the file in llama.cpp and compares it
+with the trained model (verify.py). `tokenizer.ggml.pre` is identified as llama.cpp's converter
+does (pretok.py).
 
 The core hands over a plain transformers folder (adapters merged) and temporary paths named as
 the targets, in one folder; it moves them into place once all are written, never over a file
 tune did not write. This plugin converts the folder with the `gguf` package (see convert.py for
 why not llama.cpp's script), tokenizer and chat template embedded. Llama, Mistral and Qwen2
-architectures; f32, f16, bf16 and q8_0 tensors.
+architectures (and Qwen3-MoE, Mixtral); f32, f16, bf16 and q8_0 tensors written here, the
+llama.cpp quants by llama.cpp.
 """
 
 from __future__ import annotations
@@ -27,8 +32,17 @@ TUNE_API = ">=2,<3"
 class GGUFSettings(Settings):
     """Options of `--format gguf` (`--quant`, `-x key=value`)."""
 
-    quant: str = Field("f16", description="f32 | f16 | bf16 | q8_0 (k-quants: llama-quantize)")
+    quant: str = Field(
+        "f16",
+        description="f32 | f16 | bf16 | q8_0 | q4_k_m | q5_k_m | q6_k ... (k-quants by "
+        "llama.cpp: pip install 'tune-plugin-gguf[llama]')",
+    )
     name: str | None = Field(None, description="general.name in the file [default: the run's]")
+    pre: str | None = Field(
+        None,
+        description="tokenizer.ggml.pre, llama.cpp's pre-tokenizer name [default: identified "
+        "from the tokenizer; an unknown one is refused]",
+    )
 
     @field_validator("quant")
     @classmethod
@@ -76,9 +90,27 @@ class GGUFExporter(Exporter):
     def convert(self, model_dir: Path, gguf: Path):
         from tune_plugin_gguf.write import write_gguf
 
-        return write_gguf(
-            model_dir, gguf, self.settings.quant, name=self.title(), metadata=_metadata(self.ctx)
+        vocab = write_gguf(
+            model_dir,
+            gguf,
+            self.settings.quant,
+            name=self.title(),
+            metadata=_metadata(self.ctx),
+            pre=self.settings.pre,
         )
+        if vocab.pre_note and self.ctx is not None:
+            self.ctx.print(f"[yellow]note:[/yellow] {vocab.pre_note}")
+        return vocab
+
+    def reads(self, path: Path) -> bool:
+        from tune_plugin_gguf.verify import reads
+
+        return Path(path).suffix == ".gguf" or reads(Path(path))
+
+    def verify(self, files: list[Path], reference):
+        from tune_plugin_gguf.verify import verify_gguf
+
+        return verify_gguf(Path(files[0]), reference)
 
 
 class OllamaExporter(GGUFExporter):
@@ -98,6 +130,18 @@ class OllamaExporter(GGUFExporter):
         vocab = self.convert(Path(model_dir), gguf)
         shown = self.modelfile or modelfile
         write_modelfile(gguf, vocab, self.settings, self.ctx, path=modelfile, shown=shown)
+
+    def reads(self, path: Path) -> bool:
+        return Path(path).name == "Modelfile" and Path(path).is_file()
+
+    def verify(self, files: list[Path], reference):
+        """The Modelfile's TEMPLATE and stops (Go-template semantics), then its GGUF."""
+        from tune_plugin_gguf.ollama import verify_modelfile
+        from tune_plugin_gguf.verify import verify_gguf
+
+        modelfile = Path(files[-1])
+        checks, gguf = verify_modelfile(modelfile, reference)
+        return checks + (verify_gguf(gguf, reference) if gguf is not None else [])
 
 
 @hookimpl

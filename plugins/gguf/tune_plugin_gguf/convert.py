@@ -43,11 +43,11 @@ PER_EXPERT = re.compile(
 PER_EXPERT_GGUF = {"gate_proj": "gate", "w1": "gate", "up_proj": "up", "w3": "up"}
 # what --quant accepts here: (GGML type of 2-D weights, llama.cpp file type)
 QUANTS = {"f32": ("F32", 0), "f16": ("F16", 1), "bf16": ("BF16", 32), "q8_0": ("Q8_0", 7)}
-# quants left to llama.cpp's llama-quantize (no Python k-quant encoder; per-tensor type mixes)
+# quants made by llama.cpp's own quantizer from tune's f16 file (quantize.py: no Python
+# k-quant encoder, and llama.cpp picks the per-tensor type mix); the first ones are verified
 LLAMA_CPP_QUANTS = [
-    *("q4_0", "q4_1", "q5_0", "q5_1", "q2_k", "q3_k_s", "q3_k_m", "q3_k_l", "q4_k_s"),
-    *("q4_k_m", "q5_k_s", "q5_k_m", "q6_k", "iq2_xxs", "iq2_xs", "iq3_xxs", "iq3_s"),
-    *("iq4_nl", "iq4_xs", "tq1_0", "tq2_0"),
+    *("q4_k_m", "q5_k_m", "q6_k", "q4_k_s", "q5_k_s", "q3_k_m", "q3_k_s", "q3_k_l", "q2_k"),
+    *("q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl", "iq4_xs"),
 ]
 
 
@@ -62,24 +62,19 @@ class Planned:
 
 
 def check_quant(quant: str, where: str) -> None:
-    """A TuneError for a quant this converter cannot write, naming what can."""
+    """A TuneError for a quant this plugin cannot write here, naming what can."""
     if quant in QUANTS:
         return
-    if quant.lower() in LLAMA_CPP_QUANTS:
-        raise TuneError(
-            f"--quant {quant} needs llama.cpp's quantizer: the `gguf` package has no encoder for "
-            "k-quants and i-quants, and llama-quantize also picks the per-tensor types (output, "
-            "embeddings) that 2- to 6-bit files need.",
-            where=where,
-            fix=f"export --quant f16 (or bf16), then run llama.cpp's `llama-quantize model-f16.gguf "
-            f"model-{quant}.gguf {quant.upper()}` (install llama.cpp: `brew install llama.cpp`, or "
-            "build https://github.com/ggml-org/llama.cpp).",
-        )
+    if quant in LLAMA_CPP_QUANTS:
+        from tune_plugin_gguf.quantize import refuse_without_llama
+
+        refuse_without_llama(quant, where)  # written by llama.cpp's quantizer (quantize.py)
+        return
     raise TuneError(
         f"unknown --quant '{quant}'.{did_you_mean(quant, list(QUANTS) + LLAMA_CPP_QUANTS)}",
         where=where,
-        fix=f"use one of {', '.join(QUANTS)} (or {', '.join(LLAMA_CPP_QUANTS[:6])}, ... "
-        "through llama.cpp's llama-quantize).",
+        fix=f"use one of {', '.join(QUANTS)}, or a llama.cpp quant ({', '.join(LLAMA_CPP_QUANTS[:8])}"
+        ", ...).",
     )
 
 

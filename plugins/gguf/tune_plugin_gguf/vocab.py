@@ -17,14 +17,6 @@ from typing import Any
 
 from tune.plugin import TuneError
 
-# llama.cpp names the pre-tokenizer (the regex that splits text before BPE) by the vocabulary it
-# came with; these are the regexes of the families we export, as tokenizer.json spells them.
-_PRE_BY_REGEX = {
-    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+"
-    "[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+": "llama-bpe",
-    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+"
-    "[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+": "qwen2",
-}
 _BYTE_TOKEN = re.compile(r"<0x[0-9A-Fa-f]{2}>")
 
 # gguf.TokenType values (kept here so building the plan needs no import of gguf)
@@ -46,11 +38,15 @@ class Vocab:
     add_eos: bool = False
     chat_template: str | None = None
     stops: list[str] = field(default_factory=list)  # texts generation stops at
+    pre_note: str | None = None  # how `pre` was found, when the user should know
 
 
-def read_vocab(model_dir: Path, vocab_size: int) -> Vocab:
-    """Vocabulary of `model_dir` (tokenizer.json + tokenizer_config), padded to `vocab_size`."""
+def read_vocab(model_dir: Path, vocab_size: int, pre: str | None = None) -> Vocab:
+    """Vocabulary of `model_dir` (tokenizer.json + tokenizer_config), padded to `vocab_size`;
+    `pre` forces llama.cpp's pre-tokenizer name (else identified: pretok.py)."""
     from transformers import AutoTokenizer
+
+    from tune_plugin_gguf.pretok import identify
 
     path = model_dir / "tokenizer.json"
     if not path.is_file():
@@ -94,9 +90,11 @@ def read_vocab(model_dir: Path, vocab_size: int) -> Vocab:
     if spm and special.get("unk") is not None:
         types[special["unk"]] = UNKNOWN
     probe = tokenizer("a")["input_ids"]
+    found = identify(tokenizer, data, pre)
     return Vocab(
         model="llama" if spm else "gpt2",
-        pre="default" if spm else _pre_name(data.get("pre_tokenizer")),
+        pre=found.name,
+        pre_note=found.note,
         tokens=tokens,
         types=types,
         # SentencePiece merges by score: a vocabulary in merge order gives -id
@@ -127,15 +125,6 @@ def _stops(model_dir: Path, tokenizer: Any) -> list[str]:
         eos = json.loads(gen.read_text(encoding="utf-8")).get("eos_token_id")
         ids += eos if isinstance(eos, list) else [eos] if isinstance(eos, int) else []
     return list(dict.fromkeys(tokenizer.convert_ids_to_tokens(sorted(set(ids), key=ids.index))))
-
-
-def _pre_name(pre: dict | None) -> str:
-    """llama.cpp's pre-tokenizer name for a byte-level tokenizer's split regex ("default")."""
-    for step in (pre or {}).get("pretokenizers", []) or []:
-        pattern = (step.get("pattern") or {}).get("Regex")
-        if step.get("type") == "Split" and pattern in _PRE_BY_REGEX:
-            return _PRE_BY_REGEX[pattern]
-    return "default"
 
 
 def add_to_writer(writer: Any, vocab: Vocab) -> None:

@@ -8,6 +8,7 @@ from typing import Any
 
 from tune_plugin_gguf.convert import (
     ARCHS,
+    LLAMA_CPP_QUANTS,
     add_hparams,
     nbytes,
     plan,
@@ -33,14 +34,37 @@ def _writer_class():
 
 
 def write_gguf(
-    model_dir: Path, out: Path, quant: str, *, name: str, metadata: dict[str, Any] | None = None
+    model_dir: Path,
+    out: Path,
+    quant: str,
+    *,
+    name: str,
+    metadata: dict[str, Any] | None = None,
+    pre: str | None = None,
+    imatrix: dict[str, Any] | None = None,
 ) -> Vocab:
-    """Convert `model_dir` into `out` (written beside, then renamed); return the vocabulary."""
+    """Convert `model_dir` into `out` (written beside, then renamed); return the vocabulary.
+
+    A llama.cpp quant (q4_k_m ...) is written as f16 first, then quantized by llama.cpp
+    (quantize.py), with `imatrix` when given. `pre` forces `tokenizer.ggml.pre`."""
+    if quant in LLAMA_CPP_QUANTS:
+        from tune_plugin_gguf.quantize import quantize
+
+        f16 = out.with_name(f".{out.name}.f16")
+        try:
+            vocab = write_gguf(model_dir, f16, "f16", name=name, metadata=metadata, pre=pre)
+            tmp = out.with_name(f".{out.name}.tmp")
+            quantize(f16, tmp, quant, imatrix)
+            os.replace(tmp, out)
+        finally:
+            f16.unlink(missing_ok=True)
+            out.with_name(f".{out.name}.tmp").unlink(missing_ok=True)
+        return vocab
     import numpy as np
     from safetensors import safe_open
 
     config = read_config(model_dir)
-    vocab = read_vocab(model_dir, int(config["vocab_size"]))
+    vocab = read_vocab(model_dir, int(config["vocab_size"]), pre)
     arch = ARCHS[config["model_type"]][0]
     items = plan(model_dir, config, quant)
     tmp = out.with_name(f".{out.name}.tmp")

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
-from tune.plugin import IGNORE, LossOutput, Objective, Settings, token_logprobs
+from tune.plugin import IGNORE, LossOutput, Objective, Settings, processes, token_logprobs
 
 from .losses import dpo_loss, kto_loss, orpo_odds_term, simpo_loss
 from .reference import Reference
@@ -65,20 +65,22 @@ def sequence_logps(per_token: Any, labels: Any, segments: Any = None, n_segments
     `per_token` is [rows, width - 1] as `token_logprobs` gives it (0 where the label is IGNORE).
     Padded: one sequence per row (returns [rows]). Packed: `segments` [rows, width] names each
     token's sequence (-1 for padding), and the sums are per segment (returns [n_segments]).
+    Under sequence parallelism each rank holds a slice of every sequence: the sums are taken
+    over the group (`processes.sequence_sum`), so every rank has the whole sequence's.
     """
     import torch
 
     mask = labels[:, 1:] != IGNORE
     per_token = per_token * mask
     if segments is None:
-        return per_token.sum(-1), mask.sum(-1)
+        return processes.sequence_sum(per_token.sum(-1)), processes.sequence_sum(mask.sum(-1))
     seg = segments[:, 1:].clamp(min=0).reshape(-1)
     keep = (segments[:, 1:] >= 0) & mask
     sums = torch.zeros(n_segments, dtype=per_token.dtype, device=per_token.device)
     sums = sums.index_add(0, seg, (per_token * keep).reshape(-1))
     counts = torch.zeros(n_segments, dtype=torch.long, device=per_token.device)
     counts = counts.index_add(0, seg, keep.reshape(-1).long())
-    return sums, counts
+    return processes.sequence_sum(sums), processes.sequence_sum(counts)
 
 
 def chunked_loss(ctx: Any) -> bool:
