@@ -5,7 +5,6 @@ completion tokens are counted over both ranks, so DAPO's token normalization is 
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 from tune.testing import final_weights, launch, max_weight_diff, write_plugin, write_recipe
@@ -57,21 +56,8 @@ STRATEGIES = {
 }
 
 
-# DDP always; ZeRO-2, ZeRO-3 and FSDP2 (about a minute each on 2 CPU cores) with
-# TUNE_RL_ALL_STRATEGIES=1, to keep the suite's time.
-EVERY = os.environ.get("TUNE_RL_ALL_STRATEGIES") == "1"
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "strategy",
-    [
-        s
-        if s == "ddp" or EVERY
-        else pytest.param(s, marks=pytest.mark.skip("TUNE_RL_ALL_STRATEGIES"))
-        for s in STRATEGIES
-    ],
-)
+@pytest.mark.parametrize("strategy", list(STRATEGIES))
 def test_two_processes_equal_one(tmp_path, grpo_recipe_of, strategy):
     env = write_plugin(tmp_path, "fixed_rollout", FIXED)
     (tmp_path / "rewards.py").write_text(REWARD)
