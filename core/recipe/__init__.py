@@ -72,8 +72,7 @@ class Recipe:
 
     Plugins read it (through `ctx.recipe`) and never change it. `selected(role)` gives the
     chosen backend and settings of a role: strategy, loader, quantization, data_format,
-    data_source, optimizer, objective, rollout (when a plugin serves it or the recipe has a
-    `[rollout]` table); `backends["adapt"]`, `["data_mix"]`, `["data_mix_source"]`,
+    data_source, optimizer, objective, rollout (when the recipe has a `[rollout]` table); `backends["adapt"]`, `["data_mix"]`, `["data_mix_source"]`,
     `["track"]` and `["reward"]` are lists, `backends["metrics"]` a dict by name.
     """
 
@@ -91,7 +90,7 @@ class Recipe:
     generate: GenerateSection
     track: list[TrackEntry] = field(default_factory=list)
     reward: list[RewardEntry] = field(default_factory=list)
-    rollout: RolloutSection = field(default_factory=RolloutSection)
+    rollout: RolloutSection | None = None
     description: str = ""
     backends: dict[str, Any] = field(default_factory=dict)
 
@@ -145,8 +144,8 @@ class Recipe:
             out["track"] = [merged(entry, sel) for entry, sel in pairs(self.track, "track")]
         if self.reward:
             out["reward"] = [merged(entry, sel) for entry, sel in pairs(self.reward, "reward")]
-        if "rollout" in self.raw or (self.reward and "rollout" in b):
-            out["rollout"] = merged(self.rollout, b.get("rollout"))
+        if self.rollout is not None and "rollout" in b:
+            out["rollout"] = merged(self.rollout, b["rollout"])
         return _drop_none(out)
 
 

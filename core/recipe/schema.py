@@ -169,9 +169,10 @@ class RewardEntry(Open):
 
 
 class RolloutSection(Open):
-    """`[rollout]`: the engine that samples completions during online training."""
+    """`[rollout]`: the engine that samples completions during online training. Without the
+    table, an online objective uses its own plugin's default engine."""
 
-    name: str = "transformers"
+    name: str
 
 
 class TrainSection(Strict):
@@ -278,8 +279,8 @@ class RecipeModel(Strict):
         default_factory=list,
         description="online RL: the rewards of completions, one [[reward]] each, weighted",
     )
-    rollout: RolloutSection = Field(
-        default_factory=RolloutSection,
+    rollout: RolloutSection | None = Field(
+        None,
         description="online RL: the engine sampling completions (transformers by default)",
     )
 

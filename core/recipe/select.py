@@ -127,16 +127,11 @@ def select_backends(recipe: Recipe, plugins: Any, roles: tuple[str, ...] = ALL_R
             )
             for i, entry in enumerate(recipe.reward)
         ]
-    if "rollout" in roles:
-        # The engine is chosen when the recipe names one, or when an installed plugin serves
-        # the default: a recipe of a run that generates nothing needs no rollout plugin.
-        named = "rollout" in raw
-        served = any(b.name == recipe.rollout.name for b in plugins.declared("rollout"))
-        if named or served:
-            b["rollout"] = pick(
-                "rollout", recipe.rollout.name, raw.get("rollout", {}), CORE_KEYS["rollout"],
-                "[rollout]",
-            )  # fmt: skip
+    if "rollout" in roles and recipe.rollout is not None:
+        # Only a named engine: without [rollout], an online objective picks its own default.
+        b["rollout"] = pick(
+            "rollout", recipe.rollout.name, raw["rollout"], CORE_KEYS["rollout"], "[rollout]"
+        )
     if roles == ALL_ROLES:
         from tune.registry.compatibility import check_capabilities
 

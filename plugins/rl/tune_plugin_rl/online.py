@@ -24,6 +24,7 @@ from typing import Any
 from pydantic import Field
 from tune.plugin import IGNORE, Objective, Sampling, Settings, TuneError, token_logprobs
 
+from .rollout import TransformersRollout, TransformersRolloutSettings
 from .scoring import RewardScoring
 
 
@@ -79,13 +80,10 @@ class OnlineObjective(RewardScoring, Objective):
     # -- set up ----------------------------------------------------------------------------
     def _build(self, recipe: Any) -> None:
         backends = recipe.backends
-        if "rollout" not in backends:
-            raise TuneError(
-                f"objective '{self.name}' samples completions, but no rollout engine is chosen.",
-                where=f"{recipe.path}: [rollout]",
-                fix='add [rollout] name = "transformers" (tune-plugin-rl serves it).',
-            )
-        self.rollout = backends["rollout"].build(self.ctx)
+        if "rollout" in backends:
+            self.rollout = backends["rollout"].build(self.ctx)
+        else:  # no [rollout]: this plugin's own engine, the policy's generate
+            self.rollout = TransformersRollout(TransformersRolloutSettings(), self.ctx)
         seen: dict[str, int] = {}
         for entry, selected in zip(recipe.reward, backends.get("reward", []), strict=True):
             reward = selected.build(self.ctx)
