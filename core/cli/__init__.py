@@ -34,6 +34,17 @@ def main(argv: list[str] | None = None) -> None:
     global OWN_COMMAND_LINE
     OWN_COMMAND_LINE = argv is None
     try:
+        _main(argv)
+    except SystemExit as exc:
+        if OWN_COMMAND_LINE:  # a rank of a multi-process run leaves before finalization
+            from tune.machine.distributed import leave_rank
+
+            leave_rank(exc.code)
+        raise
+
+
+def _main(argv: list[str] | None) -> None:
+    try:
         cli.main(args=argv, prog_name="tune", standalone_mode=True)
     except TuneError as exc:
         from rich.markup import escape

@@ -7,6 +7,7 @@ read the world from here; the loop never asks how the processes were started. Im
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -53,6 +54,35 @@ def env_world() -> EnvWorld | None:
         env.setdefault("MASTER_PORT", "29500")
         return world
     return None
+
+
+def leave_rank(code: object) -> None:
+    """End a rank of a multi-process run now: exit handlers run as in a normal exit, then the
+    process leaves without finalizing the interpreter. Returns (nothing done) in a plain process.
+
+    Why: on Python < 3.14 a library thread that wakes from a collective (gloo's, DeepSpeed's) and
+    takes the GIL while the interpreter finalizes is ended by pthread_exit, which unwinds through a
+    noexcept destructor: the process aborts ("terminate called without an active exception") after
+    the run has finished and saved, and torchrun reports the job failed. Everything a run writes is
+    closed before this point, so the finalization skipped has nothing left to do.
+    """
+    import atexit
+
+    world = env_world()
+    if world is None or world.world_size < 2 or "torch.distributed" not in sys.modules:
+        return
+    if code is None:
+        status = 0
+    elif isinstance(code, int):
+        status = code
+    else:  # sys.exit("message"): printed, exit status 1, as the interpreter does
+        print(code, file=sys.stderr)
+        status = 1
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(status)
 
 
 def join_world(ctx, strategy: str) -> tuple[EnvWorld, str]:
