@@ -49,7 +49,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
-from vs_trainer import SMOLLM2_135M, side_environment, write_llama  # noqa: E402
+from tune.testing import SMOLLM2_135M, save_random_llama  # noqa: E402
+from vs_trainer import side_environment  # noqa: E402
 
 SIDES = ("trainer", "tune", "tiled", "sp")
 SP = 2  # processes of the sequence-parallel side
@@ -75,7 +76,7 @@ def build_model_dir(work: Path, layers: int) -> Path:
     tokenizer = load_tokenizer("tiny-llama")
     tokenizer.model_max_length = MAX_POSITIONS
     shape = {**SMOLLM2_135M, "num_hidden_layers": layers, "max_position_embeddings": MAX_POSITIONS}
-    return write_llama(target, shape, tokenizer)
+    return save_random_llama(target, shape, tokenizer)
 
 
 def data_file(work: Path, length: int) -> Path:

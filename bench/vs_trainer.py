@@ -39,22 +39,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from tune.testing import SMOLLM2_135M, save_random_llama
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 DATA = REPO.parent / "shared" / "data" / "alpaca_en_demo.json"
-SMOLLM2_135M = {
-    "hidden_size": 576,
-    "num_hidden_layers": 30,
-    "num_attention_heads": 9,
-    "num_key_value_heads": 3,
-    "intermediate_size": 1536,
-    "vocab_size": 49152,
-    "tie_word_embeddings": True,
-    "max_position_embeddings": 8192,
-    "rope_theta": 100000.0,
-    "rms_norm_eps": 1e-5,
-    "hidden_act": "silu",
-}
 SEQ, MICRO, LR = 512, 4, 2e-4
 # case -> [(side, options)], run in this order
 CASES = {
@@ -115,24 +104,7 @@ def build_model_dir(root: Path) -> Path:
         chat_template=CHATML,
         model_max_length=8192,
     )
-    return write_llama(target, SMOLLM2_135M, tokenizer)
-
-
-def write_llama(target: Path, shape: dict, tokenizer) -> Path:
-    """A random-init (seed 0) Llama of `shape` with `tokenizer`'s special ids, saved to `target`."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(
-        **shape,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(target)
-    tokenizer.save_pretrained(target)
-    return target
+    return save_random_llama(target, SMOLLM2_135M, tokenizer)
 
 
 def chat_rows(work: Path) -> Path:

@@ -16,11 +16,12 @@ Fixtures:
     probe                         the `probe` metric registered: `.logits` of each eval on
                                   PROBE_IDS, to compare a trained model with its reloads
 
-Helpers (plain functions): `chat_rows`, `write_jsonl`, `recipe_dict`, `write_recipe`,
+Helpers (plain functions): `chat_rows`, `write_jsonl`, `recipe_dict`, `update_tables`, `write_recipe`,
 `load_recipe`, `plugin_manager`, `run`, `run_cli`, `launch`, `build_model`, `tiny_model`,
-`tiny_tokenizer`, `tokenize`, `train_losses`, `final_weights`, `max_weight_diff`,
+`tiny_tokenizer`, `save_random_llama` (with `SMOLLM2_135M`, a realistic shape), `tokenize`, `train_losses`, `final_weights`, `max_weight_diff`,
 `registered`, `write_plugin`, `check_missing_library`; strategy parity: `launch`,
-`SGD_PLUGIN`, `sgd_step`, `step_difference`; the probe metric: `Probe`, `PROBE_IDS`.
+`SGD_PLUGIN`, `sgd_step`, `step_difference`; the probe metric: `Probe`, `PROBE_IDS`;
+`VERIFY_CONVERSATIONS`: the conversations `tune verify` renders through the chat template.
 Markers: `slow` (seconds or more), `gpu` (skipped without a CUDA GPU).
 """
 
@@ -34,9 +35,11 @@ from typing import Any
 import pytest
 from tune.testing.attacks import CodeRunningPickle, refusal_paragraph, rewrite_manifest
 from tune.testing.models import (
+    SMOLLM2_135M,
     build_model,
     final_weights,
     max_weight_diff,
+    save_random_llama,
     tiny_model,
     tiny_tokenizer,
     tokenize,
@@ -53,12 +56,17 @@ from tune.testing.runs import (
     registered,
     run,
     run_cli,
+    update_tables,
     write_jsonl,
     write_plugin,
     write_recipe,
 )
+from tune.trained.verify import CONVERSATIONS as VERIFY_CONVERSATIONS
 
 __all__ = [
+    "SMOLLM2_135M",
+    "save_random_llama",
+    "VERIFY_CONVERSATIONS",
     "CodeRunningPickle",
     "PROBE_IDS",
     "Probe",
@@ -72,6 +80,7 @@ __all__ = [
     "max_weight_diff",
     "plugin_manager",
     "recipe_dict",
+    "update_tables",
     "refusal_paragraph",
     "registered",
     "run",

@@ -8,6 +8,40 @@ from typing import Any
 
 from tune.testing.runs import plugin_manager
 
+# SmolLM2-135M's shape (its config.json): a pretrained-like width, heads and 49k vocabulary for
+# benches and tests that must hold on realistic shapes; fewer layers where cost matters.
+SMOLLM2_135M: dict[str, Any] = {
+    "hidden_size": 576,
+    "num_hidden_layers": 30,
+    "num_attention_heads": 9,
+    "num_key_value_heads": 3,
+    "intermediate_size": 1536,
+    "vocab_size": 49152,
+    "tie_word_embeddings": True,
+    "max_position_embeddings": 8192,
+    "rope_theta": 100000.0,
+    "rms_norm_eps": 1e-5,
+    "hidden_act": "silu",
+}
+
+
+def save_random_llama(target: Path, shape: dict[str, Any], tokenizer: Any, seed: int = 0) -> Path:
+    """A random-init Llama of `shape` with `tokenizer`'s special ids, saved with the tokenizer
+    to `target` (a model folder as from_pretrained reads it)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        **shape,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    LlamaForCausalLM(config).save_pretrained(target)
+    tokenizer.save_pretrained(target)
+    return target
+
 
 def tiny_model(name: str = "tiny-llama", overrides: dict | None = None, seed: int = 0) -> Path:
     """The offline tiny model `tune:<name>` written to a local folder (as from_pretrained reads)."""

@@ -72,7 +72,13 @@ def recipe_dict(tmp_path: Path, n_rows: int = 64, **sections: Any) -> dict[str, 
         },
         "eval": {"metrics": []},
     }
-    for name, values in sections.items():
+    return update_tables(base, sections)
+
+
+def update_tables(base: dict[str, Any], tables: dict[str, Any]) -> dict[str, Any]:
+    """`base` with each of `tables` applied: a table's keys update the table of that name, a list
+    or scalar replaces it. Returns `base`, updated in place."""
+    for name, values in tables.items():
         if isinstance(values, dict) and isinstance(base.get(name), dict):
             base[name] = {**base[name], **values}
         else:

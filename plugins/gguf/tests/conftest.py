@@ -6,23 +6,16 @@ import json
 from pathlib import Path
 
 import pytest
-from tune.testing import chat_rows, recipe_dict, run, write_recipe
+from tune.testing import (
+    SMOLLM2_135M,
+    VERIFY_CONVERSATIONS,
+    chat_rows,
+    recipe_dict,
+    run,
+    save_random_llama,
+    write_recipe,
+)
 
-# SmolLM2-135M's shape (hidden 576, 9 heads / 3 KV heads, intermediate 1536, vocab 49,152, tied
-# embeddings, rope theta 100k), with 2 layers instead of 30 to keep the tests cheap
-SMOLLM2_SHAPE = {
-    "hidden_size": 576,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 9,
-    "num_key_value_heads": 3,
-    "intermediate_size": 1536,
-    "vocab_size": 49152,
-    "tie_word_embeddings": True,
-    "max_position_embeddings": 8192,
-    "rope_theta": 100000.0,
-    "rms_norm_eps": 1e-5,
-    "hidden_act": "silu",
-}
 ENGLISH = (
     "It's a truth universally acknowledged that we'll train models, they've shipped them, "
     "and I'm sure you'd like 12 of 345 numbers split digit by digit. Don't worry: it's fine.\n"
@@ -42,9 +35,8 @@ def trained(tmp_path_factory) -> Path:
 def smollm2_shaped(target: Path, layers: int = 2) -> Path:
     """A random-init Llama of SmolLM2-135M's shape (`layers` of its 30) with a tokenizer built
     like SmolLM2's: byte-level BPE whose pre-tokenizer splits digits one by one, ChatML."""
-    import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
     from tune.plugin import chat
 
     core = Tokenizer(models.BPE())
@@ -72,16 +64,7 @@ def smollm2_shaped(target: Path, layers: int = 2) -> Path:
         pad_token="<|endoftext|>",
         chat_template=chat.TEMPLATES["chatml"]["template"],
     )
-    config = LlamaConfig(
-        **{**SMOLLM2_SHAPE, "num_hidden_layers": layers},
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(target)
-    tokenizer.save_pretrained(target)
-    return target
+    return save_random_llama(target, {**SMOLLM2_135M, "num_hidden_layers": layers}, tokenizer)
 
 
 @pytest.fixture(scope="session")
@@ -107,15 +90,6 @@ def smol_lora(tmp_path_factory, smol_base) -> Path:
 
 
 PROBES = ["it's   spaced", "I'll say: we're sure they've DON'T   x", "12345 + 678 = 13023"]
-CONVERSATIONS = [
-    [{"role": "user", "content": "it's   spaced: reverse hello"}],
-    [
-        {"role": "system", "content": "You answer in one word."},
-        {"role": "user", "content": "Hi 123"},
-        {"role": "assistant", "content": "Hello!"},
-        {"role": "user", "content": "Again?"},
-    ],
-]
 
 
 class TransformersReference:
@@ -139,7 +113,7 @@ class TransformersReference:
                 self.prompts.append(ids[:first])
             self.texts.append(tok.decode(ids, skip_special_tokens=False))
         self.texts += PROBES
-        self.conversations = CONVERSATIONS
+        self.conversations = VERIFY_CONVERSATIONS
         mark = "\u2063REPLY\u2063"
         turn = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": mark}]
         after = tok.apply_chat_template(turn, tokenize=False).split(mark)[1]

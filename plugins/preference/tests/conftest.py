@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tune.testing import chat_rows, recipe_dict, write_jsonl
+from tune.testing import chat_rows, recipe_dict, update_tables, write_jsonl
 
 
 def make_pairs(n: int) -> list[dict[str, Any]]:
@@ -35,12 +35,7 @@ def dpo_recipe(tmp_path: Path, rows: list[dict] | None = None, **tables: Any) ->
         adapt=[{"method": "lora", "r": 8, "alpha": 16, "dropout": 0.0}],
         optimizer={"name": "adamw", "lr": 1e-3, "weight_decay": 0.0},
     )
-    for name, values in tables.items():
-        if isinstance(values, dict) and isinstance(base.get(name), dict):
-            base[name] = {**base[name], **values}
-        else:
-            base[name] = values
-    return base
+    return update_tables(base, tables)
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tune.testing import recipe_dict, write_jsonl
+from tune.testing import recipe_dict, update_tables, write_jsonl
 
 WORDS = ["cat", "dog", "sun", "map", "red", "box", "hat", "pen", "cup", "owl", "ant", "bee"]
 
@@ -28,12 +28,7 @@ def grpo_recipe(tmp_path: Path, rows: list[dict] | None = None, **tables: Any) -
         optimizer={"name": "adamw", "lr": 1e-3, "weight_decay": 0.0},
         train={"max_steps": 2, "micro_batch_size": 2},
     )
-    for name, values in tables.items():
-        if isinstance(values, dict) and isinstance(base.get(name), dict):
-            base[name] = {**base[name], **values}
-        else:
-            base[name] = values
-    return base
+    return update_tables(base, tables)
 
 
 @pytest.fixture

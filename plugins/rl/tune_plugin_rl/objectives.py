@@ -11,7 +11,7 @@ from pydantic import Field, model_validator
 from tune.plugin import LossOutput, TuneError
 
 from .losses import generalized_jsd, group_advantages, grpo_loss, nanstd, rloo_advantages, rloo_loss
-from .online import OnlineObjective, OnlineSettings, _decode_meta, _null, torch_zeros
+from .online import OnlineObjective, OnlineSettings, _decode_meta, torch_zeros
 
 
 class GRPOSettings(OnlineSettings):
@@ -151,18 +151,9 @@ class RLOOObjective(OnlineObjective):
     def count(self, batch: dict[str, Any]) -> int:
         return int(batch["completion_mask"].shape[0])
 
-    def with_logps(self, model: Any, batches: list[dict[str, Any]]) -> None:
+    def needs_old_logps(self) -> bool:
         """RLOO always needs the old sequence log-probs (its KL term uses them)."""
-        import torch
-
-        strategy = getattr(self.ctx, "strategy", None)
-        device = getattr(getattr(self.ctx, "world", None), "device", "cpu")
-        for batch in batches:
-            inputs = {k: v.to(device) for k, v in batch.items()}
-            with torch.no_grad(), strategy.autocast(self.ctx) if strategy else _null():
-                batch["old_logps"] = self.completion_logps(model, inputs).cpu()
-                if self.uses_reference():
-                    batch["ref_logps"] = self.reference_logps(model, inputs).cpu()
+        return True
 
     def advantages(self, rewards: Any, extra: dict[str, Any]) -> Any:
         import torch

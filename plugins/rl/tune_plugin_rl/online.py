@@ -305,8 +305,12 @@ class OnlineObjective(RewardScoring, Objective):
         with off:
             return self.completion_logps(inner, batch)
 
+    def needs_old_logps(self) -> bool:
+        """Old-policy log-probs are needed when a generation batch is reused."""
+        return self.settings.num_iterations > 1
+
     def with_logps(self, model: Any, batches: list[dict[str, Any]]) -> None:
-        """Old-policy (reused generation batches) and reference log-probs, without grad."""
+        """Old-policy (when `needs_old_logps`) and reference log-probs, without grad."""
         import torch
 
         strategy = getattr(self.ctx, "strategy", None)
@@ -314,7 +318,7 @@ class OnlineObjective(RewardScoring, Objective):
         for batch in batches:
             inputs = {k: v.to(device) for k, v in batch.items()}
             with torch.no_grad(), strategy.autocast(self.ctx) if strategy else _null():
-                if self.settings.num_iterations > 1:
+                if self.needs_old_logps():
                     batch["old_logps"] = self.completion_logps(model, inputs).cpu()
                 if self.uses_reference():
                     batch["ref_logps"] = self.reference_logps(model, inputs).cpu()

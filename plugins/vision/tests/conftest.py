@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tune.testing import update_tables
 
 
 def vision_recipe(tmp_path: Path, n_train: int = 32, n_eval: int = 8, **tables: Any) -> dict:
@@ -34,12 +35,7 @@ def vision_recipe(tmp_path: Path, n_train: int = 32, n_eval: int = 8, **tables: 
     }
     if n_eval:
         base["data"]["eval"] = str(evals)
-    for name, values in tables.items():
-        if isinstance(values, dict) and isinstance(base.get(name), dict):
-            base[name] = {**base[name], **values}
-        else:
-            base[name] = values
-    return base
+    return update_tables(base, tables)
 
 
 @pytest.fixture
