@@ -62,9 +62,9 @@ def leave_rank(code: object) -> None:
 
     Why: on Python < 3.14 a library thread that wakes from a collective (gloo's, DeepSpeed's) and
     takes the GIL while the interpreter finalizes is ended by pthread_exit, which unwinds through a
-    noexcept destructor: the process aborts ("terminate called without an active exception") after
-    the run has finished and saved, and torchrun reports the job failed. Everything a run writes is
-    closed before this point, so the finalization skipped has nothing left to do.
+    noexcept destructor: the process aborts ("terminate called without an active exception") once
+    its work is done, and torchrun reports the job failed. Everything a run writes is closed
+    before this point, so the finalization skipped has nothing left to do.
     """
     import atexit
 

@@ -16,10 +16,10 @@ Fixtures:
     probe                         the `probe` metric registered: `.logits` of each eval on
                                   PROBE_IDS, to compare a trained model with its reloads
 
-Helpers (plain functions): `chat_rows`, `write_jsonl`, `recipe_dict`, `update_tables`, `write_recipe`,
-`load_recipe`, `plugin_manager`, `run`, `run_cli`, `launch`, `build_model`, `tiny_model`,
-`tiny_tokenizer`, `save_random_llama` (with `SMOLLM2_135M`, a realistic shape), `tokenize`, `train_losses`, `final_weights`, `max_weight_diff`,
-`registered`, `write_plugin`, `check_missing_library`; strategy parity: `launch`,
+Helpers (plain functions): `chat_rows`, `write_jsonl`, `recipe_dict`, `update_tables`,
+`write_recipe`, `load_recipe`, `plugin_manager`, `run`, `run_cli`, `launch`, `build_model`,
+`tiny_model`, `tiny_tokenizer`, `save_random_llama` (with `SMOLLM2_135M`, a realistic shape),
+`tokenize`, `train_losses`, `final_weights`, `max_weight_diff`, `registered`, `write_plugin`, `check_missing_library`; strategy parity: `launch`,
 `SGD_PLUGIN`, `sgd_step`, `step_difference`; the probe metric: `Probe`, `PROBE_IDS`;
 `VERIFY_CONVERSATIONS`: the conversations `tune verify` renders through the chat template.
 Markers: `slow` (seconds or more), `gpu` (skipped without a CUDA GPU).
